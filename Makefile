@@ -1,0 +1,32 @@
+# The README's two commands live here: `make demo` (set up, run the main job) and
+# `make test` (set up, lint, type-check, run the whole default test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test venv lint typecheck pytest clean
+
+$(BIN)/swapd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/swapd
+
+venv: $(BIN)/swapd
+
+demo: venv
+	$(BIN)/swapd demo
+
+lint: venv
+	$(BIN)/ruff check swapd backends tests
+
+typecheck: venv
+	$(BIN)/mypy swapd backends
+
+pytest: venv
+	$(BIN)/pytest -q tests
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

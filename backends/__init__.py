@@ -1,0 +1,1 @@
+"""Allocator backends for swapd: zbud, z3fold and zsmalloc, registered as entry points."""

@@ -1,0 +1,174 @@
+"""The allocator backend contract, shaped like the kernel's ``struct zpool_driver``.
+
+An allocator backend stores variable-sized objects (compressed pages) in whole
+pages of a :class:`~swapd.arena.PageArena` and names each object with an opaque
+integer handle, as ``mm/zpool.c`` / ``mm/zsmalloc.c`` do (``zs_malloc`` returns
+an ``unsigned long`` handle, never a pointer).  The layer above charges a pool
+limit against :meth:`Backend.total_pages`, so that number must be the pages the
+backend really holds.
+
+Backends are plugins: a class registered in the entry-point group
+``swapd.backends`` (see ``pyproject.toml``).  The core never imports a backend
+by name.  A checklist for a backend author:
+
+* subclass :class:`Backend`, set ``name``, ``description`` and ``version``;
+* accept ``max_pages`` (arena size) and your own keyword options in
+  ``__init__``; reject unknown options with :class:`~swapd.errors.ConfigError`;
+* implement every abstract method with the complexity and failures stated here;
+* make every method safe to call from several threads at once;
+* implement ``_check`` so that it verifies every invariant of your layout,
+  including that no two live objects overlap;
+* run ``pytest tests/test_backend_contract.py`` -- it parametrizes over every
+  installed backend, yours included.
+
+Misuse raises the named errors of :mod:`swapd.errors` and leaves the pool
+intact: :class:`InvalidHandleError` (unknown or freed handle),
+:class:`DoubleFreeError`, :class:`ObjectSizeError` (size 0, above
+``max_size``, or data whose length differs from the allocated size),
+:class:`DataTypeError` (data not bytes-like) and :class:`PoolExhaustedError`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SIZE, PageArena
+from swapd.errors import DataTypeError, ObjectSizeError
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool's accounting.
+
+    ``total_pages``: arena pages the pool holds (what a pool limit is charged).
+    ``objects``: live handles.  ``object_bytes``: sum of their sizes.
+    ``pages_compacted``: pages freed by ``compact()`` since creation.
+    """
+
+    total_pages: int
+    objects: int
+    object_bytes: int
+    pages_compacted: int
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.total_pages * PAGE_SIZE
+
+
+class Backend(ABC):
+    """A zpool-like allocator of objects in a page arena.
+
+    Allowed context for every method: any thread; methods take the backend's own
+    locks.  Handles are opaque positive integers, unique among live objects.
+    """
+
+    #: Registry name (matches the entry-point name).
+    name: ClassVar[str]
+    #: One line for ``swapd backends``.
+    description: ClassVar[str]
+    #: Version of the backend implementation.
+    version: ClassVar[str] = "0.1.0"
+
+    def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES, **options: Any) -> None:
+        if options:
+            from swapd.errors import ConfigError
+
+            raise ConfigError(
+                f"backend {self.name!r} does not take option(s): {', '.join(sorted(options))}"
+            )
+        self.arena = PageArena(max_pages)
+
+    # -- the zpool_driver surface -------------------------------------------------
+
+    @property
+    @abstractmethod
+    def max_size(self) -> int:
+        """Largest object ``malloc`` accepts, in bytes (at most PAGE_SIZE)."""
+
+    @abstractmethod
+    def malloc(self, size: int) -> int:
+        """Reserve ``size`` bytes and return a handle.
+
+        Raises ObjectSizeError for ``size <= 0`` or ``size > max_size``, and
+        PoolExhaustedError when no page can be had.  Complexity is stated by
+        each backend (amortized O(1) or O(log n) in the shipped ones).
+        """
+
+    @abstractmethod
+    def free(self, handle: int) -> None:
+        """Release the object.  Pages left empty go back to the arena.
+
+        Raises InvalidHandleError for an unknown handle, DoubleFreeError for a
+        handle already freed.
+        """
+
+    @abstractmethod
+    def read(self, handle: int) -> bytes:
+        """Return a copy of the object's ``size`` bytes.  O(size).
+
+        Raises InvalidHandleError for an unknown or freed handle.
+        """
+
+    @abstractmethod
+    def write(self, handle: int, data: Buffer) -> None:
+        """Store ``data`` (exactly the allocated size) into the object.  O(size).
+
+        Raises InvalidHandleError, DataTypeError (not bytes-like) or
+        ObjectSizeError (wrong length).
+        """
+
+    @abstractmethod
+    def total_pages(self) -> int:
+        """Pages the pool holds in its arena.  O(1)."""
+
+    @abstractmethod
+    def compact(self) -> int:
+        """Move objects to free pages; return the number of pages freed.
+
+        Handles stay valid.  Backends that cannot move objects return 0.
+        """
+
+    @abstractmethod
+    def stats(self) -> PoolStats:
+        """Return a frozen snapshot of the pool's accounting.  O(1) or O(classes)."""
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Verify every invariant (raises InvariantError).  O(objects + pages)."""
+
+    # -- helpers shared by implementations -----------------------------------------
+
+    def size_of(self, handle: int) -> int:
+        """Size in bytes of a live object (InvalidHandleError otherwise)."""
+        return len(self.read(handle))
+
+    def close(self) -> None:
+        """Release the arena.  The pool must not be used afterwards."""
+        self.arena.close()
+
+    def _check_size(self, size: int) -> None:
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise DataTypeError(f"{self.name}: size must be an int, got {type(size).__name__}")
+        if size <= 0:
+            raise ObjectSizeError(f"{self.name}: cannot allocate {size} bytes")
+        if size > self.max_size:
+            raise ObjectSizeError(
+                f"{self.name}: {size} bytes is above the largest object ({self.max_size} bytes)"
+            )
+
+    def _check_data(self, data: object, size: int) -> memoryview:
+        """Validate ``data`` for ``write`` and return a byte view of it."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DataTypeError(
+                f"{self.name}: write needs a bytes-like object, got {type(data).__name__}"
+            )
+        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        if view.nbytes != size:
+            raise ObjectSizeError(
+                f"{self.name}: write of {view.nbytes} bytes into an object of {size} bytes"
+            )
+        return view

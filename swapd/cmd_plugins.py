@@ -1,0 +1,50 @@
+"""``swapd backends`` and ``swapd policies``: list plugins and their load status.
+
+A plugin that fails to load is listed with the reason; the others still load.
+Exit status is 0 when at least one plugin of the group loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from swapd.plugins import BACKENDS_GROUP, POLICIES_GROUP, discover
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _list(group: str, title: str, args: argparse.Namespace) -> int:
+    infos = discover(group)
+    if args.json:
+        print(json.dumps([
+            {"name": i.name, "description": i.description, "version": i.version,
+             "target": i.target, "distribution": i.distribution, "ok": i.ok, "error": i.error}
+            for i in infos
+        ], indent=2))
+    else:
+        table = Table(title=title)
+        for col in ("name", "description", "version", "status"):
+            table.add_column(col)
+        for i in infos:
+            status = "ok" if i.ok else f"[red]failed: {i.error}[/red]"
+            table.add_row(i.name, i.description, i.version, status)
+        Console().print(table)
+    return 0 if any(i.ok for i in infos) else 1
+
+
+def run_backends(args: argparse.Namespace) -> int:
+    return _list(BACKENDS_GROUP, "allocator backends (entry points: swapd.backends)", args)
+
+
+def run_policies(args: argparse.Namespace) -> int:
+    return _list(POLICIES_GROUP, "policies (entry points: swapd.policies)", args)
+
+
+add_backends_arguments = add_arguments
+add_policies_arguments = add_arguments

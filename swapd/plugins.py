@@ -1,0 +1,131 @@
+"""Entry-point plugin discovery for backends (``swapd.backends``) and policies
+(``swapd.policies``).
+
+Each entry point is loaded on its own; a plugin that fails to import, or that
+is not a subclass of the contract's base class, is reported with its reason
+(and logged with its traceback), never swallowed, and never stops the others
+from loading -- as drgn loads its plugins.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from swapd.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+BACKENDS_GROUP = "swapd.backends"
+POLICIES_GROUP = "swapd.policies"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One entry point and the outcome of loading it."""
+
+    name: str
+    group: str
+    target: str  # "module:attr"
+    distribution: str
+    dist_version: str
+    cls: type[Any] | None
+    error: str | None  # one line; None when loaded
+
+    @property
+    def ok(self) -> bool:
+        return self.cls is not None
+
+    @property
+    def description(self) -> str:
+        return str(getattr(self.cls, "description", "")) if self.cls else ""
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.cls, "version", self.dist_version)) if self.cls else ""
+
+
+def _base_for(group: str) -> type[Any]:
+    if group == BACKENDS_GROUP:
+        from swapd.backend import Backend
+
+        return Backend
+    if group == POLICIES_GROUP:
+        from swapd.policy import Policy
+
+        return Policy
+    raise PluginError(f"unknown plugin group {group!r}")
+
+
+def _load(ep: EntryPoint, group: str) -> PluginInfo:
+    dist = ep.dist.name if ep.dist is not None else "?"
+    dver = ep.dist.version if ep.dist is not None else "?"
+    base = _base_for(group)
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        log.info("plugin %s=%s in %s failed to load:\n%s", ep.name, ep.value, group,
+                    traceback.format_exc())
+        return PluginInfo(ep.name, group, ep.value, dist, dver, None,
+                          f"import failed: {type(exc).__name__}: {exc}")
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        return PluginInfo(ep.name, group, ep.value, dist, dver, None,
+                          f"{ep.value} is not a subclass of {base.__module__}.{base.__name__}")
+    if getattr(obj, "name", None) != ep.name:
+        return PluginInfo(ep.name, group, ep.value, dist, dver, None,
+                          f"{ep.value}.name is {getattr(obj, 'name', None)!r}, "
+                          f"but the entry point is named {ep.name!r}")
+    return PluginInfo(ep.name, group, ep.value, dist, dver, obj, None)
+
+
+@functools.cache
+def discover(group: str) -> tuple[PluginInfo, ...]:
+    """Load every entry point of ``group`` once; sorted by name.  Cached."""
+    seen: dict[str, PluginInfo] = {}
+    for ep in entry_points(group=group):
+        if ep.name in seen:
+            prev = seen[ep.name]
+            seen[ep.name] = PluginInfo(ep.name, group, ep.value, prev.distribution, "?", None,
+                                       f"name {ep.name!r} registered twice "
+                                       f"({prev.target} and {ep.value})")
+            continue
+        seen[ep.name] = _load(ep, group)
+    return tuple(sorted(seen.values(), key=lambda p: p.name))
+
+
+def available(group: str) -> dict[str, type[Any]]:
+    """Name -> class of every plugin of ``group`` that loaded."""
+    return {p.name: p.cls for p in discover(group) if p.cls is not None}
+
+
+def load(group: str, name: str) -> type[Any]:
+    """Return the class registered as ``name`` in ``group``; PluginError otherwise."""
+    for p in discover(group):
+        if p.name == name:
+            if p.cls is None:
+                raise PluginError(f"{group} plugin {name!r} failed to load: {p.error}")
+            return p.cls
+    names = ", ".join(p.name for p in discover(group) if p.ok) or "none"
+    raise PluginError(f"no {group} plugin named {name!r}; available: {names}")
+
+
+def available_backends() -> dict[str, type[Any]]:
+    return available(BACKENDS_GROUP)
+
+
+def available_policies() -> dict[str, type[Any]]:
+    return available(POLICIES_GROUP)
+
+
+def make_backend(name: str, **options: Any) -> Any:
+    """Instantiate backend ``name`` with ``options`` (ConfigError on bad options)."""
+    return load(BACKENDS_GROUP, name)(**options)
+
+
+def make_policy(name: str, capacity: int | None = None, **params: Any) -> Any:
+    """Instantiate policy ``name`` (ConfigError on bad parameters)."""
+    return load(POLICIES_GROUP, name)(capacity, **params)
