@@ -84,7 +84,9 @@ class ZstdCompressor(Compressor):
         try:
             import zstandard
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigError("compressor 'zstd' needs the zstd extra: pip install 'swapd[zstd]'") from exc
+            raise ConfigError(
+                "compressor 'zstd' needs the zstd extra: pip install 'swapd[zstd]'"
+            ) from exc
         self._c = zstandard.ZstdCompressor(level=level, write_content_size=False,
                                            write_checksum=False)
         self._d = zstandard.ZstdDecompressor()
