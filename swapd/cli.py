@@ -86,6 +86,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the ``swapd`` parser with every command module that imports."""
     from swapd import __version__
 
     parser = argparse.ArgumentParser(
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``swapd`` command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

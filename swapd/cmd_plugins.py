@@ -16,6 +16,7 @@ from swapd.plugins import BACKENDS_GROUP, POLICIES_GROUP, discover
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the listing options (``--json``)."""
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -39,10 +40,12 @@ def _list(group: str, title: str, args: argparse.Namespace) -> int:
 
 
 def run_backends(args: argparse.Namespace) -> int:
+    """``swapd backends``: list the allocator backends."""
     return _list(BACKENDS_GROUP, "allocator backends (entry points: swapd.backends)", args)
 
 
 def run_policies(args: argparse.Namespace) -> int:
+    """``swapd policies``: list the victim-selection policies."""
     return _list(POLICIES_GROUP, "policies (entry points: swapd.policies)", args)
 
 

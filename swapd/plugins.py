@@ -114,10 +114,12 @@ def load(group: str, name: str) -> type[Any]:
 
 
 def available_backends() -> dict[str, type[Any]]:
+    """Name -> class of every backend that loaded."""
     return available(BACKENDS_GROUP)
 
 
 def available_policies() -> dict[str, type[Any]]:
+    """Name -> class of every policy that loaded."""
     return available(POLICIES_GROUP)
 
 
