@@ -130,3 +130,34 @@ class TraceFormatError(SwapdError, ValueError):
         self.record = record
         self.reason = reason
         super().__init__(f"{path}: record {record}: {reason}")
+
+
+# --- corpus and kernel devices (appended for swapd.corpus and swapd.kernel.zram) ---------
+
+
+class CorpusFormatError(SwapdError, ValueError):
+    """A corpus file is not in swapd's corpus format, or is truncated."""
+
+
+class CaptureError(SwapdError):
+    """Pages of a process could not be captured (no such pid, no permission)."""
+
+
+class ZramError(SwapdError):
+    """A zram device could not be set up, written, read or reset through sysfs."""
+
+
+class AlreadyTrackedError(SwapdError, KeyError):
+    """A policy was told to ``insert`` a key it already tracks (a caller bug)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "key already tracked"
+
+
+class RequestError(ProtocolError):
+    """The daemon refused a request; ``code`` is the protocol's error code (docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")

@@ -1,0 +1,357 @@
+"""The swapd client library: hand memory to the daemon and use it like any buffer.
+
+Usage::
+
+    with swapd.client.connect() as client:
+        client.set_limit(64 << 20)           # keep at most 64 MiB resident
+        region = client.map(512 << 20)       # a Region: an mmap the daemon pages
+        region[0:5] = b"hello"
+        region.advise(0, 1 << 20, "cold")    # evict this MiB now
+        print(client.stats()["faults"])
+        region.close()
+
+Design (docs/protocol.md has the wire format; DESIGN.md sec. 6 the reasons):
+
+* A :class:`Region` is a memfd of the requested size mapped ``MAP_SHARED``
+  (it *is* an :class:`mmap.mmap`, so it supports the buffer protocol, slicing and
+  ``memoryview``).  The range is registered with a userfaultfd in
+  ``MISSING|WP`` mode (synchronous write-protect) with ``EVENT_UNMAP``, and the
+  memfd and the userfaultfd are sent to the daemon with SCM_RIGHTS.  The daemon
+  serves every fault and evicts pages by write-protect, read, punch-hole.
+* The client **keeps its own copy of the userfaultfd** for as long as the region
+  is mapped.  If the daemon dies, a thread that touches an evicted page stays
+  blocked in the kernel (state D/S, killable with SIGKILL, not interruptible by
+  other signals) instead of reading zeros: the userfaultfd context outlives the
+  daemon because the client still holds it.  A restarted daemon could re-adopt
+  the region (``UFFDIO_WAKE`` re-delivers the fault); swapd 0.1 does not, so such
+  a thread stays blocked until the process is killed.  Pages that were resident
+  stay readable and writable.  In Python a fault blocks while holding the GIL,
+  so the other threads of the process stop too.
+* **Fails closed**: once the daemon's socket is closed, the next library call
+  (``map``, ``set_limit``, ``stats``, ``advise``, ``ping``) raises
+  :class:`~swapd.errors.DaemonGoneError`, and so does every later one.
+* **fork**: every region is ``MADV_DONTFORK``.  A child process does not
+  inherit the mapping (touching it there is a SIGSEGV, never silent zeros), and
+  its copies of the client's descriptors are closed by an ``at-fork`` hook, so
+  a child cannot disturb the parent's connection; a child that needs swapd
+  memory connects on its own.  (Without DONTFORK or EVENT_FORK, a child's read
+  of an evicted page would silently allocate a zero page in the shared memfd.)
+* **Unprivileged clients**: with ``vm.unprivileged_userfaultfd=0`` a non-root
+  process gets a userfaultfd only with ``UFFD_USER_MODE_ONLY`` (used
+  automatically when the plain call is refused) or through ``/dev/userfaultfd``
+  (mode 0600 by default; a site may grant a group access).  Caveat of
+  user-mode-only: a *kernel* access to a missing page -- ``read(2)`` or
+  ``recv(2)`` into the region, ``write(2)`` from it -- fails with ``EFAULT``
+  instead of being served; copy through a bounce buffer, or ``advise(...,
+  "willneed")`` the range first.
+
+Thread-safety: a Client serializes its requests with a lock, so regions and the
+client may be used from several threads.
+
+Prior art: UMap's client/handler split (LLNL umap), and the mechanisms measured
+in MECHANISMS.md secs. 2.1, 2.5 and 2.6.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import itertools
+import mmap
+import os
+import socket
+import sys
+import threading
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from swapd.config import default_socket_path
+from swapd.daemon import protocol
+from swapd.errors import (
+    DaemonGoneError,
+    ProtocolError,
+    QuotaExceededError,
+    RequestError,
+    SwapdError,
+)
+
+PAGE_SIZE = mmap.PAGESIZE
+_MADV_DONTFORK = 10  # <asm-generic/mman-common.h>
+
+# Live clients, so that a forked child can drop its copies of their descriptors.
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for c in list(_CLIENTS):
+        c._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _uffd_features() -> int:
+    from swapd.kernel import uffd as k
+
+    return (k.UFFD_FEATURE_MISSING_SHMEM | k.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+            | k.UFFD_FEATURE_EVENT_UNMAP | k.UFFD_FEATURE_THREAD_ID | k.UFFD_FEATURE_POISON)
+
+
+def _address_of(m: mmap.mmap) -> int:
+    """Start address of a writable mmap (the ctypes export is released at once)."""
+    obj = ctypes.c_char.from_buffer(m)
+    try:
+        return ctypes.addressof(obj)
+    finally:
+        del obj
+
+
+class Region(mmap.mmap):
+    """Memory paged by swapd: an ``mmap.mmap`` over a memfd, plus the daemon's region id.
+
+    Attributes: ``id`` (the daemon's region id), ``address``, ``size``, ``name``.
+    Supports everything ``mmap.mmap`` does (buffer protocol, slicing, ``find``,
+    context manager).  ``close()`` hands the region back to the daemon first.
+    """
+
+    id: int
+    address: int
+    size: int  # type: ignore[assignment]  # shadows mmap.size(): the mapped length
+    name: str
+    _client: Client | None
+    _memfd: int
+    _uffd: Any  # swapd.kernel.uffd.Userfaultfd
+
+    def __new__(cls, memfd: int, size: int) -> Region:
+        return super().__new__(cls, memfd, size, flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def advise(self, offset: int, length: int, advice: str) -> None:
+        """Advise the daemon about ``[offset, offset+length)``; page-aligned.
+
+        ``"cold"``: evict those pages now (kept compressed or on disk);
+        ``"willneed"``: bring evicted pages back now (up to the resident limit);
+        ``"dontneed"``: discard the contents (the pages read as zeros afterwards).
+        Raises RequestError (``bad_range``) or DaemonGoneError.
+        """
+        if self._client is None:
+            raise ProtocolError("region is closed")
+        self._client._request("advise", region=self.id, offset=offset, length=length,
+                              advice=advice)
+
+    def close(self) -> None:
+        """Unmap the region and free everything the daemon holds for it.  Idempotent.
+
+        While the daemon is alive: munmap first (the daemon reads the UNMAP
+        event at once and drops the region), then confirm over the socket.  When
+        the daemon is known to be gone, the client's userfaultfd is closed first,
+        so that the munmap does not wait for a reader that will never come.
+        Raises BufferError (nothing changed) while memoryviews of it exist.
+        """
+        client = self._client
+        if client is None or self.closed:
+            return
+        if client._gone:
+            self._uffd.close()
+            super().close()
+        else:
+            super().close()  # BufferError leaves everything as it was
+            with contextlib.suppress(SwapdError):
+                client._request("unmap", region=self.id, _ok_codes=("not_found",))
+            self._uffd.close()
+        os.close(self._memfd)
+        client._regions.pop(self.id, None)
+        self._client = None
+
+    def _forked(self) -> None:
+        """In a forked child: drop the descriptors (the mapping was not inherited)."""
+        with contextlib.suppress(OSError):
+            self._uffd.close()
+        with contextlib.suppress(OSError):
+            os.close(self._memfd)
+        self._client = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._client is None else f"id={self.id}"
+        return f"<swapd Region {self.name!r} {state} size={self.size} at {self.address:#x}>"
+
+
+class Client:
+    """A connection to the daemon (see :func:`connect`).  Thread-safe."""
+
+    def __init__(self, sock: socket.socket, hello: dict[str, Any]) -> None:
+        self._sock = sock  # under _lock
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._gone = False  # the daemon closed the socket: fail closed
+        self._regions: dict[int, Region] = {}
+        self.server = hello
+        self.page_size = int(hello.get("page_size", PAGE_SIZE))
+        _CLIENTS.add(self)
+
+    # --- requests -------------------------------------------------------------------
+
+    def _request(self, op: str, *, _fds: list[int] | None = None,
+                 _ok_codes: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply.  Raises the mapped error."""
+        with self._lock:
+            if self._gone:
+                raise DaemonGoneError("the swapd daemon has gone away (socket closed)")
+            req_id = next(self._ids)
+            try:
+                protocol.send_frame(self._sock, {"op": op, "id": req_id, **fields}, _fds)
+                reply, fds = protocol.recv_frame(self._sock)
+            except DaemonGoneError:
+                self._gone = True
+                raise
+            except OSError as exc:
+                self._gone = True
+                raise DaemonGoneError(f"control socket failed: {exc}") from exc
+        for fd in fds:  # the daemon never sends descriptors
+            os.close(fd)
+        if reply.get("id") != req_id:
+            raise ProtocolError(f"reply id {reply.get('id')!r} does not match request {req_id}")
+        if reply.get("ok") is True:
+            return reply
+        code = str(reply.get("error", "internal"))
+        message = str(reply.get("message", ""))
+        if code in _ok_codes:
+            return reply
+        if code == "quota":
+            raise QuotaExceededError(message)
+        raise RequestError(code, message)
+
+    def ping(self) -> None:
+        """Round trip to the daemon; raises DaemonGoneError if it is gone."""
+        self._request("ping")
+
+    def map(self, nbytes: int, name: str | None = None) -> Region:
+        """Create a region of ``nbytes`` (rounded up to pages) paged by the daemon.
+
+        Raises QuotaExceededError, RequestError or DaemonGoneError; on failure
+        nothing is left behind.
+        """
+        from swapd.kernel import uffd as k
+        from swapd.kernel.errors import KernelPermissionError
+
+        if nbytes <= 0:
+            raise RequestError("bad_range", f"size must be positive, got {nbytes}")
+        size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+        name = name or f"swapd-{os.getpid()}"
+        memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+        region: Region | None = None
+        uffd: Any = None
+        try:
+            os.ftruncate(memfd, size)
+            region = Region(memfd, size)
+            address = _address_of(region)
+            region.madvise(_MADV_DONTFORK)
+            try:
+                uffd = k.Userfaultfd.create(nonblock=True, cloexec=True)
+            except (KernelPermissionError, PermissionError):
+                uffd = k.Userfaultfd.create(nonblock=True, cloexec=True, user_mode_only=True)
+            uffd.api(_uffd_features())
+            uffd.register(address, size,
+                          k.UFFDIO_REGISTER_MODE_MISSING | k.UFFDIO_REGISTER_MODE_WP)
+            reply = self._request("map", _fds=[memfd, uffd.fd], length=size, address=address,
+                                  name=name)
+        except BaseException:
+            if uffd is not None:
+                uffd.close()  # before the munmap: no UNMAP event to wait for
+            if region is not None:
+                mmap.mmap.close(region)
+            os.close(memfd)
+            raise
+        region.id = int(reply["region"])
+        region.address = address
+        region.size = size
+        region.name = name
+        region._client = self
+        region._memfd = memfd
+        region._uffd = uffd
+        self._regions[region.id] = region
+        return region
+
+    def set_limit(self, resident_bytes: int) -> int:
+        """Set this client's resident limit; returns the limit in effect (capped by quota)."""
+        return int(self._request("set_limit", resident_bytes=resident_bytes)["resident_bytes"])
+
+    def stats(self, scope: str = "client") -> dict[str, Any]:
+        """The daemon's counters for this client (``scope="client"``) or all (``"all"``)."""
+        reply = self._request("stats", scope=scope)
+        stats: dict[str, Any] = reply["stats"]
+        return stats
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every region, then the connection.  Idempotent."""
+        for region in list(self._regions.values()):
+            region.close()
+        with self._lock:
+            self._gone = True
+            self._sock.close()
+        _CLIENTS.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() < 0
+
+    def _forked(self) -> None:
+        """In a forked child: forget the parent's regions and connection (see module doc)."""
+        for region in list(self._regions.values()):
+            region._forked()
+        self._regions.clear()
+        self._gone = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def connect(path: str | os.PathLike[str] | None = None, *, timeout: float | None = 10.0,
+            name: str | None = None) -> Client:
+    """Connect to the daemon's socket (default: the runtime directory's swapd.sock).
+
+    Performs the versioned handshake.  Raises DaemonGoneError if nobody listens
+    and RequestError (``version``/``permission``) if the daemon refuses.
+    """
+    sock_path = Path(path) if path is not None else default_socket_path()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(sock_path))
+        sock.settimeout(None)
+        protocol.send_frame(sock, {"op": "hello", "id": 0, "version": protocol.PROTOCOL_VERSION,
+                                   "name": name or Path(sys.argv[0]).name})
+        reply, fds = protocol.recv_frame(sock)
+        for fd in fds:
+            os.close(fd)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise DaemonGoneError(f"no swapd daemon listening on {sock_path}: {exc.strerror}"
+                              " (start one with `swapd serve`)") from exc
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, DaemonGoneError):
+            raise
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise RequestError("permission", f"cannot connect to {sock_path}: "
+                               f"{exc.strerror}") from exc
+        raise DaemonGoneError(f"cannot connect to {sock_path}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    if not reply.get("ok"):
+        sock.close()
+        raise RequestError(str(reply.get("error", "internal")), str(reply.get("message", "")))
+    return Client(sock, reply)

@@ -1,0 +1,49 @@
+"""swapd serve: run the swap daemon.
+
+Serves the control socket (default: $RUNTIME_DIRECTORY/swapd.sock, else
+/run/swapd/swapd.sock as root, else $XDG_RUNTIME_DIR/swapd/swapd.sock) with
+the built-in defaults -- compressed tier zsmalloc+lz4, a disk tier file in the
+state directory, the clock reclaim policy, the layer's LRU for demotion --
+overridden by a TOML file (--config).  Under systemd (Type=notify) it sends
+READY=1 once the socket is served, STATUS= on changes and WATCHDOG=1.
+SIGTERM/SIGINT stop it; clients then fail closed (DaemonGoneError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+
+from swapd.config import load_config, replace
+
+log = logging.getLogger("swapd.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", help="control socket path")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--state-dir", metavar="DIR", help="directory of the disk tier file")
+    p.add_argument("--record", metavar="FILE",
+                   help="write handled faults and evictions as a CSV trace (time,page,op,size)")
+    p.add_argument("--check", action="store_true",
+                   help="run every invariant check once a second (debug)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapd.daemon.server import Daemon, install_signal_handlers
+    from swapd.kernel.sdnotify import notify
+
+    cfg = load_config(args.config)
+    if args.record:
+        cfg = replace(cfg, "daemon", record=args.record)
+    if args.check:
+        cfg = replace(cfg, "daemon", check_invariants=True)
+    daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify)
+    with contextlib.ExitStack() as stack:
+        stack.callback(daemon.close)
+        daemon.start()
+        install_signal_handlers(daemon)
+        log.warning("swapd serving %s", daemon.socket_path)
+        daemon.serve_forever()
+    return 0

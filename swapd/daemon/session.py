@@ -1,0 +1,260 @@
+"""Sessions (one per connected client) and the regions they hand to the daemon.
+
+Design.  A :class:`Session` is one client connection: its peer credentials, a
+pidfd that reports its exit, its quotas and resident limit, its reclaim policy
+instance (victims are chosen per client, as the kernel reclaims per memcg), its
+counters, and its :class:`ManagedRegion` s.  A region is one memfd the client
+mapped ``MAP_SHARED`` at ``start`` and registered with a userfaultfd; the daemon
+holds copies of both descriptors and the layer's region id.
+
+Each page of a region has one state byte (``ManagedRegion.state``):
+
+=========  ===================================================================
+HOLE       nothing in the memfd, nothing stored: a fault gets UFFDIO_ZEROPAGE
+RESIDENT   in the memfd's page cache; tracked by the session's reclaim policy
+           (unless an eviction batch that was aborted still owns it)
+EVICTING   write-protected by an eviction batch that is storing it
+SWAPPED    stored in the layer; the memfd has a hole there
+GONE       the client unmapped that part of the region (munmap)
+=========  ===================================================================
+
+Transitions (all under ``Session.lock``): HOLE -> RESIDENT (zero fault),
+SWAPPED -> RESIDENT (fault-in or readahead), RESIDENT -> EVICTING (batch
+phase 1), EVICTING -> SWAPPED (phase 3, after the punch), EVICTING -> RESIDENT
+(phase 3 after a store rejection, or the pager after a WP fault: eviction
+aborted), any -> HOLE (advise dontneed), any -> GONE (partial munmap).
+
+Invariants (checked by ``_check``): ``Session.resident`` equals the number of
+pages in RESIDENT or EVICTING over its live regions; every policy key is a
+RESIDENT page; no two live regions of a session overlap; a region is in the
+daemon's tables iff ``not dropped``.
+
+Lock order: ``Daemon.lock`` (tables) -> ``Session.lock`` -> the layer's own
+locks.  ``Session.lock`` is held by the pager for one fault, by the reclaimer
+for phases 1 and 3 of a batch (never while the layer compresses in phase 2),
+and by the control handlers for one request.
+
+Prior art: the per-memcg LRU and limits of ``mm/memcontrol.c`` /
+``mm/vmscan.c``; UMap's per-region fill/evict state (LLNL umap, ``PageRegion``).
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from swapd.errors import InvariantError
+
+if TYPE_CHECKING:
+    from swapd.kernel.uffd import Userfaultfd
+    from swapd.policy import Policy
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+HOLE, RESIDENT, EVICTING, SWAPPED, GONE = range(5)
+STATE_NAMES = ("HOLE", "RESIDENT", "EVICTING", "SWAPPED", "GONE")
+
+
+class LayerLike(Protocol):
+    """The part of ``swapd.layer.SwapLayer`` the daemon uses (the layer contract)."""
+
+    def add_region(self, client: Any, npages: int) -> int: ...
+    def remove_region(self, region: int) -> None: ...
+    def remove_client(self, client: Any) -> None: ...
+    def store(self, region: int, index: int, page: bytes | bytearray | memoryview) -> None: ...
+    def load(self, region: int, index: int) -> bytes: ...
+    def same_filled_value(self, region: int, index: int) -> int | None: ...
+    def swapped_run(self, region: int, index: int, max_pages: int) -> int: ...
+    def invalidate(self, region: int, index: int) -> None: ...
+    def stats(self, client: Any = None) -> Any: ...
+    def shrink_step(self) -> int: ...
+    def _check(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def page_key(region_id: int, index: int) -> int:
+    """The reclaim policy's key of a page: region id in the high bits.  O(1)."""
+    return (region_id << 32) | index
+
+
+@dataclass
+class Counters:
+    """Per-session event counters (under Session.lock); snapshot with ``as_dict``."""
+
+    faults: int = 0  # MISSING faults served
+    wp_faults: int = 0  # write-protect faults served
+    zero_faults: int = 0  # served with UFFDIO_ZEROPAGE
+    swapins: int = 0  # faults that loaded a stored page (major faults)
+    refaults: int = 0  # swapins of pages evicted less than `refault_window` evictions ago
+    readahead_pages: int = 0  # pages copied in ahead of a fault
+    readahead_hits: int = 0  # ... later touched (approximated by sequential faults)
+    evicted_pages: int = 0  # pages stored and punched
+    eviction_aborts: int = 0  # a write during eviction cancelled the page's eviction
+    store_rejects: int = 0  # the layer refused the page; it stayed resident
+    direct_reclaims: int = 0  # batches run by the pager because a client ran ahead
+    refbit_sampled: int = 0  # pages whose referenced bit was read (PAGEMAP_SCAN)
+    refbit_referenced: int = 0  # ... that had been touched since their PAGEOUT zap
+    poisoned_pages: int = 0  # unrecoverable pages poisoned (SIGBUS on access)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ManagedRegion:
+    """One client region: memfd mapped at ``start`` in the client, ``npages`` pages."""
+
+    def __init__(self, rid: int, session: Session, start: int, npages: int, memfd: int,
+                 uffd: Userfaultfd, layer_region: int, name: str) -> None:
+        self.id = rid  # daemon-wide, also the protocol's region id
+        self.session = session
+        self.start = start  # client virtual address of page 0
+        self.npages = npages
+        self.end = start + (npages << PAGE_SHIFT)
+        self.memfd = memfd  # the daemon's copy; closed when dropped
+        self.uffd = uffd  # the daemon's copy; closed when dropped
+        self.layer_region = layer_region
+        self.name = name
+        self.state = bytearray(npages)  # under Session.lock; one of HOLE..GONE per page
+        self.dropped = False  # under Session.lock; True once freed (fds closed)
+        # Readahead (under Session.lock): window in pages, index expected next if sequential.
+        self.ra_window = 0
+        self.ra_next = -1
+        # Software referenced bit sweep (reclaimer only): next slice to zap, slice zapped last.
+        self.sweep_cursor = 0
+        self.sweep_pending: tuple[int, int] | None = None
+        # Faults read while draining for an EAGAIN retry, served next (under Session.lock).
+        self.pending: collections.deque[Any] = collections.deque()
+        # Per page: Session.eviction_seq when last evicted, for the refault distance
+        # (mm/workingset.c); under Session.lock.
+        self.evicted_seq = array.array("q", [-(1 << 62)]) * npages
+
+    def address(self, index: int) -> int:
+        return self.start + (index << PAGE_SHIFT)
+
+    def index_of(self, address: int) -> int:
+        """Page index of a client address, or -1 if outside the region.  O(1)."""
+        if self.start <= address < self.end:
+            return (address - self.start) >> PAGE_SHIFT
+        return -1
+
+    def count(self, *states: int) -> int:
+        """Pages in any of ``states``.  O(npages)."""
+        return sum(self.state.count(s) for s in states)
+
+    def __repr__(self) -> str:
+        return f"<region {self.id} {self.name!r} {self.start:#x}+{self.npages}p>"
+
+
+class Session:
+    """One connected client (see the module docstring)."""
+
+    def __init__(self, sid: int, pid: int, uid: int, gid: int, *, limit_pages: int,
+                 policy: Policy, latency_samples: int) -> None:
+        self.id = sid  # also the layer's client id
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.name = ""
+        self.lock = threading.Lock()
+        self.pidfd = -1  # closed at teardown
+        self.hello = False  # handshake done
+        self.regions: dict[int, ManagedRegion] = {}  # under lock; live regions by id
+        self.managed_pages = 0  # under lock; sum of live regions' npages
+        self.limit_pages = limit_pages  # under lock; resident limit
+        self.resident = 0  # under lock; pages RESIDENT or EVICTING
+        self.policy = policy  # under lock; keys are page_key(region, index) of RESIDENT pages
+        self.counters = Counters()  # under lock
+        self.latency_ns: collections.deque[int] = collections.deque(maxlen=latency_samples)
+        self.dead = False  # under lock; torn down (pidfd HUP, EOF, ESRCH)
+        self.evicting = 0  # under lock; eviction batches in phase 2
+        self.layer_freed = False  # under lock; layer.remove_client done
+        self.eviction_seq = 0  # under lock; evictions so far (refault distance clock)
+
+    def _assert_locked(self) -> None:
+        assert self.lock.locked(), "Session.lock must be held"
+
+    def live_regions(self) -> Iterator[ManagedRegion]:
+        return iter(list(self.regions.values()))
+
+    def over_limit(self) -> int:
+        """Pages above the resident limit (0 if under).  O(1); caller holds the lock."""
+        return max(0, self.resident - self.limit_pages)
+
+    def _check(self) -> None:
+        """Verify the invariants of the module docstring.  O(pages + policy)."""
+        with self.lock:
+            resident = 0
+            spans = []
+            for rid, r in self.regions.items():
+                if r.id != rid or r.dropped:
+                    raise InvariantError(f"session {self.id}: region table broken at {rid}")
+                resident += r.count(RESIDENT, EVICTING)
+                spans.append((r.start, r.end))
+            if resident != self.resident:
+                raise InvariantError(f"session {self.id}: resident {self.resident} != "
+                                     f"{resident} pages RESIDENT/EVICTING")
+            spans.sort()
+            for (_, e0), (s1, _) in itertools.pairwise(spans):
+                if s1 < e0:
+                    raise InvariantError(f"session {self.id}: overlapping regions")
+            if len(self.policy) > resident:
+                raise InvariantError(f"session {self.id}: policy tracks {len(self.policy)} "
+                                     f"keys for {resident} resident pages")
+            for r in self.regions.values():
+                for i, st in enumerate(r.state):
+                    if page_key(r.id, i) in self.policy and st != RESIDENT:
+                        raise InvariantError(f"session {self.id}: policy tracks page {i} of "
+                                             f"region {r.id} in state {STATE_NAMES[st]}")
+            self.policy._check()
+
+    def close_fds_locked(self) -> None:
+        """Close the pidfd (teardown).  Caller holds the lock."""
+        self._assert_locked()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Fault service-time percentiles in microseconds over the kept samples."""
+
+    count: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    max_us: float
+
+    @staticmethod
+    def of(samples_ns: list[int]) -> LatencySummary:
+        """Summarize ``samples_ns``.  O(n log n)."""
+        if not samples_ns:
+            return LatencySummary(0, 0.0, 0.0, 0.0, 0.0)
+        s = sorted(samples_ns)
+        n = len(s)
+
+        def pct(p: float) -> float:
+            return s[min(n - 1, int(p * n))] / 1000.0
+
+        return LatencySummary(n, pct(0.50), pct(0.90), pct(0.99), s[-1] / 1000.0)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"count": self.count, "p50_us": self.p50_us, "p90_us": self.p90_us,
+                "p99_us": self.p99_us, "max_us": self.max_us}
+
+
+@dataclass
+class RegionSnapshot:
+    """What ``stats`` reports per region."""
+
+    id: int
+    name: str
+    npages: int
+    states: dict[str, int] = field(default_factory=dict)

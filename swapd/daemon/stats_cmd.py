@@ -1,0 +1,63 @@
+"""swapd stats: print a running daemon's counters.
+
+Connects to the control socket and prints, per client and in total, the
+layer's kernel-named counters (stored_pages, pool_total_size, zswpin, zswpout,
+zswpwb, written_back_pages, reject_* ...), the pager's fault counters and the
+fault service-time percentiles (p50/p99).  --json prints the raw reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", help="control socket path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def render(stats: dict[str, Any]) -> str:
+    """A plain-text rendering of ``Client.stats("all")``."""
+    d = stats["daemon"]
+    t = stats["total"]
+    lines = [f"swapd pid {d['pid']} on {d['socket']}: {d['clients']} client(s), "
+             f"up {d['uptime_s']:.0f}s, global limit {d['global_limit_pages']} pages"]
+
+    def block(title: str, s: dict[str, Any]) -> None:
+        lat = s["latency"]
+        lines.append(f"\n[{title}]")
+        lines.append(f"  resident_pages {s['resident_pages']}  managed_pages {s['managed_pages']}"
+                     + (f"  limit_pages {s['limit_pages']}" if "limit_pages" in s else ""))
+        lines.append(f"  fault latency (service): n={lat['count']} p50={lat['p50_us']:.1f}us "
+                     f"p99={lat['p99_us']:.1f}us max={lat['max_us']:.1f}us")
+        lines.append("  " + "  ".join(f"{k} {v}" for k, v in s["counters"].items()))
+        layer = s.get("layer") or {}
+        if layer:
+            lines.append("  layer: " + "  ".join(f"{k} {_fmt(v)}" for k, v in layer.items()))
+
+    block("total", t)
+    for c in stats["clients"]:
+        block(f"client {c['session']} pid {c['pid']} {c['name']}", c)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapd.client import connect
+
+    with connect(args.socket, name="swapd-stats") as client:
+        stats = client.stats("all")
+    if args.json:
+        json.dump(stats, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(render(stats))
+    return 0

@@ -1,0 +1,1083 @@
+# The generalized swap-LRU layer: slot-free entries, one LRU above the tiers, zswap's admission.
+#
+# Design.  A swapped-out page is (region, index); its state is one word of the swap table
+# (swapd/layer/table.py).  No swap slot exists for a page in the compressed tier; a disk slot is
+# taken only when the entry is written back.  Every stored entry is on exactly one LRU list: the
+# list of (its client, its tier), hottest at the head.  A store links the entry at the head of its
+# client's fastest-tier list with the referenced bit set (mm/zswap.c: zswap_store() sets
+# entry->referenced; shrink_memcg_cb() rotates a referenced entry instead of writing it back).
+# Demotion (``writeback``) takes the coldest entries of the fastest tier of one client at a time,
+# clients in round robin (mm/zswap.c: shrink_worker() walks memcgs round robin), decompresses them
+# and writes them to the next tier in one batch (32 by default, the kernel's
+# SWAP_CLUSTER_MAX-sized walks), so the disk gets contiguous runs.
+#
+# Admission is zswap_check_limits(): a pool limit (bytes, or percent of RAM), and after the limit
+# was hit (zswap_pool_reached_full) no store is accepted until the pool is under the accept
+# threshold (90% of the limit).  Where the kernel then rejects the page -- which sends the hottest
+# page to disk while colder ones stay compressed, the LRU inversion of the 2023 kernel-build
+# measurements -- this layer by default *shrinks until it can accept*: it writes back the coldest
+# entries before it takes the new page.  ``reject_to_disk_when_full`` restores the kernel's
+# behaviour (the page goes straight to the next tier, and the proactive shrinker is asked to bring
+# the pool under the threshold, as shrink_worker is queued), so the inversion counter can be
+# compared.  Same-filled pages live in the word (zswap_is_page_same_filled before 6.12, zram's
+# ZRAM_SAME); incompressible pages are stored raw when a lower tier can take them later (6.16's
+# "store incompressible pages as-is"), else rejected as reject_compress_poor; a backend whose
+# largest object is below a page (zbud) cannot hold them raw, so with a lower tier they go there
+# directly -- counted as reject_compress_poor and, when colder entries stay in the pool, as an
+# inversion, the bypass the 2023 discussion named as the same bug.  Loads are exclusive
+# by default (zswap_exclusive_loads): the copy is freed and the page is RESIDENT; with
+# ``exclusive_loads=False`` a clean copy is kept (CLEAN) and is simply dropped, never written back,
+# when it is chosen for demotion.
+#
+# LRU inversion: counted when an entry is placed in a slower tier while its client still has an
+# entry in a faster tier that is colder in the layer's LRU order (that order is swap-out recency,
+# adjusted by non-exclusive loads and by the second-chance rotation).  Demotion by the built-in LRU
+# always takes the tail, so it counts none; a demotion policy plugin (``demotion_policy``) or the
+# kernel-like mode can.  The check is the same code for all of them.
+#
+# Proactive shrinker (``shrink_step``): when the pool is above ``shrinker_start_percent`` of its
+# limit (or the kernel-like mode asked for a shrink), write back one batch.  Swapin feedback as in
+# zswap_shrinker_count(): pages loaded from a slower tier since the last step are subtracted from
+# the number of entries eligible for writeback (nr_disk_swapins), and a refault of a page written
+# back less than ``shrinker_refault_window`` seconds ago makes the shrinker back off exponentially
+# (the workingset refault-distance idea, with an injected clock).
+#
+# Concurrency.  One layer lock protects the swap table, the lists, the clients and the counters.
+# Compression (store) runs outside it; the I/O of a writeback or of a direct disk store runs
+# outside it too: the victims are marked WB and taken off the lists under the lock, written out
+# without it, and committed under it only if their word is unchanged (a concurrent load,
+# invalidate or store wins, and the new slot is freed) -- the kernel's zswap_writeback_entry()
+# re-validates the entry against the tree the same way.  Loads (including a disk pread and the
+# decompression) run under the lock, so a slot or handle is never freed under a reader.  The
+# caller serializes store/load/invalidate of the *same* page (the daemon has one authority per
+# page); anything else may run concurrently, including writeback, shrink_step and compact.
+#
+# Lock order: SwapLayer._lock -> backend locks -> PageArena._lock;
+#             SwapLayer._lock -> DiskTier._lock.  Policies are called only under SwapLayer._lock.
+# Invariants (``_check``): every entry with a tier tag and without WB is on the list of its
+# client and tier, and every list member has such a word; the per-client gauges equal a recount;
+# backend objects = entries in the compressed tier; disk slots in use >= disk entries (= when no
+# I/O is in flight); the table's, the tiers' and the policy's own checks pass.
+"""The swap-LRU layer: ``SwapLayer``, ``LayerConfig``, ``LayerStats``."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from swapd.arena import PAGE_SHIFT, PAGE_SIZE
+from swapd.compress import fill_page, same_filled_value
+from swapd.errors import (
+    ConfigError,
+    CorruptPageError,
+    EntryNotFoundError,
+    InvariantError,
+    ObjectSizeError,
+    PoolExhaustedError,
+    StoreRejected,
+    TierFullError,
+    TierIOError,
+)
+from swapd.layer.table import (
+    CLEAN,
+    KEY_MAX,
+    KEY_SHIFT,
+    LEN_MASK,
+    LEN_SHIFT,
+    MAX_TIERS,
+    NIL,
+    REF,
+    SIDE,
+    TAG_MASK,
+    TAG_SAME,
+    TAG_TIER0,
+    WB,
+    EntryState,
+    SwapTable,
+    decode_value,
+    encode_value,
+)
+from swapd.layer.tier import CompressedTier, Tier
+
+__all__ = ["LayerConfig", "LayerStats", "SwapLayer"]
+
+Page = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Tunables of the layer (zswap's module parameters where they exist).
+
+    ``pool_limit_bytes`` wins over ``pool_limit_percent`` (of the compressed tier's
+    ``limits.ram_total_bytes``; zswap's max_pool_percent).  ``accept_threshold_percent``
+    is zswap's accept_threshold_percent.  ``store_incompressible``: keep pages that do not
+    compress raw in the pool when a slower tier exists.  ``second_chance``: the referenced bit.
+    Shrinker knobs: ``shrinker_start_percent`` of the limit, ``shrinker_batch`` pages per step,
+    ``shrinker_refault_window`` seconds, back-off between ``shrinker_backoff_min`` and
+    ``shrinker_backoff_max`` seconds, ``shrinker_recent`` written-back entries remembered.
+    """
+
+    pool_limit_bytes: int | None = None
+    pool_limit_percent: float = 20.0
+    accept_threshold_percent: float = 90.0
+    shrink_until_accept: bool = True
+    store_incompressible: bool = True
+    exclusive_loads: bool = True
+    same_filled: bool = True
+    writeback_batch: int = 32
+    reject_to_disk_when_full: bool = False
+    second_chance: bool = True
+    shrinker_start_percent: float = 80.0
+    shrinker_batch: int = 32
+    shrinker_refault_window: float = 1.0
+    shrinker_backoff_min: float = 0.05
+    shrinker_backoff_max: float = 5.0
+    shrinker_recent: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.pool_limit_bytes is not None and self.pool_limit_bytes < 0:
+            raise ConfigError(f"pool_limit_bytes must be >= 0, got {self.pool_limit_bytes}")
+        for name in ("pool_limit_percent", "accept_threshold_percent", "shrinker_start_percent"):
+            v = getattr(self, name)
+            if not 0 <= v <= 100:
+                raise ConfigError(f"{name} must be within 0..100, got {v}")
+        if self.writeback_batch <= 0 or self.shrinker_batch <= 0:
+            raise ConfigError("writeback_batch and shrinker_batch must be positive")
+        if self.shrinker_backoff_min <= 0 or self.shrinker_backoff_max < self.shrinker_backoff_min:
+            raise ConfigError("need 0 < shrinker_backoff_min <= shrinker_backoff_max")
+        if self.shrinker_recent < 0 or self.shrinker_refault_window < 0:
+            raise ConfigError("shrinker_recent and shrinker_refault_window must be >= 0")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """A snapshot of the layer's counters, kernel names (mm/zswap.c debugfs, vmstat, zram).
+
+    Gauges: ``stored_pages`` (entries in the compressed tier plus same-filled ones, as
+    zswap_stored_pages), ``same_filled_pages``, ``stored_incompressible_pages``,
+    ``pool_total_size`` (bytes of backend pages in total; per client, its compressed bytes),
+    ``disk_slots_used``, ``disk_pages`` (entries on disk), and zram's mm_stat
+    ``orig_data_size`` / ``compr_data_size`` / ``mem_used_total``.  Events: the rejects,
+    ``pool_limit_hit``, ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``, ``pswpin``
+    / ``pswpout`` (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``,
+    ``shrinker_backoffs``, ``refaults_soon``.
+    """
+
+    stored_pages: int = 0
+    pool_total_size: int = 0
+    written_back_pages: int = 0
+    reject_compress_poor: int = 0
+    reject_compress_fail: int = 0
+    reject_alloc_fail: int = 0
+    reject_reclaim_fail: int = 0
+    reject_disk_fail: int = 0
+    pool_limit_hit: int = 0
+    stored_incompressible_pages: int = 0
+    same_filled_pages: int = 0
+    zswpin: int = 0
+    zswpout: int = 0
+    zswpwb: int = 0
+    pswpin: int = 0
+    pswpout: int = 0
+    lru_inversions: int = 0
+    clean_dropped: int = 0
+    shrinker_backoffs: int = 0
+    refaults_soon: int = 0
+    orig_data_size: int = 0
+    compr_data_size: int = 0
+    mem_used_total: int = 0
+    disk_slots_used: int = 0
+    disk_pages: int = 0
+
+    @property
+    def mm_stat(self) -> str:
+        """zram's mm_stat line: orig_data_size compr_data_size mem_used_total (bytes)."""
+        return f"{self.orig_data_size} {self.compr_data_size} {self.mem_used_total}"
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for JSON)."""
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+_EVENTS = ("written_back_pages", "reject_compress_poor", "reject_compress_fail",
+           "reject_alloc_fail", "reject_reclaim_fail", "reject_disk_fail", "pool_limit_hit",
+           "zswpin", "zswpout", "zswpwb", "pswpin", "pswpout", "lru_inversions",
+           "clean_dropped")
+
+
+class _Client:
+    """Per-client lists and counters.  Every field is under SwapLayer._lock."""
+
+    __slots__ = ("clean_dropped", "compr_bytes", "counts", "incompressible", "key", "lists",
+                 "lru_inversions", "pool_limit_hit", "pswpin", "pswpout", "regions",
+                 "reject_alloc_fail", "reject_compress_fail", "reject_compress_poor",
+                 "reject_disk_fail", "reject_reclaim_fail", "same", "stored",
+                 "written_back_pages", "zswpin", "zswpout", "zswpwb")
+
+    def __init__(self, key: Hashable, lists: list[int]) -> None:
+        self.key = key
+        self.lists = lists              # sentinel of this client's list in each tier
+        self.counts = [0] * len(lists)  # entries on each list (WB entries are on none)
+        self.regions: set[int] = set()
+        self.stored = 0                 # entries in tier 0 (compressed) + same-filled
+        self.same = 0
+        self.incompressible = 0
+        self.compr_bytes = 0
+        # events (the names of _EVENTS)
+        self.written_back_pages = 0
+        self.reject_compress_poor = 0
+        self.reject_compress_fail = 0
+        self.reject_alloc_fail = 0
+        self.reject_reclaim_fail = 0
+        self.reject_disk_fail = 0
+        self.pool_limit_hit = 0
+        self.zswpin = 0
+        self.zswpout = 0
+        self.zswpwb = 0
+        self.pswpin = 0
+        self.pswpout = 0
+        self.lru_inversions = 0
+        self.clean_dropped = 0
+
+
+class _Region:
+    __slots__ = ("base", "client", "npages")
+
+    def __init__(self, base: int, npages: int, client: _Client) -> None:
+        self.base = base
+        self.npages = npages
+        self.client = client
+
+
+class SwapLayer:
+    """Slot-free swap entries over a chain of tiers, with one LRU above them.
+
+    ``tiers``: fastest first, e.g. ``[CompressedTier(...), DiskTier(...)]``.  ``clock``: seconds,
+    used only by the proactive shrinker.  ``demotion_policy``: ``"lru"`` is the built-in LRU;
+    another name loads that policy plugin (an experiment switch) to choose demotion victims.
+    Thread-safe (see the module comment).
+    """
+
+    def __init__(self, tiers: Sequence[Tier], *, config: LayerConfig | None = None,
+                 clock: Callable[[], float] | None = time.monotonic,
+                 demotion_policy: str = "lru") -> None:
+        import threading
+
+        if not tiers or len(tiers) > MAX_TIERS:
+            raise ConfigError(f"a layer needs 1..{MAX_TIERS} tiers, got {len(tiers)}")
+        self._tiers = list(tiers)
+        self._ntiers = len(tiers)
+        self._config = cfg = config if config is not None else LayerConfig()
+        self._clock = clock if clock is not None else time.monotonic
+        self._lock = threading.Lock()
+        self._table = SwapTable()                    # under _lock
+        self._regions: dict[int, _Region] = {}       # under _lock
+        self._clients: dict[Hashable, _Client] = {}  # under _lock
+        self._rr: list[Hashable] = []                # under _lock: round-robin order of clients
+        self._rr_pos = 0                             # under _lock
+        self._next_region = 1                        # under _lock
+        self._departed = {name: 0 for name in _EVENTS}  # under _lock: events of removed clients
+        self._reached_full = False                   # under _lock: zswap_pool_reached_full
+        self._shrink_requested = False               # under _lock: kernel-like mode's queued work
+        self._io_inflight = 0                        # under _lock: slots allocated, not committed
+        self._recent_wb: OrderedDict[int, float] = OrderedDict()  # under _lock: g -> time
+        self._disk_swapins = 0                       # under _lock: nr_disk_swapins
+        self._soon = 0                               # under _lock: refaults within the window
+        self._soon_seen = 0                          # under _lock
+        self._backoff = 0.0                          # under _lock: current back-off interval
+        self._backoff_until = -1.0                   # under _lock
+        self._backoffs = 0                           # under _lock
+        self._closed = False
+        t0 = self._tiers[0]
+        self._t0c: CompressedTier | None = t0 if isinstance(t0, CompressedTier) else None
+        if self._t0c is not None:
+            lim = self._t0c.limits
+            if cfg.pool_limit_bytes is not None:
+                limit_bytes = cfg.pool_limit_bytes
+            else:
+                limit_bytes = int(lim.ram_total_bytes * cfg.pool_limit_percent / 100)
+            if lim.max_bytes is not None:
+                limit_bytes = min(limit_bytes, lim.max_bytes)
+            self.limit_pages = limit_bytes >> PAGE_SHIFT
+        else:
+            self.limit_pages = 0
+        self.accept_pages = int(self.limit_pages * cfg.accept_threshold_percent / 100)
+        self.shrink_start_pages = int(self.limit_pages * cfg.shrinker_start_percent / 100)
+        self._policy: Any = None
+        if demotion_policy != "lru":
+            from swapd.plugins import make_policy
+
+            self._policy = make_policy(demotion_policy)
+
+    # -- regions and clients ------------------------------------------------------------
+
+    def add_region(self, client: Hashable, npages: int) -> int:
+        """Register ``npages`` pages of ``client``; return the region id.  O(npages)."""
+        if npages <= 0:
+            raise ValueError(f"a region needs at least one page, got {npages}")
+        with self._lock:
+            cl = self._clients.get(client)
+            if cl is None:
+                cl = _Client(client, [self._table.new_list() for _ in range(self._ntiers)])
+                self._clients[client] = cl
+                self._rr.append(client)
+            base = self._table.alloc_extent(npages)
+            rid = self._next_region
+            self._next_region += 1
+            self._regions[rid] = _Region(base, npages, cl)
+            cl.regions.add(rid)
+            return rid
+
+    def remove_region(self, region: int) -> None:
+        """Free every stored copy of the region's pages and forget it.  O(npages)."""
+        with self._lock:
+            reg = self._regions.pop(region, None)
+            if reg is None:
+                raise EntryNotFoundError(f"no region {region}")
+            self._remove_region_locked(reg)
+            reg.client.regions.discard(region)
+
+    def _remove_region_locked(self, reg: _Region) -> None:
+        words = self._table.words
+        drop = self._drop_locked
+        cl = reg.client
+        for g in range(reg.base, reg.base + reg.npages):
+            if words[g]:
+                drop(g, cl)
+        self._table.free_extent(reg.base)
+
+    def remove_client(self, client: Hashable) -> None:
+        """Remove every region of ``client`` and free its copies in every tier.  O(pages)."""
+        with self._lock:
+            cl = self._clients.pop(client, None)
+            if cl is None:
+                raise EntryNotFoundError(f"no client {client!r}")
+            for rid in sorted(cl.regions):
+                self._remove_region_locked(self._regions.pop(rid))
+            cl.regions.clear()
+            for s in cl.lists:
+                self._table.drop_list(s)
+            for name in _EVENTS:
+                self._departed[name] += getattr(cl, name)
+            self._rr.remove(client)
+
+    def _lookup_locked(self, region: int, index: int) -> tuple[int, _Client]:
+        reg = self._regions.get(region)
+        if reg is None:
+            raise EntryNotFoundError(f"no region {region}")
+        if not 0 <= index < reg.npages:
+            raise EntryNotFoundError(f"page {index} is outside region {region} "
+                                     f"({reg.npages} pages)")
+        return reg.base + index, reg.client
+
+    # -- entry helpers (all under _lock) ----------------------------------------------------
+
+    def _key_locked(self, g: int, w: int) -> int:
+        return self._table.side[g] if w & SIDE else w >> KEY_SHIFT
+
+    def _drop_locked(self, g: int, cl: _Client) -> None:
+        """Free whatever copy ``g`` has; the word becomes RESIDENT.  O(1)."""
+        table = self._table
+        w = table.words[g]
+        if not w:
+            return
+        tag = w & TAG_MASK
+        if tag == TAG_SAME:
+            cl.same -= 1
+            cl.stored -= 1
+        elif tag >= TAG_TIER0:
+            t = tag - TAG_TIER0
+            key = self._key_locked(g, w)
+            if not w & WB:
+                table.unlink(g)
+                cl.counts[t] -= 1
+                pol = self._policy
+                if t == 0 and pol is not None and g in pol:
+                    pol.remove(g)
+            self._tiers[t].free(key)
+            self._uncount_locked(cl, t, w)
+        if w & SIDE:
+            del table.side[g]
+        table.words[g] = 0
+
+    def _uncount_locked(self, cl: _Client, t: int, w: int) -> None:
+        if self._tiers[t].compressed:
+            length = (w >> LEN_SHIFT) & LEN_MASK
+            if t == 0:
+                cl.stored -= 1
+            cl.compr_bytes -= length
+            if length == PAGE_SIZE:
+                cl.incompressible -= 1
+
+    def _count_locked(self, cl: _Client, t: int, length: int) -> None:
+        if self._tiers[t].compressed:
+            if t == 0:
+                cl.stored += 1
+            cl.compr_bytes += length
+            if length == PAGE_SIZE:
+                cl.incompressible += 1
+
+    def _make_word(self, g: int, t: int, key: int, length: int) -> int:
+        w = (TAG_TIER0 + t) | (length << LEN_SHIFT)
+        if key > KEY_MAX:
+            self._table.side[g] = key
+            return w | SIDE
+        return w | (key << KEY_SHIFT)
+
+    def _link_new_locked(self, g: int, cl: _Client, t: int, *, head: bool = True) -> None:
+        if head:
+            self._table.push_head(cl.lists[t], g)
+        else:
+            self._table.push_tail(cl.lists[t], g)
+        cl.counts[t] += 1
+        if t == 0 and self._policy is not None:
+            self._policy.insert(g)
+
+    # -- admission --------------------------------------------------------------------------
+
+    def _pool_full_locked(self) -> bool:
+        """zswap_check_limits(): True while the pool may not take a page.  O(1)."""
+        t0 = self._t0c
+        if t0 is None:
+            return False
+        cur = t0.total_pages()
+        if cur >= self.limit_pages:
+            self._reached_full = True
+            return True
+        if self._reached_full:
+            if cur > self.accept_pages:
+                return True
+            self._reached_full = False
+        return False
+
+    def _reject_locked(self, cl: _Client, reason: str, detail: str = "") -> StoreRejected:
+        setattr(cl, reason, getattr(cl, reason) + 1)
+        return StoreRejected(reason, detail)
+
+    # -- store ------------------------------------------------------------------------------
+
+    def store(self, region: int, index: int, page: Page) -> None:
+        """zswap_store(): take a copy of ``page`` (PAGE_SIZE bytes) for (region, index).
+
+        Any older copy of the page is dropped first.  Raises StoreRejected(reason) -- the
+        reason is the counter incremented -- and then the caller keeps the page resident;
+        EntryNotFoundError for an unknown region or index.  Cost: one compression outside the
+        lock plus O(1) under it, except when the pool is full (a writeback of the coldest
+        entries, in batches, until the pool can accept).
+        """
+        if len(page) != PAGE_SIZE:
+            raise ObjectSizeError(f"store: a page is {PAGE_SIZE} bytes, got {len(page)}")
+        cfg = self._config
+        value = same_filled_value(page) if cfg.same_filled else None
+        t0 = self._t0c
+        data: bytes | None = None
+        reject: str | None = None
+        bypass = False  # the pool cannot hold this page even raw: it goes to the next tier
+        if value is None and t0 is not None:
+            try:
+                c = t0.compress(page)
+            except ValueError:
+                reject = "reject_compress_fail"
+                c = b""
+            if reject is None:
+                if len(c) < PAGE_SIZE and len(c) <= t0.max_object:
+                    data = c
+                elif cfg.store_incompressible and self._ntiers > 1:
+                    if t0.max_object >= PAGE_SIZE:
+                        data = bytes(page)
+                    else:
+                        bypass = True
+                else:
+                    reject = "reject_compress_poor"
+        attempts = 0
+        while True:
+            direct = False
+            with self._lock:
+                g, cl = self._lookup_locked(region, index)
+                if attempts == 0:
+                    self._drop_locked(g, cl)
+                if value is not None:
+                    payload = encode_value(value)
+                    words = self._table.words
+                    if payload is None:
+                        self._table.side[g] = value
+                        words[g] = TAG_SAME | SIDE
+                    else:
+                        words[g] = TAG_SAME | payload
+                    cl.same += 1
+                    cl.stored += 1
+                    cl.zswpout += 1
+                    return
+                if reject is not None:
+                    raise self._reject_locked(cl, reject)
+                if t0 is None:
+                    direct = True
+                    target = 0
+                elif bypass:
+                    cl.reject_compress_poor += 1  # counted, yet not refused: see below
+                    direct = True
+                    target = 1
+                else:
+                    assert data is not None
+                    full = self._pool_full_locked()
+                    exhausted = False
+                    if not full:
+                        try:
+                            h = t0.put(data)
+                        except PoolExhaustedError:
+                            exhausted = full = True
+                        except ObjectSizeError as exc:
+                            raise self._reject_locked(cl, "reject_compress_poor", str(exc)) from exc
+                        else:
+                            w = self._make_word(g, 0, h, len(data))
+                            if cfg.second_chance and self._policy is None:
+                                w |= REF
+                            self._table.words[g] = w
+                            self._link_new_locked(g, cl, 0)
+                            self._count_locked(cl, 0, len(data))
+                            cl.zswpout += 1
+                            return
+                    if attempts == 0:
+                        cl.pool_limit_hit += 1
+                    if self._ntiers == 1:
+                        if exhausted:
+                            raise self._reject_locked(cl, "reject_alloc_fail")
+                        raise StoreRejected("pool_limit_hit")  # counted above
+                    if cfg.reject_to_disk_when_full:
+                        self._shrink_requested = True
+                        direct = True
+                        target = 1
+                    elif not cfg.shrink_until_accept:
+                        raise StoreRejected("pool_limit_hit")  # counted above
+                    elif attempts >= 3:
+                        raise self._reject_locked(cl, "reject_reclaim_fail",
+                                                  "the pool stays full after writeback")
+            if direct:
+                self._store_direct(region, index, target, bytes(page))
+                return
+            if not self._shrink_until_accept():
+                with self._lock:
+                    _, cl = self._lookup_locked(region, index)
+                    raise self._reject_locked(cl, "reject_reclaim_fail",
+                                              "nothing could be written back")
+            attempts += 1
+
+    def _store_direct(self, region: int, index: int, t: int, page: bytes) -> None:
+        """Write ``page`` straight into tier ``t`` (a disk-like tier), then link it."""
+        tier = self._tiers[t]
+        with self._lock:
+            self._io_inflight += 1
+        try:
+            try:
+                keys = tier.store_batch([page])
+            except (TierFullError, TierIOError) as exc:
+                with self._lock:
+                    _, cl = self._lookup_locked(region, index)
+                    raise self._reject_locked(cl, "reject_disk_fail", str(exc)) from exc
+            with self._lock:
+                try:
+                    g, cl = self._lookup_locked(region, index)
+                except EntryNotFoundError:
+                    tier.free(keys[0])
+                    raise
+                if self._table.words[g]:  # a concurrent store won
+                    tier.free(keys[0])
+                    return
+                if t > 0 and any(cl.counts[:t]):
+                    cl.lru_inversions += 1
+                self._table.words[g] = self._make_word(g, t, keys[0], 0)
+                self._link_new_locked(g, cl, t)
+                if tier.compressed:
+                    self._count_locked(cl, t, 0)
+                if t == 0:
+                    cl.zswpout += 1
+                cl.pswpout += 1
+        finally:
+            with self._lock:
+                self._io_inflight -= 1
+
+    def _shrink_until_accept(self) -> bool:
+        """Write back the coldest entries until the pool is under the accept threshold
+        (the 2023 "shrink until can accept" fix of shrink_worker); return whether it is."""
+        t0 = self._t0c
+        assert t0 is not None
+        stalls = 0
+        last = t0.total_pages()
+        while True:
+            with self._lock:
+                cur = t0.total_pages()
+                if cur <= self.accept_pages and cur < self.limit_pages:
+                    self._reached_full = False
+                    return True
+                eligible = sum(c.counts[0] for c in self._clients.values())
+            if eligible == 0 or self.writeback(self._config.writeback_batch) == 0:
+                return False
+            cur = t0.total_pages()
+            if cur >= last:
+                stalls += 1
+                if stalls >= 2:
+                    t0.backend.compact()  # freed objects left their pages partly used
+                    stalls = 0
+            last = cur
+
+    # -- load -------------------------------------------------------------------------------
+
+    def load(self, region: int, index: int) -> bytes:
+        """zswap_load(): return the page (PAGE_SIZE bytes) and, by default, drop the copy.
+
+        Raises EntryNotFoundError when the page has no swapped-out copy, CorruptPageError when
+        the copy fails its check (the entry stays, so every later load fails too), TierIOError.
+        O(1) plus one decompression or one disk read, under the lock.
+        """
+        with self._lock:
+            g, cl = self._lookup_locked(region, index)
+            table = self._table
+            w = table.words[g]
+            tag = w & TAG_MASK
+            if not tag or w & CLEAN:
+                raise EntryNotFoundError(f"page {index} of region {region} is not swapped out")
+            exclusive = self._config.exclusive_loads
+            if tag == TAG_SAME:
+                value = table.side[g] if w & SIDE else decode_value(w)
+                cl.zswpin += 1
+                if exclusive:
+                    self._drop_locked(g, cl)
+                else:
+                    table.words[g] = w | CLEAN
+                return fill_page(value)
+            t = tag - TAG_TIER0
+            tier = self._tiers[t]
+            page = tier.load(self._key_locked(g, w))
+            if t == 0:
+                cl.zswpin += 1
+            else:
+                cl.pswpin += 1
+                self._disk_swapins += 1
+                wb_at = self._recent_wb.pop(g, None)
+                if (wb_at is not None
+                        and self._clock() - wb_at <= self._config.shrinker_refault_window):
+                    self._soon += 1
+            if exclusive:
+                self._drop_locked(g, cl)
+            else:
+                table.words[g] = (w | CLEAN) & ~(REF | WB)
+                if w & WB:  # the writeback in flight will see the change and keep the copy
+                    self._link_new_locked(g, cl, t)
+                else:
+                    table.unlink(g)
+                    table.push_head(cl.lists[t], g)
+                    if t == 0 and self._policy is not None:
+                        self._policy.access(g)
+            return page
+
+    def invalidate(self, region: int, index: int) -> None:
+        """zswap_invalidate(): drop any stored copy of the page; no error if none.  O(1)."""
+        with self._lock:
+            g, cl = self._lookup_locked(region, index)
+            self._drop_locked(g, cl)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def state(self, region: int, index: int) -> EntryState:
+        """Where the page's data is.  A page with only a clean copy is RESIDENT.  O(1)."""
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            w = self._table.words[g]
+        tag = w & TAG_MASK
+        if not tag or w & CLEAN:
+            return EntryState.RESIDENT
+        if tag == TAG_SAME:
+            return EntryState.SAME_FILLED
+        return self._tiers[tag - TAG_TIER0].state
+
+    def has_copy(self, region: int, index: int) -> bool:
+        """Whether any stored copy exists (a swapped-out entry or a clean copy).  O(1)."""
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            return bool(self._table.words[g])
+
+    def same_filled_value(self, region: int, index: int) -> int | None:
+        """The fill value of a same-filled swapped-out page, else None.  O(1)."""
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            w = self._table.words[g]
+            if w & TAG_MASK != TAG_SAME or w & CLEAN:
+                return None
+            return self._table.side[g] if w & SIDE else decode_value(w)
+
+    def swapped_run(self, region: int, index: int, max_pages: int) -> int:
+        """How many consecutive pages from ``index`` are swapped out (for readahead).
+
+        O(result).  Stops at the region's end, at ``max_pages``, or at a resident page.
+        """
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            reg = self._regions[region]
+            end = min(reg.base + reg.npages, g + max_pages)
+            words = self._table.words
+            n = 0
+            while g < end:
+                w = words[g]
+                if not w & TAG_MASK or w & CLEAN:
+                    break
+                n += 1
+                g += 1
+            return n
+
+    # -- writeback ----------------------------------------------------------------------------
+
+    def _pick_locked(self, n: int) -> list[tuple[int, _Client, int]]:
+        """Choose up to ``n`` demotion victims from tier 0; mark them WB, off the lists.
+
+        Returns (g, client, word before WB) coldest first.  CLEAN victims are dropped here
+        instead (the page is resident; its copy need not go anywhere).  Counts inversions.
+        O(n + rotations).
+        """
+        table = self._table
+        words = table.words
+        prv = table.prev
+        out: list[tuple[int, _Client, int]] = []
+        if self._policy is not None:
+            for g in self._policy.victims(n):
+                cl = self._client_of_locked(g)
+                s = cl.lists[0]
+                if prv[s] != g:
+                    cl.lru_inversions += 1
+                self._take_locked(g, cl, out)
+            return out
+        nclients = len(self._rr)
+        tried = 0
+        second = self._config.second_chance
+        while len(out) < n and tried < nclients:
+            self._rr_pos %= nclients
+            cl = self._clients[self._rr[self._rr_pos]]
+            s = cl.lists[0]
+            budget = cl.counts[0] + n  # rotations are bounded by one pass over the list
+            while len(out) < n and budget > 0:
+                g = prv[s]
+                if g == s:
+                    break
+                budget -= 1
+                w = words[g]
+                if second and w & REF:
+                    words[g] = w & ~REF
+                    table.unlink(g)
+                    table.push_head(s, g)
+                    continue
+                self._take_locked(g, cl, out)
+            if len(out) < n:
+                self._rr_pos += 1
+                tried += 1
+            else:
+                self._rr_pos += 1  # next batch starts with the next client
+        return out
+
+    def _take_locked(self, g: int, cl: _Client, out: list[tuple[int, _Client, int]]) -> None:
+        table = self._table
+        w = table.words[g]
+        if w & CLEAN:
+            self._drop_locked(g, cl)
+            cl.clean_dropped += 1
+            return
+        table.unlink(g)
+        cl.counts[0] -= 1
+        table.words[g] = w | WB
+        out.append((g, cl, w))
+
+    def _client_of_locked(self, g: int) -> _Client:
+        for reg in self._regions.values():
+            if reg.base <= g < reg.base + reg.npages:
+                return reg.client
+        raise InvariantError(f"entry {g} belongs to no region")
+
+    def writeback(self, max_pages: int) -> int:
+        """zswap_writeback_entry() in batches: demote up to ``max_pages`` coldest entries of the
+        fastest tier into the next one.  Returns the pages written back.
+
+        The I/O runs outside the layer lock (see the module comment).  A full or failing next
+        tier leaves the entries where they were (at the cold end) and counts
+        reject_reclaim_fail.  O(max_pages) plus the I/O.
+        """
+        if self._ntiers < 2 or max_pages <= 0:
+            return 0
+        t0, t1 = self._tiers[0], self._tiers[1]
+        done = 0
+        while done < max_pages:
+            batch = min(max_pages - done, self._config.writeback_batch)
+            with self._lock:
+                victims = self._pick_locked(batch)
+                if not victims:
+                    return done
+                blobs = []
+                for g, _cl, w in victims:
+                    key = self._key_locked(g, w)
+                    blobs.append(t0.get(key) if isinstance(t0, CompressedTier) else t0.load(key))
+                self._io_inflight += 1
+            try:
+                pages: list[bytes] = []
+                ok = len(victims)
+                for i, b in enumerate(blobs):
+                    try:
+                        pages.append(t0.decode(b) if isinstance(t0, CompressedTier) else b)
+                    except CorruptPageError:
+                        ok = i
+                        break
+                keys: list[int] = []
+                if pages:
+                    try:
+                        keys = t1.store_batch(pages)
+                    except (TierFullError, TierIOError):
+                        keys = []
+                n = self._commit_writeback(victims, keys, ok)
+            finally:
+                with self._lock:
+                    self._io_inflight -= 1
+            done += n
+            if n < len(victims):
+                return done
+        return done
+
+    def _commit_writeback(self, victims: list[tuple[int, _Client, int]], keys: list[int],
+                          ok: int) -> int:
+        t0, t1 = self._tiers[0], self._tiers[1]
+        now = self._clock()
+        written = 0
+        with self._lock:
+            table = self._table
+            words = table.words
+            recent = self._recent_wb
+            keep = self._config.shrinker_recent
+            back: list[tuple[int, int, _Client, int]] = []
+            for i, (g, cl, w) in enumerate(victims):
+                cur = words[g] if g < len(words) else 0
+                alive = cur == (w | WB) and self._clients.get(cl.key) is cl
+                if i < len(keys):
+                    if not alive:  # loaded, invalidated or replaced meanwhile
+                        t1.free(keys[i])
+                        continue
+                    old_key = self._key_locked(g, w)
+                    if w & SIDE:
+                        del table.side[g]
+                    words[g] = self._make_word(g, 1, keys[i], 0)
+                    t0.free(old_key)
+                    self._uncount_locked(cl, 0, w)
+                    self._count_locked(cl, 1, 0)
+                    self._link_new_locked(g, cl, 1)
+                    cl.written_back_pages += 1
+                    cl.zswpwb += 1
+                    cl.pswpout += 1
+                    written += 1
+                    if keep:
+                        recent[g] = now
+                        if len(recent) > keep:
+                            recent.popitem(last=False)
+                elif alive:
+                    words[g] = w
+                    back.append((i, g, cl, w))
+                    if i < ok:  # the next tier was full or failed: the kernel's reclaim failure
+                        cl.reject_reclaim_fail += 1
+            # Unwritten entries go back to the cold end, warmest first so the coldest ends last;
+            # an entry that failed to decode goes to the hot end so it is not retried at once.
+            for i, g, cl, _w in reversed(back):
+                self._link_new_locked(g, cl, 0, head=(i == ok))
+        return written
+
+    # -- shrinker ------------------------------------------------------------------------------
+
+    def shrink_step(self) -> int:
+        """One step of the proactive shrinker; return the pages written back.
+
+        Writes back up to ``shrinker_batch`` pages when the pool is above
+        ``shrinker_start_percent`` of its limit (or, in the kernel-like mode, after a store hit
+        the limit, until the accept threshold).  Backs off (exponentially, by the injected
+        clock) after a refault of a recently written-back page, and subtracts disk swapins from
+        the eligible entries (zswap_shrinker_count's nr_disk_swapins).  O(batch) plus the I/O.
+        """
+        cfg = self._config
+        t0 = self._t0c
+        if t0 is None or self._ntiers < 2:
+            return 0
+        now = self._clock()
+        with self._lock:
+            if now < self._backoff_until:
+                return 0
+            if self._soon > self._soon_seen:
+                self._soon_seen = self._soon
+                self._backoff = min(cfg.shrinker_backoff_max,
+                                    max(cfg.shrinker_backoff_min, self._backoff * 2))
+                self._backoff_until = now + self._backoff
+                self._backoffs += 1
+                return 0
+            self._backoff /= 2
+            if self._backoff < cfg.shrinker_backoff_min:
+                self._backoff = 0.0
+            cur = t0.total_pages()
+            target = self.accept_pages if self._shrink_requested else self.shrink_start_pages
+            if cur <= target:
+                self._shrink_requested = False
+                return 0
+            freeable = sum(c.counts[0] for c in self._clients.values())
+            consumed = min(freeable, self._disk_swapins)
+            self._disk_swapins -= consumed
+            n = min(cfg.shrinker_batch, freeable - consumed)
+        if n <= 0:
+            return 0
+        return self.writeback(n)
+
+    # -- compaction, stats, checks ----------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Compact the compressed tiers' backends; return pages freed.  Runs without the layer
+        lock (handles stay valid across compaction, by the backend contract)."""
+        freed = 0
+        for t in self._tiers:
+            if isinstance(t, CompressedTier):
+                freed += int(t.backend.compact())
+        return freed
+
+    def clients(self) -> list[Hashable]:
+        """Client ids with at least one region or list."""
+        with self._lock:
+            return list(self._clients)
+
+    def stats(self, client: Hashable | None = None) -> LayerStats:
+        """A frozen snapshot, for one client or (None) in total.  O(clients)."""
+        with self._lock:
+            if client is not None:
+                cl = self._clients.get(client)
+                if cl is None:
+                    raise EntryNotFoundError(f"no client {client!r}")
+                cls_ = [cl]
+                ev = {name: getattr(cl, name) for name in _EVENTS}
+            else:
+                cls_ = list(self._clients.values())
+                ev = dict(self._departed)
+                for c in cls_:
+                    for name in _EVENTS:
+                        ev[name] += getattr(c, name)
+            stored = sum(c.stored for c in cls_)
+            same = sum(c.same for c in cls_)
+            compr = sum(c.compr_bytes for c in cls_)
+            disk_pages = sum(sum(c.counts[1:]) for c in cls_)
+            if client is None:
+                pool = sum(t.used_bytes() for t in self._tiers if t.compressed)
+                slots = sum(t.used_bytes() for t in self._tiers if not t.compressed) >> PAGE_SHIFT
+            else:
+                pool = compr
+                slots = disk_pages
+            return LayerStats(
+                stored_pages=stored,
+                pool_total_size=pool,
+                same_filled_pages=same,
+                stored_incompressible_pages=sum(c.incompressible for c in cls_),
+                orig_data_size=stored << PAGE_SHIFT,
+                compr_data_size=compr,
+                mem_used_total=pool,
+                disk_slots_used=slots,
+                disk_pages=disk_pages,
+                shrinker_backoffs=self._backoffs,
+                refaults_soon=self._soon,
+                **ev,
+            )
+
+    def _check(self) -> None:
+        """Verify every invariant of the layer, its table, tiers and policy.  O(pages)."""
+        with self._lock:
+            table = self._table
+            table._check()
+            words = table.words
+            seen_keys: list[set[int]] = [set() for _ in self._tiers]
+            tier0_tracked = 0
+            for cl in self._clients.values():
+                members: set[int] = set()
+                stored = same = compr = incompressible = 0
+                on_list = [0] * self._ntiers
+                for rid in cl.regions:
+                    reg = self._regions.get(rid)
+                    if reg is None or reg.client is not cl:
+                        raise InvariantError(f"client {cl.key!r}: region {rid} is not its own")
+                    for g in range(reg.base, reg.base + reg.npages):
+                        w = words[g]
+                        if not w:
+                            continue
+                        tag = w & TAG_MASK
+                        if tag == TAG_SAME:
+                            same += 1
+                            stored += 1
+                            if w & (WB | REF):
+                                raise InvariantError(f"same-filled entry {g} has WB/REF")
+                            continue
+                        if tag < TAG_TIER0 or tag - TAG_TIER0 >= self._ntiers:
+                            raise InvariantError(f"entry {g}: bad tag {tag}")
+                        t = tag - TAG_TIER0
+                        key = self._key_locked(g, w)
+                        if key in seen_keys[t]:
+                            raise InvariantError(f"tier {t} key {key} used twice")
+                        seen_keys[t].add(key)
+                        if self._tiers[t].compressed:
+                            length = (w >> LEN_SHIFT) & LEN_MASK
+                            compr += length
+                            if t == 0:
+                                stored += 1
+                            if length == PAGE_SIZE:
+                                incompressible += 1
+                        if not w & WB:
+                            members.add(g)
+                            on_list[t] += 1
+                            if t == 0:
+                                tier0_tracked += 1
+                        elif table.prev[g] != NIL:
+                            raise InvariantError(f"entry {g} under writeback is on a list")
+                for t, s in enumerate(cl.lists):
+                    lst = table.check_list(s)
+                    if len(lst) != cl.counts[t] or len(lst) != on_list[t]:
+                        raise InvariantError(
+                            f"client {cl.key!r} tier {t}: list has {len(lst)}, count "
+                            f"{cl.counts[t]}, words say {on_list[t]}")
+                    for g in lst:
+                        if g not in members or words[g] & TAG_MASK != TAG_TIER0 + t:
+                            raise InvariantError(f"client {cl.key!r} tier {t}: stray entry {g}")
+                if (stored, same, compr, incompressible) != (
+                        cl.stored, cl.same, cl.compr_bytes, cl.incompressible):
+                    raise InvariantError(
+                        f"client {cl.key!r}: gauges {(cl.stored, cl.same, cl.compr_bytes)} "
+                        f"!= recount {(stored, same, compr)}")
+            for t, tier in enumerate(self._tiers):
+                tier._check()
+                if isinstance(tier, CompressedTier):
+                    objs = tier.backend.stats().objects
+                    if objs != len(seen_keys[t]):
+                        raise InvariantError(f"tier {t}: backend holds {objs} objects, "
+                                             f"table has {len(seen_keys[t])}")
+                else:
+                    used = tier.used_bytes() >> PAGE_SHIFT
+                    if used < len(seen_keys[t]) or (not self._io_inflight
+                                                    and used != len(seen_keys[t])):
+                        raise InvariantError(
+                            f"tier {t}: {used} slots in use, table has {len(seen_keys[t])}")
+            if self._policy is not None:
+                self._policy._check()
+                if len(self._policy) != tier0_tracked:
+                    raise InvariantError(
+                        f"policy tracks {len(self._policy)}, tier 0 lists hold {tier0_tracked}")
+
+    def close(self) -> None:
+        """Free every entry and close the tiers.  The layer must not be used afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            clients = list(self._clients)
+        for c in clients:
+            self.remove_client(c)
+        for t in self._tiers:
+            t.close()
+
+    def __enter__(self) -> SwapLayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

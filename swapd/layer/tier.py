@@ -1,0 +1,419 @@
+# Tiers of the swap-LRU layer: where a swapped-out page's data lives.
+#
+# Design.  A tier stores whole pages under an integer key and gives them back; it keeps no LRU and
+# makes no policy decision (the layer above owns recency, admission and demotion, as mm/zswap.c
+# owns them above zpool).  Tiers are the only code of the layer that performs system calls: the
+# disk tier's file I/O, and reading the RAM size for a pool limit (``system_ram_bytes``).
+#
+# CompressedTier wraps a compressor (swapd/compress.py) and an allocator backend (swapd/backend.py,
+# shaped like struct zpool_driver).  The layer compresses outside its lock and calls ``put``
+# (malloc + write) under it, like zswap_store() compresses into a per-CPU buffer and then
+# zpool_malloc()s.  An object of exactly PAGE_SIZE bytes is a raw (incompressible) page: the
+# layer only stores compressed data that is smaller than a page, so the length tells them apart
+# (mm/zswap.c stores "<PAGE_SIZE compression failed page as-is" the same way since 6.16).
+#
+# DiskTier is a file of 4 KiB slots, created with mode 0600 (O_EXCL) in the state directory.
+# Its slot allocator keeps free extents in sortedcontainers (by start, for coalescing, and by
+# (length, start), for best fit), so a writeback batch gets contiguous slots and goes to the file
+# in one pwritev(2) per run, as the kernel's swap allocator hands out clusters
+# (mm/swapfile.c: scan_swap_map_try_ssd_cluster) and writes them with one bio.  Each slot carries
+# a CRC-32 (zlib) checked on every load: a mismatch is CorruptPageError and the data is never
+# returned.  Pages go to disk uncompressed, as zswap_writeback_entry() decompresses into the swap
+# cache before __swap_writepage().
+#
+# Invariants: DiskTier -- free extents are disjoint, coalesced, inside [0, nslots), and the two
+# sorted views hold the same extents; used slots = nslots - free slots.
+# Lock order: SwapLayer.lock -> DiskTier._lock (a leaf; also taken alone by the writeback thread
+# for slot allocation).  Backend locks and the arena lock are below SwapLayer.lock.
+"""Tiers: the documented ``Tier`` contract, ``CompressedTier`` and ``DiskTier``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import zlib
+from abc import ABC, abstractmethod
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sortedcontainers import SortedDict, SortedList
+
+from swapd.arena import PAGE_SHIFT, PAGE_SIZE
+from swapd.backend import Backend
+from swapd.compress import Compressor, get_compressor
+from swapd.errors import (
+    ConfigError,
+    CorruptPageError,
+    InvariantError,
+    TierFullError,
+    TierIOError,
+)
+from swapd.layer.table import EntryState
+
+__all__ = [
+    "CompressedTier",
+    "DiskTier",
+    "SlotAllocator",
+    "Tier",
+    "TierLimits",
+    "system_ram_bytes",
+]
+
+
+def system_ram_bytes() -> int:
+    """Total RAM of this machine in bytes (sysconf; the kernel's totalram_pages())."""
+    return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    """Facts a pool limit is computed from: the RAM size, and an optional hard cap in bytes."""
+
+    ram_total_bytes: int
+    max_bytes: int | None = None
+
+    @classmethod
+    def from_system(cls, max_bytes: int | None = None) -> TierLimits:
+        """Limits with this machine's RAM size."""
+        return cls(system_ram_bytes(), max_bytes)
+
+
+class Tier(ABC):
+    """A place for swapped-out pages, addressed by integer keys.
+
+    Contract for a tier author:
+
+    * ``state``: the EntryState the layer reports for pages in this tier.
+    * ``store_batch(pages)``: store whole pages, return one key per stored page, in order.  It may
+      store only a prefix (fewer keys than pages) when it runs out of room; it raises
+      TierFullError when it can store none, TierIOError on an I/O error (then it stored none).
+    * ``load(key)``: the page (PAGE_SIZE bytes); CorruptPageError if its check fails, TierIOError.
+    * ``free(key)``: release the key; it may be reused at once.
+    * ``used_bytes()``: memory or disk the tier holds now.  ``_check()``, ``close()``.
+
+    Allowed context: any thread; a tier protects itself.  The layer never calls ``load`` or
+    ``free`` on a key while another thread may ``free`` it (the layer's lock orders them).
+    """
+
+    state: ClassVar[EntryState]
+    #: True when the tier keeps compressed objects whose length the layer records in the word.
+    compressed: ClassVar[bool] = False
+
+    @abstractmethod
+    def store_batch(self, pages: Sequence[bytes]) -> list[int]:
+        """Store a prefix of ``pages``; return their keys (see the class docstring)."""
+
+    @abstractmethod
+    def load(self, key: int) -> bytes:
+        """Return the page stored under ``key``."""
+
+    @abstractmethod
+    def free(self, key: int) -> None:
+        """Release ``key``."""
+
+    @abstractmethod
+    def used_bytes(self) -> int:
+        """Bytes of memory or disk held now.  O(1)."""
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Verify invariants (InvariantError).  O(n)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the tier's resources."""
+
+
+class CompressedTier(Tier):
+    """Compressed pages in an allocator backend (zswap's pool: compressor + zpool)."""
+
+    state = EntryState.COMPRESSED
+    compressed = True
+
+    def __init__(self, compressor: Compressor | str, backend: Backend,
+                 limits: TierLimits | None = None) -> None:
+        self.compressor = get_compressor(compressor) if isinstance(compressor, str) else compressor
+        self.backend = backend
+        self.limits = limits if limits is not None else TierLimits.from_system()
+        self._compress = self.compressor.compress
+        self._decompress = self.compressor.decompress
+
+    @property
+    def max_object(self) -> int:
+        """Largest object the backend takes."""
+        return int(self.backend.max_size)
+
+    def compress(self, page: bytes | bytearray | memoryview) -> bytes:
+        """Compressed bytes of ``page`` (may be >= PAGE_SIZE); ValueError on failure."""
+        try:
+            return self._compress(page)
+        except Exception as exc:
+            raise ValueError(f"{self.compressor.name}: compression failed: {exc}") from exc
+
+    def put(self, data: bytes) -> int:
+        """malloc + write ``data``; return the handle.  Backend errors propagate."""
+        b = self.backend
+        h = b.malloc(len(data))
+        try:
+            b.write(h, data)
+        except BaseException:
+            b.free(h)
+            raise
+        return int(h)
+
+    def get(self, handle: int) -> bytes:
+        """A copy of the stored object."""
+        return bytes(self.backend.read(handle))
+
+    def decode(self, data: bytes) -> bytes:
+        """The page from a stored object (raw when it is PAGE_SIZE long); CorruptPageError."""
+        if len(data) == PAGE_SIZE:
+            return data
+        try:
+            return self._decompress(data, PAGE_SIZE)
+        except ValueError as exc:
+            raise CorruptPageError(f"compressed object does not decompress: {exc}") from exc
+
+    def store_batch(self, pages: Sequence[bytes]) -> list[int]:
+        keys: list[int] = []
+        for p in pages:
+            c = self.compress(p)
+            data = c if len(c) < PAGE_SIZE else bytes(p)
+            if len(data) > self.max_object:
+                break
+            try:
+                keys.append(self.put(data))
+            except MemoryError:
+                break
+        if pages and not keys:
+            raise TierFullError("compressed tier: no room for the batch")
+        return keys
+
+    def load(self, key: int) -> bytes:
+        return self.decode(self.get(key))
+
+    def free(self, key: int) -> None:
+        self.backend.free(key)
+
+    def total_pages(self) -> int:
+        """Backend pages held (what the pool limit is charged).  O(1)."""
+        return int(self.backend.total_pages())
+
+    def used_bytes(self) -> int:
+        return self.total_pages() << PAGE_SHIFT
+
+    def _check(self) -> None:
+        self.backend._check()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class SlotAllocator:
+    """Free extents of ``nslots`` slots, kept by start and by (length, start).
+
+    Not thread-safe (DiskTier._lock).  ``alloc`` is best fit for the whole request, else it
+    takes the largest extents first.  O(log n) per extent touched.
+    """
+
+    def __init__(self, nslots: int) -> None:
+        self.nslots = nslots
+        self.by_start: SortedDict = SortedDict()  # start -> length
+        self.by_len: SortedList = SortedList()    # (length, start)
+        self.free_slots = 0
+        if nslots:
+            self._add(0, nslots)
+
+    def _add(self, start: int, n: int) -> None:
+        self.by_start[start] = n
+        self.by_len.add((n, start))
+        self.free_slots += n
+
+    def _remove(self, start: int) -> int:
+        n: int = self.by_start.pop(start)
+        self.by_len.remove((n, start))
+        self.free_slots -= n
+        return n
+
+    def alloc(self, n: int) -> list[tuple[int, int]]:
+        """Allocate up to ``n`` slots as runs [(start, count)], fewest runs first."""
+        runs: list[tuple[int, int]] = []
+        by_len = self.by_len
+        while n > 0 and by_len:
+            i = by_len.bisect_left((n, -1))
+            length, start = by_len[i] if i < len(by_len) else by_len[-1]
+            self._remove(start)
+            take = min(n, length)
+            if length > take:
+                self._add(start + take, length - take)
+            runs.append((start, take))
+            n -= take
+        return runs
+
+    def free(self, slot: int, n: int = 1) -> None:
+        """Return ``n`` slots from ``slot``, coalescing with neighbours.  O(log n)."""
+        if slot < 0 or slot + n > self.nslots:
+            raise InvariantError(f"slot {slot} out of range")
+        by_start = self.by_start
+        keys = by_start.keys()
+        i = by_start.bisect_right(slot)
+        end = slot + n
+        if i > 0 and keys[i - 1] + by_start[keys[i - 1]] > slot:
+            raise InvariantError(f"slot {slot} freed twice")
+        if i < len(keys) and keys[i] < end:
+            raise InvariantError(f"slot {slot} freed twice")
+        if i > 0 and keys[i - 1] + by_start[keys[i - 1]] == slot:
+            ps = keys[i - 1]
+            n += self._remove(ps)
+            slot = ps
+        if end in by_start:
+            n += self._remove(end)
+        self._add(slot, n)
+
+    def is_free(self, slot: int) -> bool:
+        """Whether ``slot`` is free.  O(log n)."""
+        i = self.by_start.bisect_right(slot)
+        if i == 0:
+            return False
+        s = self.by_start.keys()[i - 1]
+        return bool(slot < s + self.by_start[s])
+
+    def _check(self) -> None:
+        pos = -1
+        total = 0
+        for s, n in self.by_start.items():
+            if n <= 0 or s < 0 or s + n > self.nslots:
+                raise InvariantError(f"slot extent ({s}, {n}) out of range")
+            if s <= pos:
+                raise InvariantError(f"slot extents overlap or touch at {s}")
+            pos = s + n
+            total += n
+        if total != self.free_slots:
+            raise InvariantError(f"free slots {self.free_slots} != extents' {total}")
+        if sorted((n, s) for s, n in self.by_start.items()) != list(self.by_len):
+            raise InvariantError("slot allocator: the two views differ")
+
+
+_disk_serial = itertools.count()
+
+
+class DiskTier(Tier):
+    """Uncompressed pages in 4 KiB slots of a file, each with a CRC-32.
+
+    ``path`` is a directory (a new file ``swapd-<pid>-<n>.swap`` is created in it and removed on
+    close) or a file path that must not exist yet (removed on close unless ``keep``).
+    """
+
+    state = EntryState.DISK
+
+    def __init__(self, path: str | os.PathLike[str], size_bytes: int, *,
+                 keep: bool = False) -> None:
+        nslots = size_bytes >> PAGE_SHIFT
+        if nslots <= 0:
+            raise ConfigError(f"disk tier: size {size_bytes} is below one page")
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            p = os.path.join(p, f"swapd-{os.getpid()}-{next(_disk_serial)}.swap")
+        self.path = p
+        self._keep = keep
+        try:
+            self.fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"disk tier: cannot create {p}: {exc.strerror}") from exc
+        try:
+            os.ftruncate(self.fd, nslots << PAGE_SHIFT)
+        except OSError as exc:
+            os.close(self.fd)
+            os.unlink(p)
+            raise ConfigError(f"disk tier: cannot size {p}: {exc.strerror}") from exc
+        self.nslots = nslots
+        self._lock = threading.Lock()
+        self._alloc = SlotAllocator(nslots)  # under _lock
+        self._crc = array("I", bytes(4 * nslots))  # under _lock for writers; slot -> CRC-32
+        self.writes = 0  # under _lock: pwritev calls
+        self.io_errors = 0  # under _lock
+
+    def used_slots(self) -> int:
+        """Slots in use.  O(1)."""
+        return self.nslots - self._alloc.free_slots
+
+    def used_bytes(self) -> int:
+        return self.used_slots() << PAGE_SHIFT
+
+    def store_batch(self, pages: Sequence[bytes]) -> list[int]:
+        """Write a prefix of ``pages`` to contiguous runs of slots, one pwritev per run."""
+        if not pages:
+            return []
+        with self._lock:
+            runs = self._alloc.alloc(len(pages))
+        if not runs:
+            raise TierFullError(f"disk tier {self.path}: all {self.nslots} slots in use")
+        keys: list[int] = []
+        crcs: list[int] = []
+        i = 0
+        try:
+            for start, n in runs:
+                chunk = pages[i:i + n]
+                for pg in chunk:
+                    if len(pg) != PAGE_SIZE:
+                        raise ValueError(f"disk tier: page of {len(pg)} bytes")
+                done = os.pwritev(self.fd, chunk, start << PAGE_SHIFT)
+                if done != n << PAGE_SHIFT:
+                    raise OSError(0, f"short write of {done} bytes")
+                keys.extend(range(start, start + n))
+                crcs.extend(zlib.crc32(pg) for pg in chunk)
+                i += n
+        except OSError as exc:
+            with self._lock:
+                for start, n in runs:
+                    self._alloc.free(start, n)
+                self.io_errors += 1
+            raise TierIOError(exc.errno or 0, f"disk tier {self.path}: write failed: "
+                              f"{exc.strerror or exc}") from exc
+        with self._lock:
+            crc = self._crc
+            for k, c in zip(keys, crcs):
+                crc[k] = c
+            self.writes += len(runs)
+        return keys
+
+    def load(self, key: int) -> bytes:
+        """Read slot ``key`` and verify its CRC.  O(PAGE_SIZE) plus one pread."""
+        try:
+            data = os.pread(self.fd, PAGE_SIZE, key << PAGE_SHIFT)
+        except OSError as exc:
+            with self._lock:
+                self.io_errors += 1
+            raise TierIOError(exc.errno, f"disk tier {self.path}: read of slot {key} failed: "
+                              f"{exc.strerror}") from exc
+        if len(data) != PAGE_SIZE:
+            raise TierIOError(0, f"disk tier {self.path}: short read of slot {key}")
+        if zlib.crc32(data) != self._crc[key]:
+            raise CorruptPageError(f"disk tier {self.path}: slot {key} fails its checksum")
+        return data
+
+    def free(self, key: int) -> None:
+        with self._lock:
+            self._alloc.free(key)
+            self._crc[key] = 0
+
+    def is_used(self, key: int) -> bool:
+        with self._lock:
+            return not self._alloc.is_free(key)
+
+    def _check(self) -> None:
+        with self._lock:
+            self._alloc._check()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if not self._keep:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass

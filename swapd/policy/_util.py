@@ -1,0 +1,68 @@
+"""Small helpers shared by the shipped policies (private).
+
+Lock order: none; policies are not thread-safe and the owner serializes calls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, NoReturn
+
+from swapd.errors import AlreadyTrackedError, ConfigError, InvariantError
+
+
+def fail(policy: str, msg: str) -> NoReturn:
+    """Raise InvariantError naming ``policy``; used by the ``_check()`` methods."""
+    raise InvariantError(f"{policy}: {msg}")
+
+
+def already_tracked(policy: str, key: Any) -> NoReturn:
+    """Raise AlreadyTrackedError for an ``insert`` of a key that is tracked."""
+    raise AlreadyTrackedError(f"{policy}: insert of {key!r}, which is already tracked")
+
+
+def ratio(policy: str, name: str, value: float, *, lo: float = 0.0, hi: float = 1.0) -> float:
+    """Validate a size ratio in ``[lo, hi]``; ConfigError otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"policy {policy!r}: {name} must be a number, got {value!r}") from exc
+    if not lo <= v <= hi:
+        raise ConfigError(f"policy {policy!r}: {name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def integer(policy: str, name: str, value: int, *, lo: int, hi: int) -> int:
+    """Validate an integer parameter in ``[lo, hi]``; ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"policy {policy!r}: {name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"policy {policy!r}: {name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def flag(policy: str, name: str, value: bool) -> bool:
+    """Validate a boolean parameter; ConfigError otherwise."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"policy {policy!r}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def trim_fifo(ghost: OrderedDict[Any, None], limit: int) -> None:
+    """Drop the oldest entries of ``ghost`` until it holds at most ``limit``.
+
+    O(1) amortized: every entry dropped was added once.
+    """
+    pop = ghost.popitem
+    while len(ghost) > limit:
+        pop(last=False)
+
+
+def check_disjoint(policy: str, **parts: Any) -> None:
+    """Fail unless the named key collections are pairwise disjoint.  O(n)."""
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = parts[a].keys() & parts[b].keys()
+            if common:
+                fail(policy, f"{a} and {b} share {sorted(map(repr, common))[:3]}")

@@ -1,0 +1,101 @@
+"""The cost table of modelled time.
+
+Design.  Full-mode simulation counts events (faults, loads per tier, stores,
+writebacks); modelled time multiplies each count by a per-page cost.  The
+costs come from a JSON table written by ``swapd bench costs`` on the machine
+(``--costs FILE``), or, when none is given, from the figures measured on
+these machines and recorded in ``/work/shared/MECHANISMS.md`` (Linux 6.18,
+2 vCPUs), labelled as such in every report (``source``).
+
+Built-in defaults and where they come from (MECHANISMS.md):
+
+* ``fault_us`` 25.1: client-observed fault round trip, cross-process shmem
+  MISSING fault served by ``UFFDIO_COPY`` from a Python handler (21.8 / 28.4 us
+  in two runs, section 2.2).  Used for every fault, zero-page ones included
+  (``UFFDIO_ZEROPAGE`` measured 22.9 / 24.7 us).
+* ``evict_us`` 2.6: write-protect + ``pread`` + punch per page, batches of 64
+  (section 2.3).
+* ``compress_us`` 1.95 / ``decompress_us`` 1.65: lz4 per page, the middle of
+  the measured 1.4-2.5 / 0.9-2.4 us ranges.
+* ``disk_write_us`` / ``disk_read_us`` 3.7: MECHANISMS.md has no device
+  figure; these are its 4 KiB ``pread`` cost (page cache), a lower bound.
+  Measure with ``swapd bench costs`` for a device-backed figure.
+
+Frozen; no locks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from swapd.errors import ConfigError
+
+_FIELDS = ("fault_us", "evict_us", "compress_us", "decompress_us", "disk_read_us",
+           "disk_write_us")
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-page costs in microseconds, and where they come from."""
+
+    fault_us: float
+    evict_us: float
+    compress_us: float
+    decompress_us: float
+    disk_read_us: float
+    disk_write_us: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as JSON."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "<dict>") -> CostTable:
+        """Build from a dict; ConfigError names a missing, extra or bad field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: a cost table is a JSON object")
+        extra = set(d) - {*_FIELDS, "source", "details"}
+        if extra:
+            raise ConfigError(f"{where}: unknown cost field(s) {', '.join(sorted(extra))}")
+        vals: dict[str, float] = {}
+        for k in _FIELDS:
+            if k not in d:
+                raise ConfigError(f"{where}: cost field {k!r} is missing")
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"{where}: cost field {k!r} must be a number >= 0, got {v!r}")
+            vals[k] = float(v)
+        return cls(source=str(d.get("source", where)), **vals)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CostTable:
+        """Read a table written by ``swapd bench costs``."""
+        p = os.fspath(path)
+        try:
+            with open(p, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: not a JSON cost table: {exc}") from exc
+        return cls.from_dict(d, p)
+
+
+DEFAULT_COSTS = CostTable(
+    fault_us=25.1,
+    evict_us=2.6,
+    compress_us=1.95,
+    decompress_us=1.65,
+    disk_read_us=3.7,
+    disk_write_us=3.7,
+    source="built-in defaults from MECHANISMS.md (not measured on this machine; "
+           "disk figures are page-cache pread costs)",
+)

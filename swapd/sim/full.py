@@ -1,0 +1,425 @@
+"""Full-mode simulation: resident set + reclaim policy + the real swap-LRU layer.
+
+Design.  A trace replaces userfaultfd; everything below the fault is the real
+code the daemon runs.  The simulator keeps a resident set of ``capacity`` pages
+ordered by a reclaim policy (a :class:`swapd.policy.Policy` plugin, the
+daemon's ``[reclaim] policy``).  On an access:
+
+* resident page: a hit, ``policy.access``;
+* otherwise a fault.  A page never touched before is a first-touch fault (the
+  daemon answers it with ``UFFDIO_ZEROPAGE``).  A page stored in the layer is a
+  *refault*: ``layer.state`` names the tier (same-filled, compressed, disk) and
+  ``layer.load`` returns its bytes, which are checked against the expected
+  contents (a wrong byte is an InvariantError: the simulator doubles as an
+  end-to-end test of the layer and backends).  If the resident set is full,
+  ``policy.victims`` chooses pages to evict and each is handed to
+  ``layer.store`` with its current contents; a :class:`StoreRejected` page stays
+  resident (as in the daemon) and the reason is counted.
+* a write gives the page new contents (:mod:`swapd.sim.contents`); if a clean
+  copy is kept in the layer (``exclusive_loads=False``) it is invalidated.
+
+The layer is built as the daemon builds it from ``[layer]`` of its config
+(:class:`swapd.config.LayerSection`): a :class:`CompressedTier` (backend plugin,
+compressor, pool limit) followed, unless the disk is disabled, by a
+:class:`DiskTier` in a temporary directory; ``SwapLayer`` gets the simulator's
+clock.  Page ids are mapped, in first-touch order, to dense indices, which are
+split into regions of ``REGION_PAGES`` pages of one client, so traces of 64-bit
+hashed ids (libCacheSim) work without a sparse swap table.
+
+Modelled time (the injected clock, in seconds) advances by the cost table's
+per-page costs (:mod:`swapd.sim.costs`): a fault costs ``fault_us``, plus
+``decompress_us`` from the compressed tier or ``disk_read_us`` from disk; an
+eviction costs ``evict_us + compress_us``; a writeback ``decompress_us +
+disk_write_us`` (the disk tier stores whole pages).  No ``time.*`` is read.
+
+Invariants (``_check``): every dense page is in exactly one of {never touched,
+resident (tracked by the policy), stored in the layer}; the layer's ``state``
+agrees; counts add up (hits + faults == accesses).  Lock order: none (one
+thread drives the layer; the layer takes its own locks).
+
+Prior art: the daemon's reclaim path (DESIGN.md section 6), ``mm/zswap.c``'s
+store/load/writeback counters, libCacheSim's request loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swapd.arena import PAGE_SIZE
+from swapd.compress import get_compressor
+from swapd.errors import ConfigError, InvariantError, StoreRejected
+from swapd.plugins import make_backend, make_policy
+from swapd.sim.contents import PageContents, PageSource
+from swapd.sim.costs import DEFAULT_COSTS, CostTable
+from swapd.sim.trace import Request
+
+REGION_SHIFT = 16
+REGION_PAGES = 1 << REGION_SHIFT
+_MASK = REGION_PAGES - 1
+
+RECLAIM_BATCH = 32  # victims tried per fault at most (SWAP_CLUSTER_MAX, mm/vmscan.c)
+
+# where[d] values
+_NEW, _RES, _OUT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    """Parameters of a full-mode run.
+
+    ``pool_bytes``: the compressed tier's pool limit.  ``disk_bytes``: size of
+    the disk tier (0: no disk tier, zswap without a swapfile).
+    ``layer_options``: overrides of :class:`swapd.layer.LayerConfig` fields
+    (e.g. ``{"reject_to_disk_when_full": True}``).  ``window``: record a time
+    series point every ``window`` requests (0: none).  ``check_every``: run
+    every ``_check()`` every that many requests (0: only at the end).
+    """
+
+    policy: str = "lru"
+    capacity: int = 1024
+    params: tuple[tuple[str, Any], ...] = ()
+    backend: str = "zsmalloc"
+    compressor: str = "lz4"
+    pool_bytes: int = 2 << 20
+    disk_bytes: int = 64 << 20
+    demotion_policy: str = "lru"
+    layer_options: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    window: int = 0
+    check_every: int = 0
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.capacity <= 0:
+            raise ConfigError(f"capacity must be positive, got {self.capacity}")
+        if self.pool_bytes <= 0:
+            raise ConfigError(f"pool limit must be positive, got {self.pool_bytes} bytes")
+        if self.disk_bytes < 0:
+            raise ConfigError(f"disk size must be >= 0, got {self.disk_bytes} bytes")
+
+
+@dataclass(frozen=True)
+class FullResult:
+    """Outcome of a full-mode run (all counts are pages; times are modelled)."""
+
+    mode: str
+    config: dict[str, Any]
+    accesses: int
+    hits: int
+    misses: int  # faults: first_touch + refaults
+    first_touch: int
+    refaults: int
+    refaults_by_tier: dict[str, int]
+    evictions: int  # pages handed to layer.store and accepted
+    store_rejects: dict[str, int]
+    writes: int
+    max_resident: int
+    layer: dict[str, Any]  # LayerStats as a dict (kernel counter names)
+    modelled_time_s: float
+    costs: dict[str, Any]
+    series: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def miss_ratio(self) -> float:
+        return self.misses / self.accesses if self.accesses else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["miss_ratio"] = self.miss_ratio
+        lay = self.layer
+        orig = lay.get("orig_data_size", 0)
+        compr = lay.get("compr_data_size", 0)
+        used = lay.get("mem_used_total", 0)
+        d["compression_ratio"] = orig / compr if compr else None
+        d["pool_density"] = orig / used if used else None
+        d["lru_inversions"] = lay.get("lru_inversions", 0)
+        d["writebacks"] = lay.get("written_back_pages", 0)
+        d["modelled_us_per_access"] = (self.modelled_time_s * 1e6 / self.accesses
+                                       if self.accesses else 0.0)
+        d["series"] = list(self.series)
+        return d
+
+
+def build_layer(cfg: FullConfig, clock: Callable[[], float], workdir: str) -> Any:
+    """Build the layer as the daemon does from its ``[layer]`` config, with ``cfg``'s overrides.
+
+    The LayerConfig fields start from :class:`swapd.config.LayerSection`'s defaults (the
+    daemon's), then ``cfg.layer_options``, then the pool limit.  Tiers: a CompressedTier
+    (``cfg.compressor``, backend plugin ``cfg.backend``) and, if ``cfg.disk_bytes``, a DiskTier
+    in ``workdir``.  Raises ConfigError for unknown options.
+    """
+    from swapd import layer as L
+    from swapd.config import LayerSection
+
+    opts = LayerSection().layer_options()
+    for k, v in cfg.layer_options:
+        if k not in {f.name for f in dataclasses.fields(L.LayerConfig)}:
+            raise ConfigError(f"unknown layer option {k!r}; LayerConfig fields are "
+                              f"{', '.join(f.name for f in dataclasses.fields(L.LayerConfig))}")
+        opts[k] = v
+    opts["pool_limit_bytes"] = cfg.pool_bytes
+    lcfg = L.LayerConfig(**opts)
+    pool_pages = -(-cfg.pool_bytes // PAGE_SIZE)
+    backend = make_backend(cfg.backend, max_pages=2 * pool_pages + 256)
+    tiers: list[Any] = []
+    try:
+        tiers.append(L.CompressedTier(get_compressor(cfg.compressor), backend,
+                                      L.TierLimits.from_system()))
+        if cfg.disk_bytes:
+            tiers.append(L.DiskTier(workdir, cfg.disk_bytes))
+        return L.SwapLayer(tiers, config=lcfg, clock=clock,
+                           demotion_policy=cfg.demotion_policy)
+    except BaseException:
+        if not tiers:
+            backend.close()
+        for t in tiers:
+            t.close()
+        raise
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        return dataclasses.asdict(stats)
+    return dict(vars(stats))
+
+
+class FullSim:
+    """One full-mode simulation over the real layer (see the module docstring).
+
+    Use as a context manager or call :meth:`close`: the layer, the backend's
+    arena and the disk tier's temporary directory are released there.
+    """
+
+    def __init__(self, cfg: FullConfig, corpus: PageSource,
+                 costs: CostTable = DEFAULT_COSTS, workdir: str | None = None) -> None:
+        from swapd.layer import EntryState
+
+        self.cfg = cfg
+        self.costs = costs
+        self.contents = PageContents(corpus, cfg.seed)
+        self._now_us = 0.0  # the injected clock, microseconds of modelled time
+        self._tmp = tempfile.mkdtemp(prefix="swapd-sim-", dir=workdir)
+        # Sized for the resident capacity (queues, ghosts), as in policy-only mode, so that a
+        # run without rejected stores faults exactly where policy-only mode misses.
+        self.policy = make_policy(cfg.policy, cfg.capacity, **dict(cfg.params))
+        try:
+            self.layer = build_layer(cfg, self._clock, self._tmp)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        self._EntryState = EntryState
+        self._client = "sim"
+        self._regions: list[int] = []  # region id of dense block i
+        self._dense: dict[int, int] = {}  # trace page id -> dense index
+        self._page_of: list[int] = []  # dense index -> trace page id
+        self._version: list[int] = []  # dense index -> writes seen
+        self._where = bytearray()  # dense index -> _NEW / _RES / _OUT
+        self._resident = 0
+        # counters
+        self.accesses = self.hits = self.first_touch = self.refaults = 0
+        self.evictions = self.writes = self.max_resident = 0
+        self.refaults_by_tier: dict[str, int] = {}
+        self.store_rejects: dict[str, int] = {}
+        self.series: list[dict[str, Any]] = []
+        self._closed = False
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def _clock(self) -> float:
+        return self._now_us * 1e-6
+
+    # -- pages ----------------------------------------------------------------------------
+
+    def _dense_index(self, page: int) -> int:
+        d = self._dense.get(page)
+        if d is None:
+            d = self._dense[page] = len(self._page_of)
+            self._page_of.append(page)
+            self._version.append(0)
+            self._where.append(_NEW)
+            if d >> REGION_SHIFT >= len(self._regions):
+                self._regions.append(self.layer.add_region(self._client, REGION_PAGES))
+        return d
+
+    def _evict_for_room(self) -> None:
+        """Make room for one page: store the policy's victims (at most RECLAIM_BATCH).
+
+        A rejected victim stays resident, so after rejects the resident set may exceed the
+        capacity; each later fault retries at most RECLAIM_BATCH victims (the kernel's
+        SWAP_CLUSTER_MAX bounds one reclaim pass the same way), keeping the work per fault
+        bounded when the layer rejects everything (pool full, no disk tier).
+        """
+        over = min(self._resident + 1 - self.cfg.capacity, RECLAIM_BATCH)
+        if over <= 0:
+            return
+        pol = self.policy
+        layer = self.layer
+        costs = self.costs
+        regions = self._regions
+        where = self._where
+        for v in pol.victims(over):
+            data = self.contents.data(self._page_of[v], self._version[v])
+            self._now_us += costs.evict_us + costs.compress_us
+            try:
+                layer.store(regions[v >> REGION_SHIFT], v & _MASK, data)
+            except StoreRejected as exc:
+                self.store_rejects[exc.reason] = self.store_rejects.get(exc.reason, 0) + 1
+                pol.insert(v)  # kept resident, as the daemon does
+                continue
+            where[v] = _OUT
+            self._resident -= 1
+            self.evictions += 1
+
+    def _fault_in(self, d: int) -> None:
+        costs = self.costs
+        st = self._where[d]
+        if st == _NEW:
+            self.first_touch += 1
+            self._now_us += costs.fault_us
+        else:
+            region, index = self._regions[d >> REGION_SHIFT], d & _MASK
+            state = self.layer.state(region, index)
+            data = self.layer.load(region, index)
+            ES = self._EntryState
+            if state is ES.COMPRESSED:
+                self._now_us += costs.fault_us + costs.decompress_us
+            elif state is ES.DISK:
+                self._now_us += costs.fault_us + costs.disk_read_us
+            else:
+                self._now_us += costs.fault_us
+            name = state.value if hasattr(state, "value") else str(state)
+            self.refaults_by_tier[name] = self.refaults_by_tier.get(name, 0) + 1
+            self.refaults += 1
+            if self.cfg.verify:
+                want = self.contents.data(self._page_of[d], self._version[d])
+                if data != want:
+                    raise InvariantError(
+                        f"layer returned wrong contents for page {self._page_of[d]} "
+                        f"(from {name}, version {self._version[d]})")
+        self._evict_for_room()
+        self.policy.insert(d)
+        self._where[d] = _RES
+        self._resident += 1
+        if self._resident > self.max_resident:
+            self.max_resident = self._resident
+
+    # -- the driver ------------------------------------------------------------------------
+
+    def run(self, requests: Iterable[Request]) -> FullResult:
+        """Replay ``requests``; return the result.  O(n) layer operations."""
+        window = self.cfg.window
+        check_every = self.cfg.check_every
+        pol = self.policy
+        exclusive = dict(self.cfg.layer_options).get("exclusive_loads", True)
+        dense = self._dense
+        where = self._where
+        n = self.accesses
+        for req in requests:
+            n += 1
+            d = dense.get(req.page)
+            if d is None:
+                d = self._dense_index(req.page)
+            if where[d] == _RES:
+                pol.access(d)
+                self.hits += 1
+            else:
+                self._fault_in(d)
+            if req.op == "w":
+                self.writes += 1
+                self._version[d] += 1
+                if not exclusive:
+                    self.layer.invalidate(self._regions[d >> REGION_SHIFT], d & _MASK)
+            if window and n % window == 0:
+                self.accesses = n
+                self._sample()
+            if check_every and n % check_every == 0:
+                self.accesses = n
+                self._check()
+        self.accesses = n
+        return self.result()
+
+    def _sample(self) -> None:
+        s = self.layer.stats()
+        self.series.append({
+            "accesses": self.accesses,
+            "misses": self.first_touch + self.refaults,
+            "resident": self._resident,
+            "stored_pages": s.stored_pages,
+            "same_filled_pages": s.same_filled_pages,
+            "disk_pages": s.disk_slots_used,
+            "pool_total_size": s.pool_total_size,
+            "written_back_pages": s.written_back_pages,
+            "modelled_time_s": self._clock(),
+        })
+
+    def result(self) -> FullResult:
+        """The counters so far, with the layer's stats and modelled time."""
+        lay = _stats_dict(self.layer.stats())
+        wb = int(lay.get("written_back_pages", 0))
+        wb_us = wb * (self.costs.decompress_us + self.costs.disk_write_us)
+        cfg = dataclasses.asdict(self.cfg)
+        cfg["params"] = dict(self.cfg.params)
+        cfg["layer_options"] = dict(self.cfg.layer_options)
+        return FullResult(
+            mode="full", config=cfg, accesses=self.accesses, hits=self.hits,
+            misses=self.first_touch + self.refaults, first_touch=self.first_touch,
+            refaults=self.refaults, refaults_by_tier=dict(self.refaults_by_tier),
+            evictions=self.evictions, store_rejects=dict(self.store_rejects),
+            writes=self.writes, max_resident=self.max_resident, layer=lay,
+            modelled_time_s=(self._now_us + wb_us) * 1e-6, costs=self.costs.to_dict(),
+            series=tuple(self.series))
+
+    def _check(self) -> None:
+        """Verify the simulator's invariants and call every ``_check()`` below.  O(pages)."""
+        if self.hits + self.first_touch + self.refaults != self.accesses:
+            raise InvariantError(f"hits {self.hits} + faults {self.first_touch + self.refaults}"
+                                 f" != accesses {self.accesses}")
+        res = self._where.count(_RES)
+        if res != self._resident or res != len(self.policy):
+            raise InvariantError(f"{res} resident pages, counter {self._resident}, "
+                                 f"policy tracks {len(self.policy)}")
+        ES = self._EntryState
+        for d, w in enumerate(self._where):
+            if w == _RES and d not in self.policy:
+                raise InvariantError(f"resident page {self._page_of[d]} is not in the policy")
+            if w == _OUT:
+                st = self.layer.state(self._regions[d >> REGION_SHIFT], d & _MASK)
+                if st is ES.RESIDENT:
+                    raise InvariantError(f"page {self._page_of[d]} is swapped out but the "
+                                         f"layer has no copy")
+        self.policy._check()
+        self.layer._check()
+        self.contents._check()
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the layer (and with it the backend's arena) and the temporary directory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.layer.close()
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> FullSim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_full(requests: Iterable[Request], cfg: FullConfig, corpus: PageSource,
+             costs: CostTable = DEFAULT_COSTS, check: bool = True) -> FullResult:
+    """Run a full-mode simulation of ``requests``; ``check`` runs every ``_check()`` at the end."""
+    with FullSim(cfg, corpus, costs) as sim:
+        res = sim.run(requests)
+        if check:
+            sim._check()
+        return res

@@ -1,0 +1,162 @@
+"""Store+load round trips per second through each backend, against bare lz4 on the same pages.
+
+``swapd bench throughput --corpus FILE [--json] [--reps R] [--pages N] [--backend NAME ...]``
+
+One pass over the pages of the corpus that are not same-filled (those never reach a
+backend) does, for every page, a store -- lz4 compress, ``malloc``, ``write`` -- and
+then, for every page, a load -- ``read``, lz4 decompress, ``free`` -- so the pool fills
+to the whole corpus and empties again, as a swap-out burst followed by swap-ins would.
+Pages whose compressed length reaches the backend's ``huge_class_size`` are stored raw
+and loaded by copy (zram's huge pages); pages a backend cannot hold (compressed above
+its ``max_size`` < PAGE_SIZE: zbud) are rejected after compression, counted, and count as
+processed.  The bare-lz4 variant does the compress and the decompress of the same pages
+and nothing else.  Every variant runs once per round, in a rotated order, for ``--reps``
+rounds; the figure is the median.  Before timing, one checked pass verifies that every
+page comes back intact through every backend.
+
+JSON: ``{"pages": n, "reps": r, "bare_lz4": {"pages_per_s": float}, "backends": {NAME:
+{"pages_per_s": float, "ratio_to_bare_lz4": float, "huge_pages": int,
+"rejected_pages": int}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import lz4.block
+
+from swapd.arena import PAGE_SIZE
+from swapd.backend import Backend
+from swapd.compress import same_filled_value
+from swapd.plugins import make_backend
+from tests.bench.common import (
+    add_backend_arguments,
+    add_corpus_arguments,
+    backend_names,
+    interleaved_medians,
+    load_corpus,
+    print_json,
+    print_table,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``swapd bench throughput``."""
+    add_corpus_arguments(p)
+    add_backend_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the JSON object only")
+    p.add_argument("--reps", type=int, default=5, help="rounds; the median is reported (5)")
+    p.add_argument("--pages", type=int, default=0,
+                   help="use only the first N non-same-filled pages (default: all)")
+
+
+def bare_lz4(pages: list[bytes]) -> Callable[[], object]:
+    """A pass of lz4 compress of every page, then decompress of every page."""
+    compress, decompress = lz4.block.compress, lz4.block.decompress
+
+    def run() -> object:
+        comp = [compress(pg, store_size=False) for pg in pages]
+        for c in comp:
+            decompress(c, uncompressed_size=PAGE_SIZE)
+        return comp
+
+    return run
+
+
+def round_trip(pool: Backend, pages: list[bytes], check: bool = False) -> Callable[[], object]:
+    """A pass of store (compress, malloc, write) of every page, then load (read,
+    decompress, free) of every page, through ``pool``; with ``check``, verify each page."""
+    compress, decompress = lz4.block.compress, lz4.block.decompress
+    malloc, write, read, free = pool.malloc, pool.write, pool.read, pool.free
+    max_size = pool.max_size
+    whole = max_size >= PAGE_SIZE
+    huge = int(getattr(pool, "huge_class_size", max_size)) if whole else 1 << 62
+
+    def run() -> object:
+        stored: list[tuple[int, bool, int]] = []  # (handle, raw?, page index)
+        append = stored.append
+        for i, pg in enumerate(pages):
+            c = compress(pg, store_size=False)
+            n = len(c)
+            if n >= huge:
+                h = malloc(PAGE_SIZE)
+                write(h, pg)
+                append((h, True, i))
+            elif n <= max_size:
+                h = malloc(n)
+                write(h, c)
+                append((h, False, i))
+        for h, raw, i in stored:
+            data = read(h) if raw else decompress(read(h), uncompressed_size=PAGE_SIZE)
+            free(h)
+            if check and bytes(data) != pages[i]:
+                raise AssertionError(f"{pool.name}: page {i} came back corrupted")
+        return stored
+
+    return run
+
+
+def classify(pool: Backend, pages: list[bytes]) -> tuple[int, int]:
+    """(huge pages, rejected pages) of ``pages`` for ``pool``."""
+    max_size = pool.max_size
+    whole = max_size >= PAGE_SIZE
+    huge = int(getattr(pool, "huge_class_size", max_size)) if whole else 1 << 62
+    lens = [len(lz4.block.compress(pg, store_size=False)) for pg in pages]
+    return sum(n >= huge for n in lens), sum(n < huge and n > max_size for n in lens)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the throughput benchmark."""
+    from swapd.errors import ConfigError
+
+    if args.reps <= 0:
+        raise ConfigError(f"--reps must be positive, got {args.reps}")
+    corpus = load_corpus(args)
+    names = backend_names(args)
+    pages = [pg for pg in corpus if same_filled_value(pg) is None]
+    if args.pages > 0:
+        pages = pages[:args.pages]
+    if not pages:
+        raise ConfigError("the corpus has no page that is not same-filled")
+    pools = {n: make_backend(n, max_pages=len(pages) + 8192) for n in names}
+    try:
+        variants: dict[str, Callable[[], object]] = {"bare_lz4": bare_lz4(pages)}
+        extra: dict[str, dict[str, int]] = {}
+        for n, pool in pools.items():
+            round_trip(pool, pages, check=True)()
+            pool._check()
+            if pool.total_pages() != 0:
+                raise AssertionError(f"{n}: {pool.total_pages()} pages left after freeing all")
+            h, r = classify(pool, pages)
+            extra[n] = {"huge_pages": h, "rejected_pages": r}
+            variants[n] = round_trip(pool, pages)
+        med = interleaved_medians(variants, args.reps)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    bare = len(pages) / med["bare_lz4"]
+    result: dict[str, Any] = {
+        "pages": len(pages),
+        "reps": args.reps,
+        "corpus": corpus.path or corpus.meta.get("source", "memory"),
+        "bare_lz4": {"pages_per_s": bare},
+        "backends": {},
+    }
+    for n in names:
+        pps = len(pages) / med[n]
+        result["backends"][n] = {"pages_per_s": pps, "ratio_to_bare_lz4": pps / bare, **extra[n]}
+    if args.json:
+        print_json(result)
+    else:
+        rows: list[list[object]] = [["bare lz4 (compress+decompress)", bare, 1.0,
+                                     1e6 / bare, "", ""]]
+        for n, b in result["backends"].items():
+            rows.append([n, b["pages_per_s"], b["ratio_to_bare_lz4"], 1e6 / b["pages_per_s"],
+                         b["huge_pages"], b["rejected_pages"]])
+        print_table("throughput: store+load round trips of one page",
+                    ["variant", "pages/s", "vs bare lz4", "us/page", "huge", "rejected"], rows,
+                    f"median of {args.reps} interleaved rounds over {len(pages):,} pages "
+                    f"of {result['corpus']}")
+    return 0

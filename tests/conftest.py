@@ -1,0 +1,76 @@
+"""Shared fixtures: every installed allocator backend, plus the fixture package's own.
+
+``backend_variant`` is parametrized over every backend that loads through the
+``swapd.backends`` entry points (``swapd.plugins.available_backends()``), over
+``zsmalloc``'s second lock mode when it has one, and over ``tiny`` -- the
+one-object-per-page backend of ``tests/fixtures/tinybackend`` -- imported straight
+from its source tree, so the contract suite always has a known-correct backend
+to run against (it is also how the suite itself is checked).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapd.backend import Backend
+from swapd.errors import ConfigError
+from swapd.plugins import available_backends
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY_SRC = FIXTURES / "tinybackend"
+if str(TINY_SRC) not in sys.path:
+    sys.path.append(str(TINY_SRC))
+
+
+@dataclass(frozen=True)
+class BackendVariant:
+    """A backend class and the options to build it with; ``id`` names the test."""
+
+    id: str
+    cls: type[Backend]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def make(self, **extra: Any) -> Backend:
+        """Build a fresh pool (pass ``max_pages`` for a tiny arena)."""
+        return self.cls(**self.options, **extra)
+
+
+def _variants() -> dict[str, BackendVariant]:
+    from tinybackend import TinyPool
+
+    classes: dict[str, type[Backend]] = dict(available_backends())
+    classes.setdefault("tiny", TinyPool)
+    out = {name: BackendVariant(name, cls) for name, cls in classes.items()}
+    zs = classes.get("zsmalloc")
+    if zs is not None:
+        try:
+            zs(max_pages=1, lock="pool").close()
+        except (ConfigError, TypeError, ValueError):
+            pass  # no lock switch: only the default variant
+        else:
+            out["zsmalloc-lock=pool"] = BackendVariant("zsmalloc-lock=pool", zs,
+                                                       {"lock": "pool"})
+    return out
+
+
+VARIANTS = _variants()
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def backend_variant(request: pytest.FixtureRequest) -> BackendVariant:
+    """Each installed backend (and lock mode) in turn."""
+    return VARIANTS[request.param]
+
+
+@pytest.fixture
+def pool(backend_variant: BackendVariant) -> Iterator[Backend]:
+    """A fresh pool of the parametrized backend with a 64 MiB arena; closed afterwards."""
+    b = backend_variant.make(max_pages=16384)
+    yield b
+    b.close()
