@@ -71,10 +71,11 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import Backend, Buffer, PoolStats
@@ -174,7 +175,9 @@ class Z3foldPool(Backend):
         self.nchunks = TOTAL_CHUNKS - self.zhdr_chunks  # NCHUNKS
         #: Largest object stored beside a header; anything larger is headless.
         self.max_buddy_size = PAGE_SIZE - self.zhdr_size - CHUNK_SIZE
-        self._buf = self.arena.buf
+        # The arena's mmap (memoryview.obj): slicing it copies out in one step, and
+        # mmap.move() is memmove.
+        self._mm = cast(mmap.mmap, self.arena.buf.obj)
         self._lock = threading.Lock()
         self._pages: dict[int, _Page] = {}  # under _lock; pages with a header
         self._headless: dict[int, int] = {}  # under _lock; headless page -> its handle
@@ -282,7 +285,7 @@ class Z3foldPool(Backend):
             if rec is None:
                 self._raise_bad_handle(handle, freeing=False)
             off = rec[0]
-            return bytes(self._buf[off : off + rec[1]])
+            return self._mm[off : off + rec[1]]
 
     def write(self, handle: int, data: Buffer) -> None:
         """Store ``data`` (exactly the object's size) into the object.  O(size)."""
@@ -293,7 +296,7 @@ class Z3foldPool(Backend):
             off, size = rec[0], rec[1]
             if type(data) is not bytes or len(data) != size:
                 data = self._check_data(data, size)
-            self._buf[off : off + size] = data
+            self._mm[off : off + size] = data
 
     def size_of(self, handle: int) -> int:
         """Size in bytes of a live object (InvalidHandleError otherwise).  O(1)."""
@@ -497,8 +500,7 @@ class Z3foldPool(Backend):
         rec = self._objs[handle]
         off, size = rec[0], rec[1]
         noff = self._place(npage, npfn, nbud, chunks, handle)
-        buf = self._buf
-        buf[noff : noff + size] = buf[off : off + size]  # distinct pages: no overlap
+        self._mm.move(noff, off, size)
         npage.foreign += 1
         self._foreign += 1
         rec[0], rec[2], rec[3], rec[4] = noff, npfn, nbud, 1
@@ -528,8 +530,7 @@ class Z3foldPool(Backend):
         off, size = rec[0], rec[1]
         noff = (pfn << PAGE_SHIFT) + (dst << CHUNK_SHIFT)
         if noff != off:
-            buf = self._buf
-            buf[noff : noff + size] = bytes(buf[off : off + size])  # memmove: may overlap
+            self._mm.move(noff, off, size)  # mchunk_memmove: the ranges may overlap
         rec[0] = noff
         if to_first:
             page.first, page.h_first = page.middle, page.h_middle

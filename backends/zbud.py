@@ -39,9 +39,10 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import Backend, Buffer, PoolStats
@@ -97,7 +98,9 @@ class ZbudPool(Backend):
 
     def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES, **options: Any) -> None:
         super().__init__(max_pages=max_pages, **options)
-        self._buf = self.arena.buf
+        # The arena's mmap (memoryview.obj): slicing it copies out in one step, and
+        # mmap.move() is memmove.
+        self._mm = cast(mmap.mmap, self.arena.buf.obj)
         self._lock = threading.Lock()
         # page -> [first_chunks, last_chunks]; 0 means that buddy is free.  Under _lock.
         self._pages: dict[int, list[int]] = {}
@@ -196,7 +199,7 @@ class ZbudPool(Backend):
             if rec is None:
                 self._raise_bad_handle(handle, freeing=False)
             off = rec[0]
-            return bytes(self._buf[off : off + rec[1]])
+            return self._mm[off : off + rec[1]]
 
     def write(self, handle: int, data: Buffer) -> None:
         """Store ``data`` (exactly the object's size) into the object.  O(size)."""
@@ -207,7 +210,7 @@ class ZbudPool(Backend):
             off, size = rec[0], rec[1]
             if type(data) is not bytes or len(data) != size:
                 data = self._check_data(data, size)
-            self._buf[off : off + size] = data
+            self._mm[off : off + size] = data
 
     def size_of(self, handle: int) -> int:
         """Size in bytes of a live object (InvalidHandleError otherwise).  O(1)."""

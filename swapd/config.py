@@ -144,6 +144,9 @@ class ReclaimConfig:
     # and later sampled with PAGEMAP_SCAN PRESENT (0 disables).
     refbit_slice_pages: int = 2048
     interval_ms: int = 100  # background sweep period
+    # Evict from the event loop between faults (one thread, no GIL hand-offs) instead of
+    # a reclaimer thread.
+    inline: bool = True
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def test_page_buffer_is_aligned_and_touched() -> None:
         assert buf.address % PAGE == 0
         assert len(buf.view) == 8 * PAGE
         assert len(buf.page(7)) == PAGE
+        buf._check()
         entries = read_pagemap_entries(os.getpid(), buf.address, 8)
         assert all(e & PM_PRESENT for e in entries)  # every page resident already
 

@@ -16,12 +16,14 @@ from swapd.kernel.pagemap import PageRegion, open_pagemap, pagemap_scan, read_pa
 from swapd.kernel.pidfd import MADV_PAGEOUT, pidfd_open, process_madvise
 from tests.test_kernel_support import (  # noqa: F401  (fixtures)
     PAGE,
+    PAGEMAP_SCAN_SKIP,
+    UFFD_SKIP,
     ClientProcess,
     client_fixture,
     kernel_alarm_fixture,
 )
 
-pytestmark = pytest.mark.usefixtures("kernel_alarm")
+pytestmark = [pytest.mark.usefixtures("kernel_alarm"), UFFD_SKIP, PAGEMAP_SCAN_SKIP]
 
 
 @pytest.fixture

@@ -28,12 +28,13 @@ from swapd.kernel.pidfd import (
 from swapd.kernel.uffd import Userfaultfd, is_userfaultfd
 from tests.test_kernel_support import (  # noqa: F401  (fixtures)
     PAGE,
+    UFFD_SKIP,
     ClientProcess,
     client_fixture,
     kernel_alarm_fixture,
 )
 
-pytestmark = pytest.mark.usefixtures("kernel_alarm")
+pytestmark = [pytest.mark.usefixtures("kernel_alarm"), UFFD_SKIP]
 
 
 def _poll(fd: int, timeout_s: float) -> int:

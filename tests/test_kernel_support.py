@@ -114,6 +114,49 @@ for line in f:
 """
 
 
+def uffd_unavailable_reason() -> str | None:
+    """Why userfaultfd with the default test features cannot be used here, or None."""
+    import errno
+
+    from swapd.kernel.errors import KernelError
+
+    try:
+        with Userfaultfd.create() as u:
+            supported = u.api(0).features
+    except KernelError as exc:
+        if exc.errno == errno.ENOSYS:
+            return "the kernel has no userfaultfd (CONFIG_USERFAULTFD=n)"
+        if exc.errno == errno.EPERM:
+            return "userfaultfd needs CAP_SYS_PTRACE here (vm.unprivileged_userfaultfd=0)"
+        raise
+    missing = DEFAULT_FEATURES & ~supported
+    if missing:
+        return f"the kernel lacks userfaultfd features {missing:#x} (needs Linux >= 6.6)"
+    return None
+
+
+def pagemap_scan_unavailable_reason() -> str | None:
+    """Why PAGEMAP_SCAN (Linux 6.7) cannot be used here, or None."""
+    import errno
+
+    from swapd.kernel import pagemap
+    from swapd.kernel.errors import KernelError
+
+    try:
+        pagemap.pagemap_scan(os.getpid(), 0, PAGE, category_mask=0, return_mask=0)
+    except KernelError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
+            return f"PAGEMAP_SCAN is not supported by this kernel ({exc})"
+        raise
+    return None
+
+
+UFFD_SKIP = pytest.mark.skipif(uffd_unavailable_reason() is not None,
+                               reason=str(uffd_unavailable_reason()))
+PAGEMAP_SCAN_SKIP = pytest.mark.skipif(pagemap_scan_unavailable_reason() is not None,
+                                       reason=str(pagemap_scan_unavailable_reason()))
+
+
 def crc(data: bytes | memoryview) -> int:
     """crc32 as the child computes it."""
     return zlib.crc32(data)
@@ -241,12 +284,19 @@ def client_fixture(kernel_alarm: None) -> Iterator[ClientProcess]:
 # --- the harness's own checks --------------------------------------------------------
 
 
+@UFFD_SKIP
+
 def test_client_starts_and_sends_a_memfd_and_a_userfaultfd(client: ClientProcess) -> None:
+    from swapd.errors import InvariantError
     from swapd.kernel.memfd import is_memfd
 
     assert is_memfd(client.memfd)
     assert client.uffd is not None and U.is_userfaultfd(client.uffd.fd)
     assert client.uffd.features == DEFAULT_FEATURES
+    client.uffd._check()
+    client.uffd.features = 0
+    with pytest.raises(InvariantError):
+        client.uffd._check()
     assert os.fstat(client.memfd).st_size == client.npages * PAGE
     assert client.base % PAGE == 0
     assert client.command("bogus") == "error bogus"

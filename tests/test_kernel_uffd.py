@@ -44,6 +44,7 @@ from swapd.kernel.uffd import (
 )
 from tests.test_kernel_support import (  # noqa: F401  (fixtures)
     PAGE,
+    UFFD_SKIP,
     ClientProcess,
     client_fixture,
     crc,
@@ -51,7 +52,7 @@ from tests.test_kernel_support import (  # noqa: F401  (fixtures)
     wait_events,
 )
 
-pytestmark = pytest.mark.usefixtures("kernel_alarm")
+pytestmark = [pytest.mark.usefixtures("kernel_alarm"), UFFD_SKIP]
 
 
 def _pattern(i: int) -> bytes:
@@ -122,6 +123,7 @@ def test_api_reports_kernel_features_and_enables_only_the_requested(local: _Loca
     assert local.uffd.fdinfo().features == (U.UFFD_FEATURE_MISSING_SHMEM
                                             | U.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
                                             | U.UFFD_FEATURE_MINOR_SHMEM)
+    local.uffd._check()
     with pytest.raises(UffdInvalidError) as ei:  # a second handshake
         local.uffd.api(0)
     assert ei.value.errno == errno.EINVAL and ei.value.op == "UFFDIO_API"

@@ -168,6 +168,41 @@ class Reclaimer:
             total += n
         return total
 
+    def needs_work(self) -> bool:
+        """True while a session (or the daemon) is above its reclaim target.  O(sessions).
+
+        Hysteresis: a session over its limit stays "reclaiming" until it is
+        ``low_watermark_pages`` below it.
+        """
+        total = 0
+        work = False
+        for s in self.sessions():
+            total += s.resident
+            if s.resident > s.limit_pages:
+                s.reclaiming = True
+            elif s.resident <= max(0, s.limit_pages - self.low_wm):
+                s.reclaiming = False
+            work = work or s.reclaiming
+        return work or total > self.global_limit
+
+    def step(self) -> int:
+        """One eviction batch for the session most above its target (the inline mode)."""
+        best: Session | None = None
+        best_over = 0
+        total = 0
+        live = list(self.sessions())
+        for s in live:
+            total += s.resident
+            over = s.resident - max(0, s.limit_pages - self.low_wm) if s.reclaiming else 0
+            if over > best_over:
+                best, best_over = s, over
+        if best is None and total > self.global_limit and live:
+            best = max(live, key=lambda x: x.resident)
+            best_over = total - self.global_limit + self.low_wm
+        if best is None:
+            return 0
+        return self.evict(best, min(self.batch, best_over))
+
     def direct(self, session: Session) -> int:
         """Called by the pager after faults: kick the thread; when the client is more
         than ``hard_slack_pages`` over its limit, evict inline until it is not."""

@@ -222,10 +222,11 @@ class Daemon:
         self._register(self._wake_r, "wake", None)
         self.listener = self._bind()
         self._register(self.listener.fileno(), "listen", self.listener)
-        self.reclaimer.start()
-        from swapd.layer import ShrinkerThread
+        if not rc.inline:
+            from swapd.layer import ShrinkerThread
 
-        self.shrinker = ShrinkerThread(layer, interval=rc.interval_ms / 1000.0).start()
+            self.reclaimer.start()
+            self.shrinker = ShrinkerThread(layer, interval=rc.interval_ms / 1000.0).start()
 
     def _bind(self) -> socket.socket:
         path = self.socket_path
@@ -322,8 +323,15 @@ class Daemon:
         ep = self.ep
         fds = self._fds
         pager = self.pager
+        reclaimer = self.reclaimer
+        inline = self.cfg.reclaim.inline
+        interval = self.cfg.reclaim.interval_ms / 1000.0
+        next_sweep = 0.0
         while not self._stop:
-            events = ep.poll(0.5)
+            busy = inline and reclaimer.needs_work()
+            events = ep.poll(0 if busy else (interval if inline else 0.5))
+            if busy and not events:
+                reclaimer.step()  # idle between faults: evict one batch
             t0 = time.perf_counter_ns()
             for fd, _mask in events:
                 entry = fds.get(fd)
@@ -344,7 +352,7 @@ class Daemon:
                         continue
                     s = region.session
                     if s.resident > s.limit_pages and not s.dead:
-                        self.reclaimer.direct(s)
+                        reclaimer.direct(s)
                 elif kind == "conn":
                     self._on_conn(obj)
                 elif kind == "pidfd":
@@ -355,6 +363,10 @@ class Daemon:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
             now = time.monotonic()
+            if inline and now >= next_sweep:
+                reclaimer.sweep_refbits()
+                self.layer.shrink_step()  # type: ignore[union-attr]
+                next_sweep = now + interval
             if wd_interval and now >= next_wd:
                 self.notify("WATCHDOG=1")
                 next_wd = now + wd_interval

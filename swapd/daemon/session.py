@@ -174,6 +174,7 @@ class Session:
         self.latency_ns: collections.deque[int] = collections.deque(maxlen=latency_samples)
         self.dead = False  # under lock; torn down (pidfd HUP, EOF, ESRCH)
         self.evicting = 0  # under lock; eviction batches in phase 2
+        self.reclaiming = False  # reclaimer only: over the limit, not yet at the low watermark
         self.layer_freed = False  # under lock; layer.remove_client done
         self.eviction_seq = 0  # under lock; evictions so far (refault distance clock)
 

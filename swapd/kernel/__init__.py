@@ -10,6 +10,7 @@
 * :mod:`swapd.kernel.mm` -- madvise on our own memory, buffer addresses.
 * :mod:`swapd.kernel.sdnotify` -- sd_notify.
 * :mod:`swapd.kernel.errors` -- the named exceptions (errno + meaning).
+* :mod:`swapd.kernel.zram` -- zram devices for the kernel baselines.
 
 Facts about this kernel (Linux 6.18) are measured in ``MECHANISMS.md``; each
 struct is quoted from its uapi header above its Python layout.  Nothing in

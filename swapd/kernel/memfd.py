@@ -24,6 +24,7 @@ import os
 from types import TracebackType
 from typing import Final
 
+from swapd.errors import InvariantError
 from swapd.kernel import _libc
 from swapd.kernel.errors import kernel_error
 from swapd.kernel.mm import address_of
@@ -101,6 +102,17 @@ class PageBuffer:
         self.view = memoryview(self._mm)
         # one prebuilt view per page count, so pread_into allocates nothing sizeable
         self._views = [self.view[: n * PAGE_SIZE] for n in range(npages + 1)]
+
+    def _check(self) -> None:
+        """Raise InvariantError if the buffer's geometry is broken.  O(npages)."""
+        if self._mm.closed:
+            return
+        if self.address % PAGE_SIZE or len(self.view) != self.npages * PAGE_SIZE:
+            raise InvariantError(f"PageBuffer at {self.address:#x} of {len(self.view)} "
+                                 f"bytes is not {self.npages} aligned pages")
+        for n, v in enumerate(self._views):
+            if len(v) != n * PAGE_SIZE:
+                raise InvariantError(f"prebuilt view {n} has {len(v)} bytes")
 
     def page(self, index: int) -> memoryview:
         """A view of page ``index``.  O(1)."""

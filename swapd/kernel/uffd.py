@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
+from swapd.errors import InvariantError
 from swapd.kernel import _libc
 from swapd.kernel.errors import FdTypeError, UffdBadMessageError, kernel_error, uffd_error
 
@@ -53,7 +54,7 @@ UFFD_USER_MODE_ONLY: Final = 1
 #: ``include/uapi/linux/userfaultfd.h``: ``#define UFFD_API ((__u64)0xAA)``.
 UFFD_API: Final = 0xAA
 
-# --- feature bits (struct uffdio_api.features) -------------------------------------
+# --- feature bits (struct uffdio_api.features), with the release that added each -----
 
 UFFD_FEATURE_PAGEFAULT_FLAG_WP: Final = 1 << 0  # 4.3 (bit), WP usable on anon 5.7
 UFFD_FEATURE_EVENT_FORK: Final = 1 << 1  # 4.11; needs CAP_SYS_PTRACE
@@ -118,7 +119,7 @@ UFFD_PAGEFAULT_FLAG_MINOR: Final = 1 << 2  # reason: VM_UFFD_MINOR; 5.13
 # /dev/userfaultfd (6.1): ``#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)``
 USERFAULTFD_IOC_NEW: Final = _libc.ioc(0, UFFDIO, 0x00, 0)
 
-# --- struct layouts ---------------------------------------------------------------------
+# --- struct layouts: quoted from include/uapi/linux/userfaultfd.h (x86_64, packed u64s) ---
 
 # struct uffdio_api {
 #     __u64 api;       /* in: UFFD_API */
@@ -415,8 +416,12 @@ class Userfaultfd:
         return self.fd
 
     def close(self) -> None:
-        """Close the descriptor (idempotent).  Faulting threads of the client that
-        hold no other reference are woken and the ranges unregistered by the kernel."""
+        """Close our descriptor (idempotent).
+
+        When the *last* reference to the userfaultfd goes (the client keeps its
+        own copy, so normally not here), the kernel wakes blocked faulting
+        threads and unregisters the ranges: holes then read as zeros.
+        """
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
@@ -431,6 +436,16 @@ class Userfaultfd:
     def __repr__(self) -> str:
         feats = "?" if self.features is None else hex(self.features)
         return f"<Userfaultfd fd={self.fd} features={feats}>"
+
+    def _check(self) -> None:
+        """Raise InvariantError unless an open fd is a userfaultfd with ``features``.  O(1)."""
+        if self.fd < 0:
+            return
+        if not is_userfaultfd(self.fd):
+            raise InvariantError(f"fd {self.fd} is no longer a userfaultfd")
+        if self.features is not None and self.fdinfo().features != self.features:
+            raise InvariantError(f"features {self.features:#x} != fdinfo "
+                                 f"{self.fdinfo().features:#x}")
 
     def _bufs(self) -> _Buffers:
         try:

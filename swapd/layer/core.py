@@ -311,6 +311,9 @@ class SwapLayer:
             from swapd.plugins import make_policy
 
             self._policy = make_policy(demotion_policy)
+        # the store fast path needs a compressed tier 0 and no policy to tell
+        self._fast_ok = self._t0c is not None and self._policy is None
+        self._ref_bit = REF if cfg.second_chance and self._policy is None else 0
 
     # -- regions and clients ------------------------------------------------------------
 
@@ -366,12 +369,16 @@ class SwapLayer:
 
     def _lookup_locked(self, region: int, index: int) -> tuple[int, _Client]:
         reg = self._regions.get(region)
-        if reg is None:
-            raise EntryNotFoundError(f"no region {region}")
-        if not 0 <= index < reg.npages:
-            raise EntryNotFoundError(f"page {index} is outside region {region} "
-                                     f"({reg.npages} pages)")
+        if reg is None or not 0 <= index < reg.npages:
+            raise self._not_found(region, reg, index)
         return reg.base + index, reg.client
+
+    @staticmethod
+    def _not_found(region: int, reg: _Region | None, index: int = -1) -> EntryNotFoundError:
+        if reg is None:
+            return EntryNotFoundError(f"no region {region}")
+        return EntryNotFoundError(f"page {index} is outside region {region} "
+                                  f"({reg.npages} pages)")
 
     # -- entry helpers (all under _lock) ----------------------------------------------------
 
@@ -496,9 +503,38 @@ class SwapLayer:
         while True:
             direct = False
             with self._lock:
-                g, cl = self._lookup_locked(region, index)
-                if attempts == 0:
+                reg = self._regions.get(region)
+                if reg is None or not 0 <= index < reg.npages:
+                    raise self._not_found(region, reg, index)
+                g = reg.base + index
+                cl = reg.client
+                words = self._table.words
+                if attempts == 0 and words[g]:
                     self._drop_locked(g, cl)
+                if data is not None and not bypass and self._fast_ok:
+                    # fast path: the pool is under its limit and was not full (O(1))
+                    assert t0 is not None
+                    if t0.total_pages() < self.limit_pages and not self._reached_full:
+                        try:
+                            h = t0.put(data)
+                        except (PoolExhaustedError, ObjectSizeError):
+                            pass  # the general path below redoes and counts it
+                        else:
+                            length = len(data)
+                            if h > KEY_MAX:
+                                self._table.side[g] = h
+                                w = TAG_TIER0 | (length << LEN_SHIFT) | SIDE
+                            else:
+                                w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
+                            words[g] = w | self._ref_bit
+                            self._table.push_head(cl.lists[0], g)
+                            cl.counts[0] += 1
+                            cl.stored += 1
+                            cl.compr_bytes += length
+                            if length == PAGE_SIZE:
+                                cl.incompressible += 1
+                            cl.zswpout += 1
+                            return
                 if value is not None:
                     payload = encode_value(value)
                     words = self._table.words
@@ -633,13 +669,35 @@ class SwapLayer:
         O(1) plus one decompression or one disk read, under the lock.
         """
         with self._lock:
-            g, cl = self._lookup_locked(region, index)
+            reg = self._regions.get(region)
+            if reg is None or not 0 <= index < reg.npages:
+                raise self._not_found(region, reg, index)
+            g = reg.base + index
+            cl = reg.client
             table = self._table
             w = table.words[g]
             tag = w & TAG_MASK
             if not tag or w & CLEAN:
                 raise EntryNotFoundError(f"page {index} of region {region} is not swapped out")
             exclusive = self._config.exclusive_loads
+            t0 = self._t0c
+            if tag == TAG_TIER0 and exclusive and t0 is not None and not w & (SIDE | WB):
+                # fast path: an exclusive load from the compressed tier (zswap_load)
+                h = w >> KEY_SHIFT
+                page = t0.decode(t0.get(h))
+                t0.free(h)
+                table.unlink(g)
+                table.words[g] = 0
+                cl.counts[0] -= 1
+                cl.stored -= 1
+                length = (w >> LEN_SHIFT) & LEN_MASK
+                cl.compr_bytes -= length
+                if length == PAGE_SIZE:
+                    cl.incompressible -= 1
+                if self._policy is not None:
+                    self._policy.remove(g)
+                cl.zswpin += 1
+                return page
             if tag == TAG_SAME:
                 value = table.side[g] if w & SIDE else decode_value(w)
                 cl.zswpin += 1

@@ -165,8 +165,9 @@ class CompressedTier(Tier):
         return int(h)
 
     def get(self, handle: int) -> bytes:
-        """A copy of the stored object."""
-        return bytes(self.backend.read(handle))
+        """The stored object's bytes (the backend returns a copy)."""
+        data = self.backend.read(handle)
+        return data if type(data) is bytes else bytes(data)
 
     def decode(self, data: bytes) -> bytes:
         """The page from a stored object (raw when it is PAGE_SIZE long); CorruptPageError."""

@@ -36,9 +36,11 @@ C is ``capacity``; with ``capacity=None`` (the daemon's use) C is the number
 of tracked keys after the insert, so the ghosts hold up to about as many keys
 as are tracked, and ``p`` is clamped to that C.
 
-Invariant: T1, T2, B1, B2 are pairwise disjoint; ``0 <= p <= C_last``; B1 is
-empty or ``|T1| + |B1| <= C_last``; the ghosts are empty or the directory is
-at most ``2 * C_last`` (``C_last``: the C of the last insert).
+Invariant: T1, T2, B1, B2 are pairwise disjoint; ``0 <= p <= C_last``;
+``|T1| + |B1| <= C_last`` and the directory holds at most ``2 * C_last`` keys
+(``C_last``: the C of the last insert), unless more keys than C were
+inserted without victims, in which case the sizes reached by the last insert's
+trim are the bounds (``victims`` only moves keys from T to B).
 
 Lock order: none; not thread-safe (the owner serializes calls).
 
@@ -73,6 +75,8 @@ class ARC(Policy):
         self._b2: OrderedDict[Key, None] = OrderedDict()  # ghosts of T2, LRU first
         self.p = 0.0  # target size of T1, 0 <= p <= C (a real number, as in libCacheSim)
         self._c_last = 0  # the C applied by the last insert (for _check)
+        self._l1_bound = 0  # |T1| + |B1| <= this until the next insert (for _check)
+        self._dir_bound = 0  # |T1| + |T2| + |B1| + |B2| <= this, likewise
 
     @property
     def t1_size(self) -> int:
@@ -88,6 +92,13 @@ class ARC(Policy):
     def ghost_sizes(self) -> tuple[int, int]:
         """(|B1|, |B2|)."""
         return len(self._b1), len(self._b2)
+
+    def where(self, key: Key) -> str | None:
+        """Which list holds ``key``: "T1", "T2", "B1", "B2" or None.  O(1)."""
+        for name, q in (("T1", self._t1), ("T2", self._t2), ("B1", self._b1), ("B2", self._b2)):
+            if key in q:
+                return name
+        return None
 
     def _adapt(self, key: Key, c: int) -> bool:
         """Adapt ``p`` if ``key`` is a ghost; True if it was in B2.  O(1)."""
@@ -133,6 +144,10 @@ class ARC(Policy):
         if self.p > c:
             self.p = float(c)
         self._c_last = c
+        # Above capacity (keys inserted without victims) B1 may run empty before
+        # |T1| + |B1| <= C; the bounds then hold with the sizes reached here.
+        self._l1_bound = max(c, len(t1) + len(b1))
+        self._dir_bound = max(2 * c, n_t + len(b1) + len(b2))
 
     def insert(self, key: Key) -> None:
         """Track ``key``: into T2 (adapting ``p``) if a ghost, else into T1.  O(1) amortized."""
@@ -204,11 +219,11 @@ class ARC(Policy):
         c = self._c_last
         if not 0 <= self.p <= max(c, 0):
             fail(self.name, f"p = {self.p} outside [0, {c}]")
-        if b1 and len(t1) + len(b1) > c:
-            fail(self.name, f"|T1| + |B1| = {len(t1) + len(b1)} > C = {c}")
+        if len(t1) + len(b1) > self._l1_bound:
+            fail(self.name, f"|T1| + |B1| = {len(t1) + len(b1)} > {self._l1_bound}")
         total = len(t1) + len(t2) + len(b1) + len(b2)
-        if (b1 or b2) and total > 2 * c:
-            fail(self.name, f"directory holds {total} keys > 2C = {2 * c}")
+        if total > self._dir_bound:
+            fail(self.name, f"directory holds {total} keys > {self._dir_bound}")
         for name, q in (("T1", t1), ("T2", t2), ("B1", b1), ("B2", b2)):
             for k, v in q.items():
                 if v is not None:

@@ -17,7 +17,8 @@ Variant (defaults reproduce libCacheSim's ``Clock`` with its default
   S3-FIFO.
 * ``insert_referenced`` (default False): whether a newly inserted key starts
   with counter 1 (referenced) instead of 0.  libCacheSim inserts with 0
-  (``Clock_insert``).  The kernel's zswap does the opposite: ``zswap_store``
+  (``Clock_insert``); True is libCacheSim's ``init-freq=1`` (newer versions).
+  The kernel's zswap does the opposite: ``zswap_store``
   sets ``entry->referenced = true`` (``mm/zswap.c``, 6.8+), so a freshly
   stored entry survives one shrinker pass; ``insert_referenced=True`` is that
   behaviour.

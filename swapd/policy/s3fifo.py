@@ -104,6 +104,14 @@ class S3FIFO(Policy):
             ghost.popitem(last=False)
         self._ghost_limit_last = limit
 
+    def where(self, key: Key) -> str | None:
+        """Which queue holds ``key``: "small", "main", "ghost" or None.  O(1)."""
+        if key in self._small:
+            return "small"
+        if key in self._main:
+            return "main"
+        return "ghost" if key in self._ghost else None
+
     # -- contract ------------------------------------------------------------------
 
     def insert(self, key: Key) -> None:

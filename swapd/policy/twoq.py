@@ -79,6 +79,13 @@ class TwoQ(Policy):
         """Number of ghost keys in A1out."""
         return len(self._a1out)
 
+    def where(self, key: Key) -> str | None:
+        """Which queue holds ``key``: "A1in", "Am", "A1out" or None.  O(1)."""
+        for name, q in (("A1in", self._a1in), ("Am", self._am), ("A1out", self._a1out)):
+            if key in q:
+                return name
+        return None
+
     def insert(self, key: Key) -> None:
         """Track ``key``: into Am if A1out remembers it, else into A1in.  O(1) amortized."""
         a1in, am, a1out = self._a1in, self._am, self._a1out

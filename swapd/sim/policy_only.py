@@ -72,9 +72,14 @@ def run_policy_only(keys: Iterable[Hashable], policy: str, capacity: int,
     prm = dict(params or {})
     pol = make_policy(policy, capacity, **prm)
     replay = pol.replay
-    it = iter(keys)
     accesses = misses = 0
     series: list[tuple[int, int]] = []
+    if window <= 0 and isinstance(keys, list | tuple):  # in memory: one call, no copies
+        misses = replay(keys)
+        pol._check()
+        return PolicyResult("policy-only", policy, tuple(sorted(prm.items())), capacity,
+                            len(keys), misses)
+    it = iter(keys)
     step = window if window > 0 else _CHUNK
     while True:
         chunk = list(islice(it, step))

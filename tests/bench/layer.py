@@ -1,0 +1,179 @@
+"""Store+load throughput through the swap-LRU layer against the backend alone, and LRU inversions.
+
+Throughput: the same pages (compressible, not same-filled, so that both paths do the same work)
+go through (a) the backend alone -- compress, malloc, write, then read, decompress, free -- and
+(b) the layer -- ``store`` then ``load`` -- with a compressed tier on a fresh pool of the same
+backend and no pool pressure.  Rounds alternate (``interleaved_medians``); the medians give
+``backend_pages_per_s`` and ``layer_pages_per_s`` (store+load round trips per second) and
+``overhead`` = backend rate / layer rate - 1.  Target: at most 0.25.
+
+Inversions: ``--pages`` pages are stored in a known recency order (page 0 coldest) into a layer
+whose pool is limited to ``--pool-fraction`` of their uncompressed size, with a disk tier below.
+The default mode (shrink until accept) and the kernel-like mode (reject to disk when full, the
+shrinker run every 32 stores as a lagging shrink worker) are reported side by side:
+``lru_inversions`` (the layer's counter), ``recency_inversions`` (computed here from the known
+order: pages on disk that are more recent than the oldest page left in the pool),
+``written_back_pages``, ``disk_slots_used``, ``pool_limit_hit``, ``pswpout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from typing import Any
+
+from swapd.arena import PAGE_SIZE
+from swapd.compress import get_compressor, same_filled_value
+from swapd.errors import StoreRejected
+from swapd.layer import (
+    CompressedTier,
+    DiskTier,
+    EntryState,
+    LayerConfig,
+    SwapLayer,
+    TierLimits,
+)
+from swapd.plugins import make_backend
+from tests.bench.common import (
+    add_backend_arguments,
+    add_corpus_arguments,
+    backend_names,
+    interleaved_medians,
+    load_corpus,
+    print_json,
+    print_table,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``swapd bench layer``."""
+    add_corpus_arguments(p)
+    add_backend_arguments(p)
+    p.add_argument("--reps", type=int, default=7, help="rounds per variant (median)")
+    p.add_argument("--pages", type=int, default=4000, help="pages of the inversion experiment")
+    p.add_argument("--pool-fraction", type=float, default=0.1,
+                   help="pool limit as a fraction of the inversion pages' size (0.1)")
+    p.add_argument("--state-dir", default=None, help="directory for the disk tier's file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _throughput(backend: str, pages: list[bytes], reps: int) -> dict[str, Any]:
+    comp = get_compressor("lz4")
+    n = len(pages)
+    arena = 4 * n + 1024
+    be_alone = make_backend(backend, max_pages=arena)
+    be_layer = make_backend(backend, max_pages=arena)
+    lay = SwapLayer([CompressedTier(comp, be_layer, TierLimits(ram_total_bytes=1 << 40))],
+                    config=LayerConfig(pool_limit_bytes=1 << 40))
+    region = lay.add_region("bench", n)
+
+    def alone() -> None:
+        compress, decompress = comp.compress, comp.decompress
+        malloc, write, read, free = be_alone.malloc, be_alone.write, be_alone.read, be_alone.free
+        handles = []
+        for pg in pages:
+            c = compress(pg)
+            h = malloc(len(c))
+            write(h, c)
+            handles.append(h)
+        for h in handles:
+            decompress(read(h), PAGE_SIZE)
+            free(h)
+
+    def layered() -> None:
+        store, load = lay.store, lay.load
+        for i, pg in enumerate(pages):
+            store(region, i, pg)
+        for i in range(n):
+            load(region, i)
+
+    try:
+        med = interleaved_medians({"backend": alone, "layer": layered}, reps)
+        lay._check()
+    finally:
+        lay.close()
+        be_alone.close()
+    b_rate = n / med["backend"]
+    l_rate = n / med["layer"]
+    return {"backend": backend, "pages": n, "backend_pages_per_s": b_rate,
+            "layer_pages_per_s": l_rate, "overhead": b_rate / l_rate - 1,
+            "target_overhead": 0.25}
+
+
+def _inversions(backend: str, pages: list[bytes], fraction: float, kernel_like: bool,
+                state_dir: str | None) -> dict[str, Any]:
+    n = len(pages)
+    limit = int(n * PAGE_SIZE * fraction)
+    with tempfile.TemporaryDirectory(dir=state_dir) as tmp:
+        be = make_backend(backend, max_pages=4 * n + 1024)
+        tiers: list[Any] = [CompressedTier("lz4", be, TierLimits(ram_total_bytes=1 << 40)),
+                            DiskTier(tmp, (n + 64) * PAGE_SIZE)]
+        cfg = LayerConfig(pool_limit_bytes=limit, reject_to_disk_when_full=kernel_like)
+        lay = SwapLayer(tiers, config=cfg)
+        try:
+            r = lay.add_region("bench", n)
+            rejected = 0
+            for i, pg in enumerate(pages):
+                try:
+                    lay.store(r, i, pg)
+                except StoreRejected:
+                    rejected += 1
+                if kernel_like and i % 32 == 31:
+                    lay.shrink_step()
+            lay._check()
+            st = lay.stats()
+            in_pool = [i for i in range(n) if lay.state(r, i) is EntryState.COMPRESSED]
+            on_disk = [i for i in range(n) if lay.state(r, i) is EntryState.DISK]
+            oldest_in_pool = min(in_pool) if in_pool else n
+            return {
+                "mode": "kernel-like" if kernel_like else "default",
+                "backend": backend,
+                "pages": n,
+                "pool_limit_bytes": limit,
+                "lru_inversions": st.lru_inversions,
+                "recency_inversions": sum(1 for i in on_disk if i > oldest_in_pool),
+                "written_back_pages": st.written_back_pages,
+                "disk_slots_used": st.disk_slots_used,
+                "pool_limit_hit": st.pool_limit_hit,
+                "pswpout": st.pswpout,
+                "rejected": rejected,
+                "pool_total_size": st.pool_total_size,
+            }
+        finally:
+            lay.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run both experiments for each backend; print tables or JSON."""
+    if not args.corpus and not args.synthetic:
+        args.synthetic = 4096
+    corpus = load_corpus(args)
+    comp = get_compressor("lz4")
+    usable = [pg for pg in corpus
+              if same_filled_value(pg) is None and len(comp.compress(pg)) < PAGE_SIZE - 128]
+    if not usable:
+        print("error: the corpus has no compressible page")
+        return 2
+    inv_pages = [usable[i % len(usable)] for i in range(args.pages)]
+    thr, inv = [], []
+    for name in backend_names(args):
+        thr.append(_throughput(name, usable, args.reps))
+        for kernel_like in (False, True):
+            inv.append(_inversions(name, inv_pages, args.pool_fraction, kernel_like,
+                                   args.state_dir))
+    if args.json:
+        out: dict[str, Any] = {"throughput": thr, "inversions": inv}
+        if len(thr) == 1:
+            out.update(thr[0])
+        print_json(out)
+        return 0
+    print_table("store+load round trips per second (medians)",
+                ["backend", "pages", "backend/s", "layer/s", "overhead"],
+                [(t["backend"], t["pages"], t["backend_pages_per_s"], t["layer_pages_per_s"],
+                  f"{100 * t['overhead']:+.1f}%") for t in thr],
+                caption="target: overhead <= +25%")
+    cols = ["backend", "mode", "lru_inversions", "recency_inversions", "written_back_pages",
+            "disk_slots_used", "pool_limit_hit", "pswpout"]
+    print_table(f"inversion experiment ({args.pages} pages, pool {args.pool_fraction:.0%})",
+                cols, [[i[c] for c in cols] for i in inv])
+    return 0

@@ -1,0 +1,166 @@
+"""Memory of the swap-LRU layer per swapped-out page, at one million entries.
+
+Stores ``--entries`` pages (default 1,000,000) into a layer with a compressed tier (and, with
+``--disk-fraction F``, writes back that fraction to a disk tier), then reports:
+
+* ``bytes_per_entry`` -- tracemalloc: bytes still allocated by code in ``swapd/layer/`` (the swap
+  table words, the LRU links, side tables, per-client state, the disk tier's checksums), divided
+  by the entries.  Target: at most 24 (the kernel's proposed virtual-swap descriptor);
+* ``rss_bytes_per_entry`` -- the RSS growth of the process minus the backend arena's resident
+  pages (so: layer metadata + the backend's own Python metadata), per entry;
+* ``backend_bytes_per_entry`` -- tracemalloc for ``backends/`` alone, for comparison;
+* ``side_table_entries`` and ``side_bytes_per_entry`` -- same-filled values / handles too wide for
+  the word (see swapd/layer/table.py).
+
+Pages cycle through ``--synthetic N`` corpus pages (default 4096) or ``--corpus FILE``; the
+entries are spread over ``--regions`` regions that are entirely swapped out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import tracemalloc
+from typing import Any
+
+from swapd.arena import PAGE_SIZE
+from swapd.errors import StoreRejected
+from swapd.layer import CompressedTier, DiskTier, LayerConfig, SwapLayer, TierLimits
+from swapd.plugins import make_backend
+from tests.bench.common import add_corpus_arguments, load_corpus, print_json, print_table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``swapd bench metadata``."""
+    add_corpus_arguments(p)
+    p.add_argument("--entries", type=int, default=1_000_000, help="entries to store (1M)")
+    p.add_argument("--regions", type=int, default=16, help="regions to spread them over")
+    p.add_argument("--backend", default="zsmalloc", help="backend of the compressed tier")
+    p.add_argument("--disk-fraction", type=float, default=0.0,
+                   help="fraction of the entries to write back to a disk tier (default 0)")
+    p.add_argument("--state-dir", default=None, help="directory for the disk tier's file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _put_line() -> tuple[str, int]:
+    """File and line of CompressedTier.put's malloc call: the object-size int created there is
+    kept by the backend, so it is charged to the backend, not to the layer."""
+    import inspect
+
+    from swapd.layer import tier
+
+    lines, first = inspect.getsourcelines(tier.CompressedTier.put)
+    for k, line in enumerate(lines):
+        if ".malloc(" in line:
+            return tier.__file__, first + k
+    raise RuntimeError("CompressedTier.put has no malloc call")
+
+
+def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: int,
+          state_dir: str | None, trace: bool) -> dict[str, Any]:
+    """Build a layer, store ``entries`` pages (write back ``ndisk``), measure, tear down."""
+    per_region = -(-entries // regions)
+    be = make_backend(backend, max_pages=entries + 4096)
+    tmp = tempfile.TemporaryDirectory(dir=state_dir)
+    tiers: list[Any] = [CompressedTier("lz4", be, TierLimits(ram_total_bytes=1 << 40)),
+                        DiskTier(tmp.name, (ndisk + 64) * PAGE_SIZE)]
+    rss0 = _rss_bytes()
+    if trace:
+        tracemalloc.start(1)
+    lay = SwapLayer(tiers, config=LayerConfig(pool_limit_bytes=1 << 40))
+    out: dict[str, Any] = {}
+    try:
+        stored = rejected = 0
+        npages = len(pages)
+        for r in range(regions):
+            n = min(per_region, entries - stored)
+            if n <= 0:
+                break
+            rid = lay.add_region(("client", r % 4), n)
+            store = lay.store
+            for i in range(n):
+                try:
+                    store(rid, i, pages[(stored + i) % npages])
+                except StoreRejected:
+                    rejected += 1
+            stored += n
+        if ndisk:
+            lay.writeback(ndisk)
+        swapped = stored - rejected
+        out["entries"] = swapped
+        out["rejected"] = rejected
+        if trace:
+            snap = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            fname, line = _put_line()
+            mine = snap.filter_traces([tracemalloc.Filter(True, "*/swapd/layer/*"),
+                                       tracemalloc.Filter(False, fname, lineno=line)])
+            charged = snap.filter_traces([tracemalloc.Filter(True, fname, lineno=line)])
+            theirs = snap.filter_traces([tracemalloc.Filter(True, "*/backends/*")])
+            out["layer_bytes"] = sum(s.size for s in mine.statistics("filename"))
+            out["backend_bytes"] = (sum(s.size for s in theirs.statistics("filename"))
+                                    + sum(s.size for s in charged.statistics("filename")))
+            out["table_bytes"] = lay._table.nbytes()
+            out["side_table_entries"] = len(lay._table.side)
+            out["side_bytes"] = sys.getsizeof(lay._table.side) + 32 * len(lay._table.side)
+            st = lay.stats()
+            out["same_filled_pages"] = st.same_filled_pages
+            out["disk_pages"] = st.disk_pages
+            out["compressed_pages"] = st.stored_pages - st.same_filled_pages
+        else:
+            out["rss_bytes"] = _rss_bytes() - rss0 - be.arena.resident_pages() * PAGE_SIZE
+        return out
+    finally:
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        lay.close()
+        tmp.cleanup()
+
+
+def measure(pages: list[bytes], entries: int, regions: int, backend: str,
+            disk_fraction: float, state_dir: str | None) -> dict[str, Any]:
+    """Two passes on the same pages: tracemalloc (layer bytes), then RSS without tracing."""
+    ndisk = int(entries * disk_fraction)
+    # RSS first: the traced pass would leave freed memory in the allocator for reuse
+    b = _fill(pages, entries, regions, backend, ndisk, state_dir, trace=False)
+    a = _fill(pages, entries, regions, backend, ndisk, state_dir, trace=True)
+    n = a["entries"]
+    return {
+        "entries": n,
+        "rejected": a["rejected"],
+        "bytes_per_entry": a["layer_bytes"] / n,
+        "table_array_bytes_per_entry": a["table_bytes"] / n,
+        "rss_bytes_per_entry": b["rss_bytes"] / n,
+        "backend_bytes_per_entry": a["backend_bytes"] / n,
+        "side_table_entries": a["side_table_entries"],
+        "side_bytes_per_entry": a["side_bytes"] / n,
+        "same_filled_pages": a["same_filled_pages"],
+        "compressed_pages": a["compressed_pages"],
+        "disk_pages": a["disk_pages"],
+        "backend": backend,
+        "target_bytes_per_entry": 24,
+        "meets_target": a["layer_bytes"] / n <= 24,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the measurement and print a table or JSON."""
+    if not args.corpus and not args.synthetic:
+        args.synthetic = 4096
+    corpus = load_corpus(args)
+    pages = list(corpus)
+    res = measure(pages, args.entries, args.regions, args.backend, args.disk_fraction,
+                  args.state_dir)
+    if args.json:
+        print_json(res)
+    else:
+        print_table(f"layer metadata at {res['entries']:,} entries", ["measure", "value"],
+                    [(k, v) for k, v in res.items()])
+    return 0

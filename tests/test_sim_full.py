@@ -1,0 +1,146 @@
+"""Full mode: the real layer under a resident set; counters must be consistent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from swapd.corpus import Corpus
+from swapd.errors import ConfigError
+from swapd.plugins import available_backends, available_policies
+from swapd.sim.contents import PageContents, mix64
+from swapd.sim.costs import DEFAULT_COSTS, CostTable
+from swapd.sim.full import FullConfig, FullSim, run_full
+from swapd.sim.gen import generate
+from swapd.sim.policy_only import run_policy_only
+from swapd.sim.trace import Request
+
+CORPUS = Corpus.synthetic(256, seed=4)
+
+
+def _reqs(n: int = 3000, pages: int = 600, seed: int = 2) -> list[Request]:
+    return list(generate("zipf", n, seed, pages=pages, alpha=0.9, write_ratio=0.2))
+
+
+def _consistent(d: dict[str, object], n: int) -> None:
+    lay = d["layer"]
+    assert isinstance(lay, dict)
+    assert d["accesses"] == n
+    assert d["hits"] + d["misses"] == n  # type: ignore[operator]
+    assert d["misses"] == d["first_touch"] + d["refaults"]  # type: ignore[operator]
+    by_tier = d["refaults_by_tier"]
+    assert isinstance(by_tier, dict)
+    assert sum(by_tier.values()) == d["refaults"]
+    # every refault was a load from the layer: zswpin counts loads of the compressed tier
+    # and of same-filled entries (as mm/zswap.c does), pswpin the disk tier
+    assert by_tier.get("compressed", 0) + by_tier.get("same_filled", 0) == lay["zswpin"]
+    assert by_tier.get("disk", 0) == lay["pswpin"]
+    # an accepted store went to the pool (zswpout) or, bypassing it, straight to disk
+    assert d["evictions"] == lay["zswpout"] + lay["pswpout"] - lay["zswpwb"]
+    assert d["writebacks"] == lay["written_back_pages"]
+    assert d["modelled_time_s"] > 0  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("backend", sorted(available_backends()))
+def test_full_mode_counters_are_consistent(backend: str) -> None:
+    reqs = _reqs()
+    cfg = FullConfig(policy="lru", capacity=100, backend=backend, pool_bytes=60 * 4096,
+                     disk_bytes=8 << 20, window=500, check_every=1000)
+    res = run_full(reqs, cfg, CORPUS)
+    d = res.to_dict()
+    _consistent(d, len(reqs))
+    assert d["refaults_by_tier"].get("disk", 0) > 0  # the pool was small: pages reached disk
+    assert d["writebacks"] > 0
+    # the default layer shrinks until it accepts; only pages that bypass the pool (too big
+    # for the backend's largest object, e.g. zbud's raw pages) can be inverted
+    assert d["lru_inversions"] <= d["layer"]["reject_compress_poor"]
+    if backend == "zsmalloc":
+        assert d["lru_inversions"] == 0
+    assert d["compression_ratio"] > 1 and d["pool_density"] > 0
+    assert [p["accesses"] for p in d["series"]] == list(range(500, 3001, 500))
+    # with no rejected store, faults are exactly policy-only misses
+    assert not d["store_rejects"]
+    assert d["misses"] == run_policy_only([r.page for r in reqs], "lru", 100).misses
+
+
+@pytest.mark.parametrize("policy", sorted(available_policies()))
+def test_full_mode_faults_equal_policy_only_misses(policy: str) -> None:
+    reqs = _reqs(2000, 400, seed=7)
+    cfg = FullConfig(policy=policy, capacity=80, backend="zsmalloc", pool_bytes=16 << 20,
+                     disk_bytes=1 << 20)
+    d = run_full(reqs, cfg, CORPUS).to_dict()
+    _consistent(d, len(reqs))
+    assert not d["store_rejects"]
+    assert d["misses"] == run_policy_only([r.page for r in reqs], policy, 80).misses
+    assert d["layer"]["written_back_pages"] == 0
+
+
+def test_kernel_like_mode_counts_inversions() -> None:
+    reqs = _reqs(4000, 800, seed=3)
+    base = {"policy": "lru", "capacity": 100, "backend": "zsmalloc", "pool_bytes": 40 * 4096,
+            "disk_bytes": 8 << 20}
+    ours = run_full(reqs, FullConfig(**base), CORPUS).to_dict()
+    kern = run_full(reqs, FullConfig(**base, layer_options=(("reject_to_disk_when_full", True),)),
+                    CORPUS).to_dict()
+    assert ours["lru_inversions"] == 0
+    assert kern["lru_inversions"] > 0
+    _consistent(kern, len(reqs))
+
+
+def test_no_disk_tier_keeps_rejected_pages_resident() -> None:
+    reqs = _reqs(1500, 500, seed=5)
+    cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=8 * 4096, disk_bytes=0)
+    with FullSim(cfg, CORPUS) as sim:
+        d = sim.run(reqs).to_dict()
+        sim._check()
+    _consistent(d, len(reqs))
+    assert d["store_rejects"]  # a tiny pool and no disk: stores are refused
+    assert d["max_resident"] > 50  # ... and the refused pages stayed resident
+
+
+def test_layer_data_is_verified_and_writes_change_contents() -> None:
+    pc = PageContents(CORPUS, seed=1)
+    assert pc.data(5, 0) == pc.data(5, 0)
+    versions = {pc.index(5, v) for v in range(20)}
+    assert len(versions) > 5  # writes move the page around the corpus
+    assert pc.index(5, 0) == mix64(mix64(1 ^ 5) ^ 0) % len(CORPUS)
+    with pytest.raises(ConfigError):
+        PageContents(Corpus.from_pages([]))
+
+
+def test_full_mode_is_deterministic_and_cleans_up(tmp_path: Path) -> None:
+    reqs = _reqs(1500, 300)
+    cfg = FullConfig(capacity=60, backend="zbud", pool_bytes=30 * 4096, disk_bytes=4 << 20)
+    a = run_full(reqs, cfg, CORPUS).to_dict()
+    b = run_full(reqs, cfg, CORPUS).to_dict()
+    for k in ("misses", "refaults_by_tier", "evictions", "layer", "modelled_time_s"):
+        assert a[k] == b[k]
+    sim = FullSim(cfg, CORPUS, workdir=str(tmp_path))
+    sim.run(reqs[:200])
+    assert os.listdir(tmp_path)
+    sim.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_costs_table(tmp_path: Path) -> None:
+    p = tmp_path / "c.json"
+    t = CostTable(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, "test")
+    t.save(p)
+    assert CostTable.load(p) == t
+    p.write_text('{"fault_us": 1}')
+    with pytest.raises(ConfigError, match="missing"):
+        CostTable.load(p)
+    assert "MECHANISMS.md" in DEFAULT_COSTS.source
+    reqs = _reqs(800, 200)
+    cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=20 * 4096, disk_bytes=4 << 20)
+    slow = run_full(reqs, cfg, CORPUS, CostTable(10, 0, 0, 0, 0, 0, "x"))
+    fast = run_full(reqs, cfg, CORPUS, CostTable(1, 0, 0, 0, 0, 0, "x"))
+    assert slow.modelled_time_s == pytest.approx(10 * fast.modelled_time_s)
+    assert fast.modelled_time_s == pytest.approx(fast.misses * 1e-6)
+
+
+def test_unknown_layer_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown layer option"):
+        FullSim(FullConfig(layer_options=(("pool_limt", 1),)), CORPUS)
