@@ -181,8 +181,8 @@ class Z3foldPool(Backend):
         self._lock = threading.Lock()
         self._pages: dict[int, _Page] = {}  # under _lock; pages with a header
         self._headless: dict[int, int] = {}  # under _lock; headless page -> its handle
-        # _lists[i]: pages with a free buddy and i free chunks.  Dicts as ordered
-        # sets: insertion = list_add at the head, popitem() = list_first_entry.
+        # _lists[i], under _lock: pages with a free buddy and i free chunks.  Dicts as
+        # ordered sets: insertion = list_add at the head, popitem() = list_first_entry.
         self._lists: list[dict[int, None]] = [{} for _ in range(self.nchunks)]
         self._mask = 0  # under _lock; bit i set iff _lists[i] is non-empty
         self._queued: dict[int, None] = {}  # under _lock; NEEDS_COMPACTING pages
@@ -318,7 +318,8 @@ class Z3foldPool(Backend):
         (compact_single_buddy may move it out and free the page) or a middle
         object that z3fold_compact_page would move.  Pages are visited in page
         order.  Returns the pages freed (only compact_single_buddy frees any).
-        Handles stay valid.  O(pages) plus the bytes moved.
+        Handles stay valid.  O(pages log pages) for the page order, plus the
+        bytes moved.
         """
         with self._lock:
             freed = 0
@@ -336,7 +337,7 @@ class Z3foldPool(Backend):
             return freed
 
     def stats(self) -> Z3foldStats:
-        """A frozen snapshot of the pool's accounting.  O(1)."""
+        """A frozen snapshot of the pool's accounting.  O(NCHUNKS)."""
         with self._lock:
             listed = len(self._pages) - len(self._queued)
             buddied = listed - sum(len(lst) for lst in self._lists)
@@ -424,6 +425,7 @@ class Z3foldPool(Backend):
 
     def _find_locked(self, chunks: int) -> int:
         """__z3fold_alloc's search: pop the head of the first list >= chunks, or -1.  O(1)."""
+        assert self._lock.locked()
         m = self._mask >> chunks
         if not m:
             return -1
@@ -437,6 +439,7 @@ class Z3foldPool(Backend):
 
     def _list_del_locked(self, page: _Page, pfn: int) -> None:
         """list_del_init(&zhdr->buddy) for a page on an unbuddied list.  O(1)."""
+        assert self._lock.locked()
         i = page.lst
         lst = self._lists[i]
         del lst[pfn]
@@ -446,6 +449,7 @@ class Z3foldPool(Backend):
 
     def _add_to_unbuddied_locked(self, page: _Page, pfn: int) -> None:
         """add_to_unbuddied(): list the page under its free chunks if a buddy is free."""
+        assert self._lock.locked()
         if page.first and page.middle and page.last:
             return
         i = self._num_free_chunks(page)
@@ -468,6 +472,7 @@ class Z3foldPool(Backend):
 
     def _do_compact_page_locked(self, page: _Page, pfn: int) -> int:
         """do_compact_page() for a non-empty page off the lists; returns pages freed (0/1)."""
+        assert self._lock.locked()
         if page.queued:
             page.queued = False
             del self._queued[pfn]
@@ -486,6 +491,7 @@ class Z3foldPool(Backend):
         The page must be off the lists (so the search cannot find it).  The
         moved object becomes a foreign handle of its new page.  O(size).
         """
+        assert self._lock.locked()
         if page.first:
             chunks, handle = page.first, page.h_first
         elif page.middle:
@@ -512,6 +518,7 @@ class Z3foldPool(Backend):
 
     def _compact_page_locked(self, page: _Page, pfn: int) -> None:
         """z3fold_compact_page(): move the middle object within its page if it pays."""
+        assert self._lock.locked()
         if not page.middle:
             return
         zc = self.zhdr_chunks
@@ -556,6 +563,8 @@ class Z3foldPool(Backend):
             self._check_locked()
 
     def _check_locked(self) -> None:
+        """_check with the pool lock held.  O(objects + pages)."""
+        assert self._lock.locked()
         self.arena._check()
         pages, objs, zc = self._pages, self._objs, self.zhdr_chunks
         held = len(pages) + len(self._headless)

@@ -28,9 +28,26 @@
 # the 8 bytes are reserved and written in the arena, so the model packs exactly as
 # densely as the kernel.  handle_header=False keeps the handle out of band (in the
 # zspage's Python metadata, as zswap keeps its zswap_entry outside the pool): each object
-# then costs 8 bytes less, so the model beats the kernel's density by up to 8 bytes per
-# object (about 0.5% on 1.5 KB objects, more on small ones, and an object may fall one
-# class lower).  huge_class_size (zs_huge_class_size) follows the choice.
+# then asks 8 bytes less and may fall one class lower, and huge_class_size
+# (zs_huge_class_size) moves up by 8.  That is not a sure gain: what a class costs per
+# object (pages_per_zspage * PAGE_SIZE / objs_per_zspage) is not monotonic in its size,
+# and every class in use has one partly filled zspage, so the total can move either way
+# (on a 24 MiB heap corpus it was 0.7% *more* pages).  The default therefore stays
+# faithful, and then the model's pool pages equal the kernel's for the same objects
+# (measured with `swapd bench density` against zram: 0.994x on that corpus, the
+# difference being Python's lz4 output, 0.2% smaller than the kernel's).  In both modes
+# the model also keeps a slot -> handle list per zspage (ZsPage.owners) so that compaction
+# does not have to parse headers; with the header on, _check verifies that they agree.
+#
+# Not modelled: page migration of single zspage pages (zs_page_migrate) and the deferred
+# free when a zspage's pages cannot be locked (kick_deferred_free): the arena never moves
+# or locks pages.  zs_malloc drops the class lock around alloc_zspage because the page
+# allocator may sleep; here the lock is held, the arena does not sleep.
+#
+# Hot paths (malloc/free/read/write) are written for CPython: per class, a precomputed
+# slot table (page of the chain, offset, room to the page end), a bit mask of non-empty
+# fullness groups and the newest zspage of each group, so find_get_zspage is O(1); locks
+# are acquired and released directly (cheaper than ``with`` in 3.11).
 #
 # Locks.  lock="class" gives each size class its own lock (the kernel before 6.2 and
 # again since 6.11, "mm/zsmalloc: change back to per-size_class lock"); lock="pool" makes
@@ -39,8 +56,9 @@
 # writeback series).  The switch only decides which lock object the classes point at;
 # the code paths are the same.  A handle carries its class index in its low 8 bits (as
 # the 2026 "encode size_class index into obj" patches do), so free/read/write find the
-# class, and its lock, without a pool-wide lookup.  Reads and writes copy under the
-# class lock, which also stands in for the kernel's per-zspage migration lock.
+# class, and its lock, without a pool-wide lookup (the kernel needs pool->lock, an rwlock
+# since 6.11, to find the zspage of a handle safely).  Reads and writes copy under the
+# class lock, which also stands in for the kernel's per-zspage lock against migration.
 #
 # Lock order: ZsPool._compact_lock -> SizeClass.lock (ascending class index when several
 # are held, only in _check) -> PageArena._lock (leaf).
@@ -277,11 +295,11 @@ class ZsPool(Backend):
 
     def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES, chain_size: int = DEFAULT_CHAIN_SIZE,
                  lock: str = "class", handle_header: bool = True, **options: Any) -> None:
-        super().__init__(max_pages=max_pages, **options)
         if not isinstance(chain_size, int) or not 1 <= chain_size <= 16:
             raise ConfigError(f"zsmalloc: chain_size must be an int in 1..16, got {chain_size!r}")
         if lock not in ("class", "pool"):
             raise ConfigError(f"zsmalloc: lock must be 'class' or 'pool', got {lock!r}")
+        super().__init__(max_pages=max_pages, **options)
         self.chain_size = chain_size
         self.lock_mode = lock
         self.handle_header = bool(handle_header)
@@ -323,7 +341,6 @@ class ZsPool(Backend):
         self._locks: list[threading.Lock] = list(dict.fromkeys(c.lock for c in self._classes))
         self._compact_lock = threading.Lock()  # one compaction at a time (kernel: atomic)
         self._pages_compacted = 0  # under _compact_lock
-        self._hs = hs
 
     # -- the zpool_driver surface ------------------------------------------------------
 
@@ -529,7 +546,7 @@ class ZsPool(Backend):
             self._compact_lock.release()
 
     def stats(self) -> ZsPoolStats:
-        """A snapshot of the pool and of every class in use.  O(classes + zspages)."""
+        """A snapshot of the pool and of every class in use.  O(classes)."""
         classes = []
         objects = object_bytes = 0
         for cls in self._classes:

@@ -97,7 +97,20 @@ def _uffd_features() -> int:
     from swapd.kernel import uffd as k
 
     return (k.UFFD_FEATURE_MISSING_SHMEM | k.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-            | k.UFFD_FEATURE_EVENT_UNMAP | k.UFFD_FEATURE_THREAD_ID | k.UFFD_FEATURE_POISON)
+            | k.UFFD_FEATURE_EVENT_UNMAP | k.UFFD_FEATURE_EVENT_REMAP | k.UFFD_FEATURE_THREAD_ID
+            | k.UFFD_FEATURE_POISON)
+
+
+def _create_uffd(k: Any, denied: type[Exception]) -> Any:
+    """A userfaultfd: the system call, else /dev/userfaultfd, else UFFD_USER_MODE_ONLY."""
+    try:
+        return k.Userfaultfd.create(nonblock=True, cloexec=True)
+    except (denied, PermissionError):
+        pass
+    if os.access("/dev/userfaultfd", os.R_OK | os.W_OK):
+        with contextlib.suppress(denied, PermissionError):
+            return k.Userfaultfd.create(nonblock=True, cloexec=True, via_device=True)
+    return k.Userfaultfd.create(nonblock=True, cloexec=True, user_mode_only=True)
 
 
 def _address_of(m: mmap.mmap) -> int:
@@ -249,10 +262,7 @@ class Client:
             region = Region(memfd, size)
             address = _address_of(region)
             region.madvise(_MADV_DONTFORK)
-            try:
-                uffd = k.Userfaultfd.create(nonblock=True, cloexec=True)
-            except (KernelPermissionError, PermissionError):
-                uffd = k.Userfaultfd.create(nonblock=True, cloexec=True, user_mode_only=True)
+            uffd = _create_uffd(k, KernelPermissionError)
             uffd.api(_uffd_features())
             uffd.register(address, size,
                           k.UFFDIO_REGISTER_MODE_MISSING | k.UFFDIO_REGISTER_MODE_WP)

@@ -101,6 +101,7 @@ class DaemonConfig:
     socket: str = ""  # "" = default_socket_path()
     state_dir: str = ""  # "" = state_dir()
     socket_mode: int = 0o660
+    socket_group: str = ""  # group owning the socket ("" = the daemon's group)
     # Peers allowed by SO_PEERCRED: user names or uids, group names or gids.  root
     # and the daemon's own uid are always allowed.  Empty lists = only those two.
     allowed_users: tuple[str | int, ...] = ()

@@ -111,11 +111,15 @@ class Corpus:
     def open(cls, path: str | os.PathLike[str]) -> Corpus:
         """Open a corpus file (memory-mapped, read-only).  O(1) plus the header.
 
-        Raises CorpusFormatError if the file is not a complete corpus, and
-        OSError if it cannot be opened.
+        Raises CorpusFormatError if the file cannot be opened or is not a
+        complete corpus.
         """
         p = os.fspath(path)
-        with open(p, "rb") as f:
+        try:
+            f = open(p, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise CorpusFormatError(f"cannot open corpus {p}: {exc.strerror}") from exc
+        with f:
             head = f.read(_HEADER.size)
             if len(head) < _HEADER.size:
                 raise CorpusFormatError(f"{p}: too short for a corpus header")
@@ -187,6 +191,18 @@ class Corpus:
         for i in range(self._npages):
             o = off + (i << PAGE_SHIFT)
             yield bytes(data[o:o + PAGE_SIZE])
+
+    def _check(self) -> None:
+        """Verify the layout: every page lies inside the data.  O(1)."""
+        from swapd.errors import InvariantError
+
+        if self._npages < 0 or self._offset < 0:
+            raise InvariantError(f"corpus: bad layout {self._offset=} {self._npages=}")
+        if isinstance(self._data, mmap.mmap) and self._data.closed:
+            return  # closed: nothing left to check
+        if len(self._data) < self._offset + self._npages * PAGE_SIZE:
+            raise InvariantError(f"corpus: {self._npages} pages do not fit in "
+                                 f"{len(self._data)} bytes after offset {self._offset}")
 
     def close(self) -> None:
         """Unmap the file (file-backed corpora); the corpus is unusable afterwards."""
@@ -453,7 +469,8 @@ def _read_run(mem: int, pfn: int, n: int, st: CaptureStats) -> Iterator[bytes]:
 
 # The workload a capture without --pid runs: a Python process that builds a heap
 # like a real service's -- records as dicts, parsed JSON, strings and log lines,
-# objects with attributes, numeric arrays, sets and tuples, a few random blobs --
+# objects with attributes, numeric arrays, sets and tuples, a few random blobs
+# (keys, compressed data) and zero-initialized I/O buffers filled only at their start --
 # until its resident size reaches the target, then says "ready" and waits on stdin.
 _WORKLOAD = r"""
 import array, json, random, sys
@@ -498,6 +515,10 @@ while rss() < target:
     keep.append(" ".join(rng.choices(words, k=2000)))
     if i % 4 == 0:
         keep.append(rng.randbytes(16384))
+    if i % 3 == 0:  # an I/O buffer, allocated zeroed and filled only at its start
+        buf = bytearray(65536)
+        buf[:rng.randint(100, 6000)] = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" * 140
+        keep.append(buf)
     i += 1
 sys.stdout.write("ready\n")
 sys.stdout.flush()

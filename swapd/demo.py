@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the daemon serving PATH (default: start one)")
     p.add_argument("--corpus", metavar="FILE", help="captured corpus (swapd corpus capture)")
     p.add_argument("--pool", default=None,
-                   help="compressed pool limit of the started daemon (default size/8)")
+                   help="compressed pool limit of the started daemon (default size/4)")
     p.add_argument("--ops", type=int, default=None,
                    help="random-phase accesses (default: pages/2)")
     p.add_argument("--seed", type=int, default=1)
@@ -124,7 +124,7 @@ class Pages:
         self.crc = array.array("I", bytes(4 * npages))
 
     def expected(self, i: int) -> bytes:
-        page = self.corpus.page(self.base[i])
+        page: bytes = self.corpus.page(self.base[i])
         v = self.version[i]
         if v == 0:
             return page
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         size = parse_size(args.size, "--size")
         limit = parse_size(args.limit, "--limit")
-        pool = parse_size(args.pool, "--pool") if args.pool else max(size // 8, 1 << 20)
+        pool = parse_size(args.pool, "--pool") if args.pool else max(size // 4, 1 << 20)
     except ConfigError:
         raise
     if size < PAGE_SIZE or size % PAGE_SIZE or limit % PAGE_SIZE:

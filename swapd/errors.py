@@ -136,7 +136,7 @@ class TraceFormatError(SwapdError, ValueError):
 
 
 class CorpusFormatError(SwapdError, ValueError):
-    """A corpus file is not in swapd's corpus format, or is truncated."""
+    """A corpus file cannot be read, is not in swapd's corpus format, or is truncated."""
 
 
 class CaptureError(SwapdError):

@@ -6,6 +6,9 @@
 one-object-per-page backend of ``tests/fixtures/tinybackend`` -- imported straight
 from its source tree, so the contract suite always has a known-correct backend
 to run against (it is also how the suite itself is checked).
+
+Tests marked ``slow`` run only with ``--runslow`` (or ``-m slow``), so the default
+suite stays fast.
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ def _variants() -> dict[str, BackendVariant]:
 
 
 VARIANTS = _variants()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow (or select them with -m slow)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` are skipped unless ``--runslow`` or a ``-m`` naming slow."""
+    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (or -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=sorted(VARIANTS))

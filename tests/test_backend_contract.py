@@ -85,8 +85,10 @@ def test_identity(pool: Backend, backend_variant: BackendVariant) -> None:
     assert isinstance(pool.version, str) and pool.version
     assert 0 < pool.max_size <= PAGE_SIZE
     assert pool.total_pages() == 0
-    assert pool.stats() == PoolStats(0, 0, 0, 0) or (
-        pool.stats().objects == 0 and pool.stats().total_pages == 0)
+    st = pool.stats()
+    assert (st.total_pages, st.objects, st.object_bytes, st.pages_compacted) == (0, 0, 0, 0)
+    with pytest.raises(AttributeError):
+        st.objects = 1  # type: ignore[misc]  # a frozen snapshot
     pool._check()
 
 
@@ -136,7 +138,7 @@ def test_objects_never_overlap(pool: Backend) -> None:
     rng = random.Random(2)
     shadow: Shadow = {}
     # Many objects of mixed sizes, small ones in bulk so that pages are shared.
-    for _ in range(400):
+    for _ in range(300):
         size = rng.choice((rng.randint(1, 128), rng.randint(100, 1500),
                            rng.randint(1, pool.max_size)))
         store(pool, shadow, _pattern(rng, size))
@@ -144,7 +146,7 @@ def test_objects_never_overlap(pool: Backend) -> None:
     # Rewrite each object with a new pattern, one at a time, and check all others each
     # time for a sample: a write that spills into a neighbour shows up at once.
     handles = list(shadow)
-    for h in rng.sample(handles, 40):
+    for h in rng.sample(handles, 15):
         data = _pattern(rng, len(shadow[h]))
         pool.write(h, data)
         shadow[h] = data
@@ -153,7 +155,7 @@ def test_objects_never_overlap(pool: Backend) -> None:
     # Free half, refill the holes, check again.
     for h in rng.sample(handles, len(handles) // 2):
         release(pool, shadow, h)
-    for _ in range(200):
+    for _ in range(150):
         store(pool, shadow, _pattern(rng, rng.randint(1, pool.max_size)))
     verify(pool, shadow)
 
@@ -161,7 +163,7 @@ def test_objects_never_overlap(pool: Backend) -> None:
 def test_accounting_equals_what_is_stored(pool: Backend) -> None:
     rng = random.Random(3)
     shadow: Shadow = {}
-    for step in range(600):
+    for step in range(400):
         if shadow and rng.random() < 0.4:
             release(pool, shadow, rng.choice(list(shadow)))
         else:
@@ -337,10 +339,10 @@ def test_empty_write_to_sized_object(populated: tuple[Backend, Shadow]) -> None:
 def test_compact_keeps_content(pool: Backend) -> None:
     rng = random.Random(7)
     shadow: Shadow = {}
-    for _ in range(800):
+    for _ in range(360):
         store(pool, shadow, _pattern(rng, rng.randint(1, 1200)))
     # Free 80% at random: many sparse pages.
-    for h in rng.sample(list(shadow), 640):
+    for h in rng.sample(list(shadow), 288):
         release(pool, shadow, h)
     before = pool.stats()
     pages = pool.total_pages()
@@ -355,13 +357,13 @@ def test_compact_keeps_content(pool: Backend) -> None:
     pool.compact()
     verify(pool, shadow)
     # Handles survive compaction for every operation.
-    for h in list(shadow)[:50]:
+    for h in list(shadow)[:30]:
         data = _pattern(rng, len(shadow[h]))
         pool.write(h, data)
         shadow[h] = data
-    for h in list(shadow)[50:100]:
+    for h in list(shadow)[30:60]:
         release(pool, shadow, h)
-    for _ in range(100):
+    for _ in range(60):
         store(pool, shadow, _pattern(rng, rng.randint(1, pool.max_size)))
     verify(pool, shadow)
     for h in list(shadow):

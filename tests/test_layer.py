@@ -139,6 +139,9 @@ def test_states_same_filled_and_runs(layer: SwapLayer) -> None:
     st = layer.stats("a")
     assert st.same_filled_pages == 2 and st.stored_pages == 3
     assert st.pool_total_size == st.compr_data_size > 0
+    assert st.mm_stat == f"{3 * PAGE_SIZE} {st.compr_data_size} {st.mem_used_total}"
+    total = layer.stats()
+    assert total.mem_used_total >= PAGE_SIZE and total.as_dict()["zswpout"] == 4
     layer.invalidate(r, 3)
     layer.invalidate(r, 3)  # no error when there is no copy
     assert layer.state(r, 3) is EntryState.RESIDENT
@@ -391,6 +394,35 @@ def test_disk_full_leaves_entries_and_counts_reject(backend: str, tmp_path: Path
         lay._check()
     finally:
         lay.close()
+
+
+def test_arena_exhaustion_makes_room_by_writeback(backend: str, tmp_path: Path) -> None:
+    """The backend's arena runs out before the pool limit: writeback makes room instead."""
+    rng = random.Random(17)
+    pages = [text_page(rng) for _ in range(120)]
+    tiers: list[Any] = [CompressedTier("lz4", make_backend(backend, max_pages=16), LIMITS),
+                        DiskTier(tmp_path, 256 * PAGE_SIZE)]
+    lay = SwapLayer(tiers, config=LayerConfig(pool_limit_bytes=1 << 30), clock=Clock())
+    try:
+        r = lay.add_region("a", len(pages))
+        _fill(lay, r, pages)
+        st = lay.stats()
+        assert st.written_back_pages > 0 and st.reject_alloc_fail == 0
+        assert st.pool_total_size <= 16 * PAGE_SIZE
+        lay._check()
+        assert [lay.load(r, i) for i in range(len(pages))] == pages
+    finally:
+        lay.close()
+    alone = SwapLayer([CompressedTier("lz4", make_backend(backend, max_pages=4), LIMITS)],
+                      config=LayerConfig(pool_limit_bytes=1 << 30))
+    try:
+        r = alone.add_region("a", len(pages))
+        with pytest.raises(StoreRejected) as ei:
+            _fill(alone, r, pages)
+        assert ei.value.reason == "reject_alloc_fail"
+        alone._check()
+    finally:
+        alone.close()
 
 
 def test_demotion_policy_plugin(backend: str, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def factory(request: pytest.FixtureRequest) -> Factory:
 
 
 def test_every_shipped_policy_is_registered() -> None:
-    assert SHIPPED <= set(available_policies())
+    assert set(available_policies()) >= SHIPPED
 
 
 def test_name_and_description(factory: Factory) -> None:
@@ -132,7 +132,7 @@ def test_victims_are_unique_tracked_and_untracked_after(factory: Factory) -> Non
     assert all(k not in p for k in got) and len(p) == 43
     rest = p.victims(1000)  # more than tracked: all of them
     p._check()
-    assert sorted(got + rest) == keys and len(p) == 0
+    assert len(got + rest) == len(keys) and set(got + rest) == set(keys) and len(p) == 0
     assert p.victims(3) == []
 
 
@@ -152,7 +152,7 @@ def test_victims_after_removes(factory: Factory) -> None:
     got = p.victims(1000)
     p._check()
     assert len(got) == len(set(got)) and set(got) == remaining
-    assert all(k % 2 for k in got)
+    assert all(isinstance(k, int) and k % 2 for k in got)
 
 
 def test_evicted_keys_are_not_tracked_even_if_remembered(factory: Factory) -> None:

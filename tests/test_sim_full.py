@@ -144,3 +144,34 @@ def test_costs_table(tmp_path: Path) -> None:
 def test_unknown_layer_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown layer option"):
         FullSim(FullConfig(layer_options=(("pool_limt", 1),)), CORPUS)
+
+
+def test_background_shrinker_and_compaction_run_on_modelled_time() -> None:
+    # every page touched once: no refault holds the shrinker back (nr_disk_swapins)
+    reqs = [Request(t, t, "w" if t % 3 else "r") for t in range(2000)]
+    base = {"capacity": 60, "backend": "zsmalloc", "pool_bytes": 40 * 4096,
+            "disk_bytes": 16 << 20}
+    quiet = run_full(reqs, FullConfig(**base, shrink_interval_s=0.0), CORPUS).to_dict()
+    busy = run_full(reqs, FullConfig(**base, shrink_interval_s=0.001, compact_interval_s=0.001),
+                    CORPUS).to_dict()
+    for d in (quiet, busy):
+        _consistent(d, len(reqs))
+    assert quiet["shrink_runs"] == quiet["shrink_written"] == quiet["pages_compacted"] == 0
+    # at most one run per modelled millisecond (modelled time also counts writebacks)
+    assert 10 < busy["shrink_runs"] <= busy["modelled_time_s"] * 1000 + 1
+    assert busy["shrink_written"] > 0
+    # the proactive shrinker writes back before the pool is full: fewer synchronous
+    # pool_limit_hit events on the store path
+    assert busy["layer"]["pool_limit_hit"] < quiet["layer"]["pool_limit_hit"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_non_exclusive_loads_keep_clean_copies_and_writes_drop_them(seed: int) -> None:
+    reqs = list(generate("shift", 3000, seed, pages=600, wss=150, period=400, step=40,
+                         write_ratio=0.3))
+    cfg = FullConfig(capacity=70, backend="zsmalloc", pool_bytes=50 * 4096, disk_bytes=4 << 20,
+                     layer_options=(("exclusive_loads", False),), check_every=250, seed=seed)
+    d = run_full(reqs, cfg, CORPUS).to_dict()  # every load is checked byte for byte
+    _consistent(d, len(reqs))
+    assert d["refaults"] > 0
+

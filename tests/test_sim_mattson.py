@@ -87,3 +87,15 @@ def test_policy_only_counts_are_consistent(policy: str) -> None:
 def test_policy_only_is_deterministic() -> None:
     keys = TRACES["zipf"]
     assert run_policy_only(keys, "lru", 77).misses == run_policy_only(keys, "lru", 77).misses
+
+
+def test_mattson_property_random_traces() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(st.lists(st.integers(0, 30), max_size=200), st.integers(1, 35))
+    def check(keys: list[int], cap: int) -> None:
+        assert stack_distances(keys).misses(cap) == run_policy_only(keys, "lru", cap).misses
+
+    check()

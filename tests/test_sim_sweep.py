@@ -121,3 +121,30 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--capacity" in capsys.readouterr().err
     assert main(["sim", "--trace", str(bad), "--capacity", "5", "--policy", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["sim", "--trace", str(tmp_path / "absent.csv"), "--capacity", "5"]) == 2
+    assert "no such trace file" in capsys.readouterr().err
+
+
+def test_cli_human_summary(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--trace", str(trace), "--capacity", "40", "--backend", "zbud",
+                 "--pool-mib", "0.05", "--corpus-pages", "64"]) == 0
+    out = capsys.readouterr().out
+    for word in ("miss ratio", "refaults", "LRU inversions", "modelled time", "MECHANISMS.md"):
+        assert word in out
+
+
+def test_bench_sim_and_costs_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sim", "--requests", "3000", "--pages", "500", "--capacity", "50",
+                 "--reps", "1", "--full-requests", "300", "--full-capacity", "30",
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    for k in ("ordereddict_req_per_s", "policy_only_req_per_s", "full_req_per_s"):
+        assert d[k] > 0
+    out = tmp_path / "costs.json"
+    assert main(["bench", "costs", "-o", str(out), "--pages", "64", "--reps", "1",
+                 "--no-faults", "--dir", str(tmp_path)]) == 0
+    from swapd.sim.costs import CostTable
+
+    t = CostTable.load(out)
+    assert t.compress_us > 0 and t.disk_read_us > 0 and "bench costs" in t.source
+    assert [p.name for p in tmp_path.iterdir()] == ["costs.json"]  # the disk file is gone

@@ -468,3 +468,15 @@ def test_check_catches_corruption(pool: ZsPool) -> None:
     pool.class_for(100).handles[h2] = (rec[0] - 16, *rec[1:])  # type: ignore[assignment]
     with pytest.raises(InvariantError):
         pool._check()
+
+
+def test_bench_locks_runs_both_modes() -> None:
+    # The `swapd bench locks` machinery on a tiny run: both modes, content verified inside,
+    # and every page back in the arena (run_once checks it and raises otherwise).
+    from tests.bench.locks import WORKLOADS, classes_touched, run_once
+
+    few, many = WORKLOADS
+    assert classes_touched(few) <= 3 < 50 < classes_touched(many)
+    for mode in ("class", "pool"):
+        for w in WORKLOADS:
+            assert run_once(mode, w, threads=3, ops=600, window=16, seed=1) > 0

@@ -119,7 +119,8 @@ class Pager:
         # Page-aligned source of UFFDIO_COPY: the faulting page + the readahead run.
         # Used by the main thread only.
         self.buf = kmemfd.PageBuffer(1 + self.ra_max)
-        self.zero = bytes(PAGE_SIZE)
+        # Fault service times of every client, departed ones included (main thread only).
+        self.latency_ns: collections.deque[int] = collections.deque(maxlen=65536)
 
     def close(self) -> None:
         self.buf.close()
@@ -239,7 +240,12 @@ class Pager:
             self._ioctl_locked(region, uffd.wake, page_addr, PAGE_SIZE)
         else:  # RESIDENT/EVICTING: stale duplicate, or the client punched its own page
             self._zeropage_locked(region, idx)
-        session.latency_ns.append(self.clock_ns() - t0)
+        self._latency(session, t0)
+
+    def _latency(self, session: Any, t0: int) -> None:
+        dt = self.clock_ns() - t0
+        session.latency_ns.append(dt)
+        self.latency_ns.append(dt)
 
     def _zeropage_locked(self, region: ManagedRegion, idx: int) -> None:
         addr = region.address(idx)
@@ -291,7 +297,7 @@ class Pager:
         else:
             buf = self.buf
             if not self._load_locked(region, idx, buf.page(0)):
-                session.latency_ns.append(self.clock_ns() - t0)
+                self._latency(session, t0)
                 return
             self._copy_locked(region, addr, buf.address, PAGE_SIZE)
         region.state[idx] = RESIDENT
@@ -300,7 +306,7 @@ class Pager:
         c.swapins += 1
         if session.eviction_seq - region.evicted_seq[idx] < session.limit_pages:
             c.refaults += 1
-        session.latency_ns.append(self.clock_ns() - t0)
+        self._latency(session, t0)
         # readahead: adapt the window, then copy the contiguous swapped run after idx
         if idx == region.ra_next:
             region.ra_window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))

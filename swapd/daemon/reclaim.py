@@ -16,7 +16,9 @@ An eviction batch has three phases (MECHANISMS.md 2.3):
    a daemon mapping of the memfd (a read through it would allocate a zero page
    the client then reads silently), never a page that is not RESIDENT.
 2. without the lock: ``layer.store`` each page (compression happens here, so the
-   pager keeps serving faults meanwhile).  A refused page (StoreRejected) is
+   pager keeps serving faults meanwhile: from its own thread, or -- when the
+   reclaimer runs inline in the event loop -- through ``between_stores``, which
+   serves pending faults every 8 stores).  A refused page (StoreRejected) is
    noted.
 3. under ``Session.lock``: a page still EVICTING becomes SWAPPED and its run is
    punched out of the memfd (``fallocate(PUNCH_HOLE)``); a refused page becomes
@@ -40,6 +42,7 @@ Prior art: ``mm/vmscan.c`` (watermarks, direct reclaim), ``mm/zswap.c``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -57,7 +60,7 @@ from swapd.daemon.session import (
     Session,
     page_key,
 )
-from swapd.errors import StoreRejected, SwapdError
+from swapd.errors import EntryNotFoundError, StoreRejected, SwapdError
 from swapd.kernel import memfd as kmemfd
 from swapd.kernel.errors import (
     KernelError,
@@ -85,7 +88,7 @@ class Reclaimer:
                  batch_pages: int, low_watermark_pages: int, hard_slack_pages: int,
                  global_limit_pages: int, refbit_slice_pages: int, interval_s: float,
                  drop_region: Callable[[ManagedRegion, str], None],
-                 recorder: Callable[[int, str], None] | None = None) -> None:
+                 between_stores: Callable[[], None] | None = None) -> None:
         self.layer = layer
         self.sessions = sessions
         self.batch = batch_pages
@@ -95,7 +98,8 @@ class Reclaimer:
         self.refbit_slice = refbit_slice_pages
         self.interval = interval_s
         self.drop_region = drop_region  # pager's drop_region_locked
-        self.recorder = recorder
+        # Inline mode: serve pending faults between stores of phase 2 (no lock is held then).
+        self.between_stores = between_stores
         self._tls = threading.local()  # per-thread PageBuffer
         self._cond = threading.Condition()
         self._kicked = False  # under _cond
@@ -344,10 +348,15 @@ class Reclaimer:
         """Phase 2: compress and store (no lock held)."""
         store = self.layer.store
         view = buf.view
+        yield_ = self.between_stores
+        done = 0
         for run in runs:
             lrid = run.region.layer_region
             base = run.offset
             for j in range(run.count):
+                done += 1
+                if yield_ is not None and done % 8 == 0:
+                    yield_()
                 o = (base + j) << PAGE_SHIFT
                 try:
                     store(lrid, run.start + j, view[o:o + PAGE_SIZE])
@@ -361,7 +370,8 @@ class Reclaimer:
         """Phase 3 (Session.lock held): punch stored pages, restore refused ones."""
         if session.dead:
             if session.evicting == 0 and not session.layer_freed:
-                self.layer.remove_client(session.id)
+                with contextlib.suppress(EntryNotFoundError):  # never stored anything
+                    self.layer.remove_client(session.id)
                 session.layer_freed = True
             return 0
         evicted = 0
@@ -399,9 +409,6 @@ class Reclaimer:
                         policy.insert(key)
             for start, count in punch:
                 kmemfd.punch_hole(region.memfd, start << PAGE_SHIFT, count << PAGE_SHIFT)
-                if self.recorder is not None:
-                    for i in range(start, start + count):
-                        self.recorder(page_key(region.id, i), "e")
             for start, count in unwp:
                 try:
                     region.uffd.writeprotect(region.address(start), count << PAGE_SHIFT,

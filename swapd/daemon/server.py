@@ -70,6 +70,7 @@ from swapd.errors import (
     ClientGoneError,
     ConfigError,
     EntryNotFoundError,
+    InvariantError,
     ProtocolError,
     SwapdError,
 )
@@ -165,10 +166,12 @@ class Daemon:
         self._wake_w = -1
         self.started = time.monotonic()
         self.clients_total = 0
+        self.departed: dict[str, int] = {}  # counters of ended sessions (main thread)
         self.allowed_uids = self._resolve_users(cfg.daemon.allowed_users)
         self.allowed_gids = self._resolve_groups(cfg.daemon.allowed_groups)
         self._recorder: Any = None
         self._status = ""
+        self._yielding = False  # inside _serve_faults_now: no nested reclaim
 
     # --- setup / teardown -----------------------------------------------------------------
 
@@ -216,7 +219,8 @@ class Daemon:
             low_watermark_pages=rc.low_watermark_pages, hard_slack_pages=rc.hard_slack_pages,
             global_limit_pages=cfg.limits.global_resident_bytes // PAGE_SIZE,
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
-            drop_region=self.pager.drop_region_locked, recorder=rec)
+            drop_region=self.pager.drop_region_locked,
+            between_stores=self._serve_faults_now if rc.inline else None)
         self.ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register(self._wake_r, "wake", None)
@@ -248,6 +252,9 @@ class Daemon:
         try:
             sock.bind(str(path))
             os.chmod(path, self.cfg.daemon.socket_mode)
+            if self.cfg.daemon.socket_group:
+                gid = self._resolve_groups((self.cfg.daemon.socket_group,)).pop()
+                os.chown(path, -1, gid)
             sock.listen(64)
         except OSError as exc:
             sock.close()
@@ -322,7 +329,6 @@ class Daemon:
             ready()
         ep = self.ep
         fds = self._fds
-        pager = self.pager
         reclaimer = self.reclaimer
         inline = self.cfg.reclaim.inline
         interval = self.cfg.reclaim.interval_ms / 1000.0
@@ -337,31 +343,16 @@ class Daemon:
                 entry = fds.get(fd)
                 if entry is None:
                     continue
-                kind, obj = entry
-                if kind == "uffd":
-                    region: ManagedRegion = obj
-                    try:
-                        pager.handle_events(region, t0)
-                    except ClientGoneError as exc:
-                        self.end_session(region.session, str(exc))
-                        continue
-                    except KernelError as exc:
-                        log.error("region %s: %s", region.id, exc)
-                        with region.session.lock:
-                            pager.drop_region_locked(region, f"uffd failed: {exc}")
-                        continue
-                    s = region.session
-                    if s.resident > s.limit_pages and not s.dead:
-                        reclaimer.direct(s)
-                elif kind == "conn":
-                    self._on_conn(obj)
-                elif kind == "pidfd":
-                    self.end_session(obj, "client process exited")
-                elif kind == "listen":
-                    self._accept()
-                elif kind == "wake":
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
+                try:
+                    self._on_event(entry, t0)
+                except InvariantError:
+                    raise
+                except Exception:  # a bug must cost one client, not all of them
+                    log.exception("handling %s failed", entry[0])
+                    owner = entry[1]
+                    s = getattr(owner, "session", owner)
+                    if isinstance(s, Session):
+                        self.end_session(s, "internal error (see the log)")
             now = time.monotonic()
             if inline and now >= next_sweep:
                 reclaimer.sweep_refbits()
@@ -375,6 +366,58 @@ class Daemon:
                 next_check = now + 1.0
             self._update_status()
         self.notify("STOPPING=1")
+
+    def _serve_faults_now(self) -> None:
+        """Inline reclaim, phase 2: serve the uffd events that are pending right now.
+
+        Other descriptors are left for the main loop (epoll is level-triggered);
+        no reclaim runs from here.
+        """
+        if self._yielding or self.ep is None:
+            return
+        self._yielding = True
+        try:
+            events = self.ep.poll(0)
+            if not events:
+                return
+            t0 = time.perf_counter_ns()
+            for fd, _mask in events:
+                entry = self._fds.get(fd)
+                if entry is not None and entry[0] == "uffd":
+                    self._on_event(entry, t0)
+        finally:
+            self._yielding = False
+
+    def _on_event(self, entry: tuple[str, Any], t0: int) -> None:
+        """Handle one ready descriptor of the epoll table."""
+        assert self.pager is not None and self.reclaimer is not None
+        pager = self.pager
+        reclaimer = self.reclaimer
+        kind, obj = entry
+        if kind == "uffd":
+            region: ManagedRegion = obj
+            try:
+                pager.handle_events(region, t0)
+            except ClientGoneError as exc:
+                self.end_session(region.session, str(exc))
+                return
+            except KernelError as exc:
+                log.error("region %s: %s", region.id, exc)
+                with region.session.lock:
+                    pager.drop_region_locked(region, f"uffd failed: {exc}")
+                return
+            s = region.session
+            if s.resident > s.limit_pages and not s.dead and not self._yielding:
+                reclaimer.direct(s)
+        elif kind == "conn":
+            self._on_conn(obj)
+        elif kind == "pidfd":
+            self.end_session(obj, "client process exited")
+        elif kind == "listen":
+            self._accept()
+        elif kind == "wake":
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
 
     def _update_status(self) -> None:
         n = len(self.sessions)
@@ -423,8 +466,17 @@ class Daemon:
         return bool(groups & self.allowed_gids)
 
     def _send_now(self, sock: socket.socket, obj: dict[str, Any]) -> None:
+        """Refuse a connection: read its hello (briefly), reply, close.
+
+        Reading first matters: closing an AF_UNIX socket with unread input makes
+        the peer's read fail with ECONNRESET before it sees the reply.
+        """
         with contextlib.suppress(OSError):
+            sock.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                sock.recv(protocol.MAX_FRAME + 4)
             sock.send(protocol.encode(obj))
+            sock.shutdown(socket.SHUT_WR)
 
     def _admit(self, sock: socket.socket) -> None:
         from swapd.kernel.pidfd import peer_credentials
@@ -478,7 +530,8 @@ class Daemon:
                     self.regions.pop(region.id, None)
                 self.pager.drop_region_locked(region, reason)
             if session.evicting == 0 and not session.layer_freed:
-                self.layer.remove_client(session.id)
+                with contextlib.suppress(EntryNotFoundError):  # never stored anything
+                    self.layer.remove_client(session.id)
                 session.layer_freed = True
             self._forget_fd(session.pidfd)
             session.close_fds_locked()
@@ -490,6 +543,8 @@ class Daemon:
             conn.sock.close()
         with self.lock:
             self.sessions.pop(session.id, None)
+        for k, v in session.counters.as_dict().items():
+            self.departed[k] = self.departed.get(k, 0) + v
 
     def _on_conn(self, conn: Connection) -> None:
         if conn.closed:
@@ -744,13 +799,11 @@ class Daemon:
         assert self.layer is not None
         sessions = [s for s in list(self.sessions.values()) if not s.dead]
         clients = [self.session_stats(s) for s in sessions]
-        counters: dict[str, int] = {}
+        counters: dict[str, int] = dict(self.departed)
         for c in clients:
             for k, v in c["counters"].items():
                 counters[k] = counters.get(k, 0) + v
-        samples: list[int] = []
-        for s in sessions:
-            samples.extend(s.latency_ns)
+        samples = list(self.pager.latency_ns) if self.pager is not None else []
         return {
             "daemon": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3),
                        "socket": str(self.socket_path), "clients": len(clients),
@@ -821,7 +874,16 @@ def _check_mapping(pid: int, address: int, length: int, inode: int) -> None:
 
 
 class _Recorder:
-    """``--record``: the CSV trace ``time,page,op,size`` of handled events (issue 5)."""
+    """``--record``: the CSV trace ``time,page,op,size`` that ``swapd sim`` replays (issue 5).
+
+    One row per fault the pager handles: ``time`` in microseconds since the
+    daemon started, ``page`` = region id << 32 | page index, ``op`` ``r`` for a
+    read fault and ``w`` for a write (MISSING|WRITE or write-protect) fault,
+    ``size`` 4096.  Accesses that hit resident memory never reach the daemon, so
+    the trace is the miss stream of the daemon's resident set; evictions are not
+    rows (replaying them would impose this run's reclaim decisions on the
+    simulated policy).
+    """
 
     def __init__(self, path: str) -> None:
         self.f = open(path, "w", buffering=1 << 16)  # noqa: SIM115 (closed by close())

@@ -20,8 +20,9 @@
 # behaviour (the page goes straight to the next tier, and the proactive shrinker is asked to bring
 # the pool under the threshold, as shrink_worker is queued), so the inversion counter can be
 # compared.  Same-filled pages live in the word (zswap_is_page_same_filled before 6.12, zram's
-# ZRAM_SAME); incompressible pages are stored raw when a lower tier can take them later (6.16's
-# "store incompressible pages as-is"), else rejected as reject_compress_poor; a backend whose
+# ZRAM_SAME); incompressible pages are stored raw when a lower tier can take them later (as
+# mm/zswap.c's 2025 "store compression-failed pages as-is" does, counting
+# stored_incompressible_pages), else rejected as reject_compress_poor; a backend whose
 # largest object is below a page (zbud) cannot hold them raw, so with a lower tier they go there
 # directly -- counted as reject_compress_poor and, when colder entries stay in the pool, as an
 # inversion, the bypass the 2023 discussion named as the same bug.  Loads are exclusive
@@ -274,6 +275,10 @@ class SwapLayer:
         self._clock = clock if clock is not None else time.monotonic
         self._lock = threading.Lock()
         self._table = SwapTable()                    # under _lock
+        # the table's arrays never change identity (they grow and shrink in place)
+        self._words = self._table.words
+        self._next = self._table.next
+        self._prev = self._table.prev
         self._regions: dict[int, _Region] = {}       # under _lock
         self._clients: dict[Hashable, _Client] = {}  # under _lock
         self._rr: list[Hashable] = []                # under _lock: round-robin order of clients
@@ -314,6 +319,7 @@ class SwapLayer:
         # the store fast path needs a compressed tier 0 and no policy to tell
         self._fast_ok = self._t0c is not None and self._policy is None
         self._ref_bit = REF if cfg.second_chance and self._policy is None else 0
+        self._exclusive = cfg.exclusive_loads
 
     # -- regions and clients ------------------------------------------------------------
 
@@ -406,6 +412,8 @@ class SwapLayer:
                     pol.remove(g)
             self._tiers[t].free(key)
             self._uncount_locked(cl, t, w)
+            if t:
+                self._recent_wb.pop(g, None)
         if w & SIDE:
             del table.side[g]
         table.words[g] = 0
@@ -478,22 +486,25 @@ class SwapLayer:
         if len(page) != PAGE_SIZE:
             raise ObjectSizeError(f"store: a page is {PAGE_SIZE} bytes, got {len(page)}")
         cfg = self._config
-        value = same_filled_value(page) if cfg.same_filled else None
+        # same_filled_value() rejects on the first/last word; test that here, without a call
+        value = (same_filled_value(page)
+                 if cfg.same_filled and page[:8] == page[-8:] else None)
         t0 = self._t0c
         data: bytes | None = None
         reject: str | None = None
         bypass = False  # the pool cannot hold this page even raw: it goes to the next tier
         if value is None and t0 is not None:
             try:
-                c = t0.compress(page)
-            except ValueError:
+                c = t0._compress(page)
+            except Exception:
                 reject = "reject_compress_fail"
                 c = b""
             if reject is None:
-                if len(c) < PAGE_SIZE and len(c) <= t0.max_object:
+                maxobj = t0.max_object
+                if len(c) < PAGE_SIZE and len(c) <= maxobj:
                     data = c
                 elif cfg.store_incompressible and self._ntiers > 1:
-                    if t0.max_object >= PAGE_SIZE:
+                    if maxobj >= PAGE_SIZE:
                         data = bytes(page)
                     else:
                         bypass = True
@@ -502,32 +513,47 @@ class SwapLayer:
         attempts = 0
         while True:
             direct = False
+            exhausted = False
             with self._lock:
                 reg = self._regions.get(region)
                 if reg is None or not 0 <= index < reg.npages:
                     raise self._not_found(region, reg, index)
                 g = reg.base + index
                 cl = reg.client
-                words = self._table.words
+                words = self._words
                 if attempts == 0 and words[g]:
                     self._drop_locked(g, cl)
                 if data is not None and not bypass and self._fast_ok:
                     # fast path: the pool is under its limit and was not full (O(1))
                     assert t0 is not None
-                    if t0.total_pages() < self.limit_pages and not self._reached_full:
+                    be = t0.backend
+                    if be.total_pages() < self.limit_pages and not self._reached_full:
                         try:
-                            h = t0.put(data)
+                            h = be.malloc(len(data))  # that int is the backend's to keep
                         except (PoolExhaustedError, ObjectSizeError):
                             pass  # the general path below redoes and counts it
                         else:
                             length = len(data)
+                            try:
+                                be.write(h, data)
+                            except BaseException:
+                                be.free(h)
+                                raise
                             if h > KEY_MAX:
                                 self._table.side[g] = h
                                 w = TAG_TIER0 | (length << LEN_SHIFT) | SIDE
                             else:
                                 w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
                             words[g] = w | self._ref_bit
-                            self._table.push_head(cl.lists[0], g)
+                            # push_head(cl.lists[0], g), inlined
+                            s = cl.lists[0]
+                            nxt = self._next
+                            head = nxt[s]
+                            nxt[g] = head
+                            prv = self._prev
+                            prv[g] = s
+                            prv[head] = g
+                            nxt[s] = g
                             cl.counts[0] += 1
                             cl.stored += 1
                             cl.compr_bytes += length
@@ -559,7 +585,6 @@ class SwapLayer:
                 else:
                     assert data is not None
                     full = self._pool_full_locked()
-                    exhausted = False
                     if not full:
                         try:
                             h = t0.put(data)
@@ -594,7 +619,13 @@ class SwapLayer:
             if direct:
                 self._store_direct(region, index, target, bytes(page))
                 return
-            if not self._shrink_until_accept():
+            if exhausted:  # the arena itself is full: make room whatever the limit says
+                ok = self.writeback(self._config.writeback_batch) > 0
+                if not ok:
+                    with self._lock:
+                        _, cl = self._lookup_locked(region, index)
+                        raise self._reject_locked(cl, "reject_alloc_fail")
+            elif not self._shrink_until_accept():
                 with self._lock:
                     _, cl = self._lookup_locked(region, index)
                     raise self._reject_locked(cl, "reject_reclaim_fail",
@@ -628,9 +659,9 @@ class SwapLayer:
                 self._link_new_locked(g, cl, t)
                 if tier.compressed:
                     self._count_locked(cl, t, 0)
-                if t == 0:
-                    cl.zswpout += 1
-                cl.pswpout += 1
+                    cl.zswpout += int(t == 0)
+                else:
+                    cl.pswpout += 1
         finally:
             with self._lock:
                 self._io_inflight -= 1
@@ -674,23 +705,40 @@ class SwapLayer:
                 raise self._not_found(region, reg, index)
             g = reg.base + index
             cl = reg.client
-            table = self._table
-            w = table.words[g]
+            words = self._words
+            w = words[g]
             tag = w & TAG_MASK
             if not tag or w & CLEAN:
                 raise EntryNotFoundError(f"page {index} of region {region} is not swapped out")
-            exclusive = self._config.exclusive_loads
+            exclusive = self._exclusive
             t0 = self._t0c
             if tag == TAG_TIER0 and exclusive and t0 is not None and not w & (SIDE | WB):
                 # fast path: an exclusive load from the compressed tier (zswap_load)
                 h = w >> KEY_SHIFT
-                page = t0.decode(t0.get(h))
-                t0.free(h)
-                table.unlink(g)
-                table.words[g] = 0
+                be = t0.backend
+                data = be.read(h)
+                length = (w >> LEN_SHIFT) & LEN_MASK
+                if length == PAGE_SIZE:
+                    page = bytes(data)
+                else:
+                    try:
+                        page = t0._decompress(data, PAGE_SIZE)
+                    except ValueError as exc:
+                        raise CorruptPageError(
+                            f"page {index} of region {region}: compressed object does not "
+                            f"decompress: {exc}") from exc
+                be.free(h)
+                # unlink(g), inlined
+                prv = self._prev
+                nxt = self._next
+                p = prv[g]
+                n = nxt[g]
+                nxt[p] = n
+                prv[n] = p
+                prv[g] = nxt[g] = NIL
+                words[g] = 0
                 cl.counts[0] -= 1
                 cl.stored -= 1
-                length = (w >> LEN_SHIFT) & LEN_MASK
                 cl.compr_bytes -= length
                 if length == PAGE_SIZE:
                     cl.incompressible -= 1
@@ -698,6 +746,7 @@ class SwapLayer:
                     self._policy.remove(g)
                 cl.zswpin += 1
                 return page
+            table = self._table
             if tag == TAG_SAME:
                 value = table.side[g] if w & SIDE else decode_value(w)
                 cl.zswpin += 1
@@ -709,7 +758,7 @@ class SwapLayer:
             t = tag - TAG_TIER0
             tier = self._tiers[t]
             page = tier.load(self._key_locked(g, w))
-            if t == 0:
+            if tier.compressed:
                 cl.zswpin += 1
             else:
                 cl.pswpin += 1

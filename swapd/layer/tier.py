@@ -10,7 +10,8 @@
 # (malloc + write) under it, like zswap_store() compresses into a per-CPU buffer and then
 # zpool_malloc()s.  An object of exactly PAGE_SIZE bytes is a raw (incompressible) page: the
 # layer only stores compressed data that is smaller than a page, so the length tells them apart
-# (mm/zswap.c stores "<PAGE_SIZE compression failed page as-is" the same way since 6.16).
+# (mm/zswap.c's 2025 change that stores compression-failed pages as-is tells them apart the
+# same way).
 #
 # DiskTier is a file of 4 KiB slots, created with mode 0600 (O_EXCL) in the state directory.
 # Its slot allocator keeps free extents in sortedcontainers (by start, for coalescing, and by
@@ -140,11 +141,8 @@ class CompressedTier(Tier):
         self.limits = limits if limits is not None else TierLimits.from_system()
         self._compress = self.compressor.compress
         self._decompress = self.compressor.decompress
+        self.max_object = int(backend.max_size)  # largest object the backend takes
 
-    @property
-    def max_object(self) -> int:
-        """Largest object the backend takes."""
-        return int(self.backend.max_size)
 
     def compress(self, page: bytes | bytearray | memoryview) -> bytes:
         """Compressed bytes of ``page`` (may be >= PAGE_SIZE); ValueError on failure."""

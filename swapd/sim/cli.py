@@ -89,6 +89,11 @@ def _add_full(p: argparse.ArgumentParser) -> None:
     g.add_argument("--costs", default=None, metavar="FILE",
                    help="cost table from `swapd bench costs` (default: MECHANISMS.md figures)")
     g.add_argument("--seed", type=int, default=0, help="seed of page contents (default 0)")
+    g.add_argument("--shrink-interval", type=float, default=0.1, metavar="S",
+                   help="modelled seconds between proactive shrinker runs (default 0.1, the "
+                        "daemon's; 0: never)")
+    g.add_argument("--compact-interval", type=float, default=0.0, metavar="S",
+                   help="modelled seconds between layer.compact() calls (default 0: never)")
     g.add_argument("--window", type=int, default=0, metavar="N",
                    help="record a time-series point every N requests")
 
@@ -213,7 +218,9 @@ def _run_one(args: argparse.Namespace) -> int:
                          compressor=args.compressor, pool_bytes=_pool_bytes(args, args.capacity),
                          disk_bytes=_disk_bytes(args), demotion_policy=args.demotion,
                          layer_options=tuple(sorted(dict(args.layer).items())), seed=args.seed,
-                         window=args.window, check_every=args.check_every)
+                         window=args.window, check_every=args.check_every,
+                         shrink_interval_s=args.shrink_interval,
+                         compact_interval_s=args.compact_interval)
         corpus = open_corpus(args.corpus, args.corpus_pages, args.seed)
         try:
             d = run_full(read_trace(args.trace, args.fmt), cfg, corpus, _costs(args)).to_dict()
@@ -288,6 +295,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         full = {"compressor": args.compressor, "disk_bytes": _disk_bytes(args),
                 "layer_options": tuple(sorted(dict(args.layer).items())),
                 "corpus": args.corpus, "corpus_pages": args.corpus_pages, "seed": args.seed,
+                "demotion_policy": args.demotion, "shrink_interval_s": args.shrink_interval,
+                "compact_interval_s": args.compact_interval,
                 "costs": tuple(sorted(_costs(args).to_dict().items()))}
     jobs = make_jobs(args.trace, args.fmt, args.policies, caps, args.backends,
                      mattson=not args.no_mattson, window=args.window, **full)

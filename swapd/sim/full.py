@@ -22,7 +22,9 @@ The layer is built as the daemon builds it from ``[layer]`` of its config
 (:class:`swapd.config.LayerSection`): a :class:`CompressedTier` (backend plugin,
 compressor, pool limit) followed, unless the disk is disabled, by a
 :class:`DiskTier` in a temporary directory; ``SwapLayer`` gets the simulator's
-clock.  Page ids are mapped, in first-touch order, to dense indices, which are
+clock (:func:`build_layer` mirrors ``swapd.daemon.server.build_layer``, which
+takes no clock, and adds the simulator's pool limit and arena size).  Page
+ids are mapped, in first-touch order, to dense indices, which are
 split into regions of ``REGION_PAGES`` pages of one client, so traces of 64-bit
 hashed ids (libCacheSim) work without a sparse swap table.
 
@@ -30,7 +32,12 @@ Modelled time (the injected clock, in seconds) advances by the cost table's
 per-page costs (:mod:`swapd.sim.costs`): a fault costs ``fault_us``, plus
 ``decompress_us`` from the compressed tier or ``disk_read_us`` from disk; an
 eviction costs ``evict_us + compress_us``; a writeback ``decompress_us +
-disk_write_us`` (the disk tier stores whole pages).  No ``time.*`` is read.
+disk_write_us`` (the disk tier stores whole pages), added at the end of the run
+(writeback runs beside the workload in the daemon, so it does not move the
+clock).  No ``time.*`` is read.  The daemon's periodic work runs on the same
+clock: the proactive shrinker every ``shrink_interval_s`` (the daemon's
+``ShrinkerThread``: ``shrink_step`` again while it writes back) and, if asked,
+``layer.compact()`` every ``compact_interval_s``.
 
 Invariants (``_check``): every dense page is in exactly one of {never touched,
 resident (tracked by the policy), stored in the layer}; the layer's ``state``
@@ -78,6 +85,11 @@ class FullConfig:
     (e.g. ``{"reject_to_disk_when_full": True}``).  ``window``: record a time
     series point every ``window`` requests (0: none).  ``check_every``: run
     every ``_check()`` every that many requests (0: only at the end).
+    ``shrink_interval_s``: modelled seconds between runs of the layer's proactive
+    shrinker (the daemon's ``[reclaim] interval_ms``, 100 ms; each run repeats
+    ``shrink_step`` while it writes back, as ``ShrinkerThread`` does; 0: never).
+    ``compact_interval_s``: modelled seconds between ``layer.compact()`` calls
+    (0: never, as the daemon).
     """
 
     policy: str = "lru"
@@ -93,6 +105,8 @@ class FullConfig:
     window: int = 0
     check_every: int = 0
     verify: bool = True
+    shrink_interval_s: float = 0.1
+    compact_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -101,6 +115,8 @@ class FullConfig:
             raise ConfigError(f"pool limit must be positive, got {self.pool_bytes} bytes")
         if self.disk_bytes < 0:
             raise ConfigError(f"disk size must be >= 0, got {self.disk_bytes} bytes")
+        if self.shrink_interval_s < 0 or self.compact_interval_s < 0:
+            raise ConfigError("shrink and compact intervals must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,9 @@ class FullResult:
     store_rejects: dict[str, int]
     writes: int
     max_resident: int
+    pages_compacted: int
+    shrink_runs: int
+    shrink_written: int
     layer: dict[str, Any]  # LayerStats as a dict (kernel counter names)
     modelled_time_s: float
     costs: dict[str, Any]
@@ -132,11 +151,13 @@ class FullResult:
         d = dataclasses.asdict(self)
         d["miss_ratio"] = self.miss_ratio
         lay = self.layer
-        orig = lay.get("orig_data_size", 0)
+        orig = lay.get("orig_data_size", 0) - lay.get("same_filled_pages", 0) * PAGE_SIZE
         compr = lay.get("compr_data_size", 0)
         used = lay.get("mem_used_total", 0)
+        in_pool = lay.get("stored_pages", 0) - lay.get("same_filled_pages", 0)
         d["compression_ratio"] = orig / compr if compr else None
-        d["pool_density"] = orig / used if used else None
+        # pages held per page of pool memory (same-filled entries use none and are left out)
+        d["pool_density"] = in_pool * PAGE_SIZE / used if used else None
         d["lru_inversions"] = lay.get("lru_inversions", 0)
         d["writebacks"] = lay.get("written_back_pages", 0)
         d["modelled_us_per_access"] = (self.modelled_time_s * 1e6 / self.accesses
@@ -226,6 +247,13 @@ class FullSim:
         self.refaults_by_tier: dict[str, int] = {}
         self.store_rejects: dict[str, int] = {}
         self.series: list[dict[str, Any]] = []
+        self.pages_compacted = 0
+        self.shrink_runs = 0  # proactive shrinker runs (each: shrink_step until no progress)
+        self.shrink_written = 0  # pages those runs wrote back
+        self._next_shrink_us = cfg.shrink_interval_s * 1e6  # modelled time of the next run
+        self._next_compact_us = cfg.compact_interval_s * 1e6
+        self._next_bg_us = min(self._next_shrink_us if cfg.shrink_interval_s else float("inf"),
+                               self._next_compact_us if cfg.compact_interval_s else float("inf"))
         self._closed = False
 
     # -- the clock ----------------------------------------------------------------------
@@ -319,6 +347,9 @@ class FullSim:
         dense = self._dense
         where = self._where
         n = self.accesses
+        shrink_us = self.cfg.shrink_interval_s * 1e6
+        compact_us = self.cfg.compact_interval_s * 1e6
+        next_bg = self._next_bg_us
         for req in requests:
             n += 1
             d = dense.get(req.page)
@@ -334,6 +365,8 @@ class FullSim:
                 self._version[d] += 1
                 if not exclusive:
                     self.layer.invalidate(self._regions[d >> REGION_SHIFT], d & _MASK)
+            if self._now_us >= next_bg:
+                next_bg = self._background(shrink_us, compact_us)
             if window and n % window == 0:
                 self.accesses = n
                 self._sample()
@@ -341,7 +374,29 @@ class FullSim:
                 self.accesses = n
                 self._check()
         self.accesses = n
+        self._next_bg_us = next_bg
         return self.result()
+
+    def _background(self, shrink_us: float, compact_us: float) -> float:
+        """The daemon's periodic work at modelled time now; return when it is next due."""
+        now = self._now_us
+        nxt = float("inf")
+        if shrink_us > 0 and now >= self._next_shrink_us:
+            self.shrink_runs += 1
+            for _ in range(64):  # ShrinkerThread: again at once while it writes back
+                w = self.layer.shrink_step()
+                if w <= 0:
+                    break
+                self.shrink_written += w
+            self._next_shrink_us = now + shrink_us
+        if compact_us > 0 and now >= self._next_compact_us:
+            self.pages_compacted += self.layer.compact()
+            self._next_compact_us = now + compact_us
+        if shrink_us > 0:
+            nxt = min(nxt, self._next_shrink_us)
+        if compact_us > 0:
+            nxt = min(nxt, self._next_compact_us)
+        return nxt
 
     def _sample(self) -> None:
         s = self.layer.stats()
@@ -370,7 +425,9 @@ class FullSim:
             misses=self.first_touch + self.refaults, first_touch=self.first_touch,
             refaults=self.refaults, refaults_by_tier=dict(self.refaults_by_tier),
             evictions=self.evictions, store_rejects=dict(self.store_rejects),
-            writes=self.writes, max_resident=self.max_resident, layer=lay,
+            writes=self.writes, max_resident=self.max_resident,
+            pages_compacted=self.pages_compacted, shrink_runs=self.shrink_runs,
+            shrink_written=self.shrink_written, layer=lay,
             modelled_time_s=(self._now_us + wb_us) * 1e-6, costs=self.costs.to_dict(),
             series=tuple(self.series))
 

@@ -5,9 +5,12 @@
 * ``occupancy.png`` (full mode): for one run per backend (the first policy at
   the middle capacity), resident pages, compressed-tier pages, disk pages and
   cumulative writebacks over the trace.
-* ``density.png`` (full mode): pool density (original bytes per byte of pool
-  memory, zram's ``orig_data_size / mem_used_total``) per backend and policy,
-  at the middle capacity.
+* ``density.png`` (full mode): pool density (pages held in the pool per page of
+  pool memory, same-filled entries left out) per backend and policy, at the
+  middle capacity, at the end of the run.
+
+Curves that are identical for several backends (faults do not depend on the
+backend unless stores are rejected) are drawn once, labelled with every backend.
 
 Uses the non-interactive Agg backend; nothing is shown.  When matplotlib is not
 installed :func:`write_figures` returns no figures and logs why.
@@ -42,6 +45,7 @@ def write_figures(results: list[dict[str, Any]], outdir: Path) -> list[Path]:
         elif r.get("mode") in ("policy-only", "full"):
             label = r["policy"] if r.get("backend") is None else f"{r['policy']}/{r['backend']}"
             curves[label].append((int(r["capacity"]), float(r["miss_ratio"])))
+    curves = _merge_identical(curves)
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, pts in sorted(curves.items()):
@@ -88,7 +92,7 @@ def write_figures(results: list[dict[str, Any]], outdir: Path) -> list[Path]:
         vals = [r.get("pool_density") or 0.0 for r in at_mid]
         ax.bar(range(len(vals)), vals)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)
-        ax.set_ylabel("orig_data_size / mem_used_total")
+        ax.set_ylabel("pages in pool / pages of pool memory")
         ax.set_title(f"Pool density per backend (capacity {mid})")
         ax.grid(True, axis="y", alpha=0.3)
         p = outdir / "density.png"
@@ -112,3 +116,19 @@ def _representatives(full: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["capacity"] == mid and r["policy"] == first_policy:
             reps.setdefault(r["backend"], r)
     return [reps[b] for b in sorted(reps)]
+
+
+def _merge_identical(curves: dict[str, list[tuple[int, float]]]
+                     ) -> dict[str, list[tuple[int, float]]]:
+    """Merge ``policy/backend`` curves with identical points into one labelled with all."""
+    groups: dict[tuple[str, tuple[tuple[int, float], ...]], list[str]] = defaultdict(list)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for label, pts in curves.items():
+        if "/" not in label:
+            out[label] = pts
+            continue
+        pol, backend = label.split("/", 1)
+        groups[(pol, tuple(sorted(pts)))].append(backend)
+    for (pol, shared), backends in groups.items():
+        out[f"{pol}/{','.join(sorted(backends))}"] = list(shared)
+    return out

@@ -23,6 +23,7 @@ import concurrent.futures as cf
 import csv
 import json
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class Job:
     pool_bytes: int = 0
     disk_bytes: int = 0
     layer_options: tuple[tuple[str, Any], ...] = ()
+    demotion_policy: str = "lru"
+    shrink_interval_s: float = 0.1
+    compact_interval_s: float = 0.0
     corpus: str | None = None  # path; None = synthetic
     corpus_pages: int = 4096
     seed: int = 0
@@ -91,7 +95,10 @@ def run_job(job: Job) -> dict[str, Any]:
         cfg = FullConfig(policy=job.policy, capacity=job.capacity, params=job.params,
                          backend=job.backend, compressor=job.compressor,
                          pool_bytes=job.pool_bytes, disk_bytes=job.disk_bytes,
-                         layer_options=job.layer_options, seed=job.seed, window=job.window)
+                         layer_options=job.layer_options, seed=job.seed, window=job.window,
+                         demotion_policy=job.demotion_policy,
+                         shrink_interval_s=job.shrink_interval_s,
+                         compact_interval_s=job.compact_interval_s)
         costs = CostTable.from_dict(dict(job.costs)) if job.costs else DEFAULT_COSTS
         corpus = open_corpus(job.corpus, job.corpus_pages, job.seed)
         try:
@@ -210,7 +217,9 @@ def run_sweep(jobs: Sequence[Job], outdir: str | os.PathLike[str], *, workers: i
                     on_result(r)
                 bar.advance(task)
         else:
-            with cf.ProcessPoolExecutor(max_workers=nworkers) as ex:
+            # spawn, not fork: the progress bar's refresh thread is running in this process
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=nworkers, mp_context=ctx) as ex:
                 futs = [ex.submit(run_job, j) for j in jobs]
                 for fut in cf.as_completed(futs):
                     r = fut.result()

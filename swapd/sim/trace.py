@@ -93,6 +93,15 @@ def normalize_format(name: str) -> str:
 
 def _open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
     p = os.fspath(path)
+    try:
+        return _open_binary_raw(p)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such trace file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{p}: is a directory, not a trace file") from exc
+
+
+def _open_binary_raw(p: str) -> IO[bytes]:
     if p.endswith(".zst"):
         try:
             import zstandard
@@ -284,7 +293,7 @@ def read_trace(path: str | os.PathLike[str], fmt: str | None = None) -> Iterator
     """Stream the requests of the trace at ``path`` (format detected if ``fmt`` is None).
 
     O(1) memory; O(n) time.  Raises TraceFormatError on the first malformed
-    record, FileNotFoundError if the file does not exist.
+    record, ConfigError if the file does not exist.
     """
     p = os.fspath(path)
     f = normalize_format(fmt) if fmt else detect_format(p)

@@ -28,11 +28,12 @@ locks only threads whose objects fall into the same class do.  So a class/pool r
 kernel debate measured something else: CPUs running truly in parallel and bouncing one
 lock's cache line.  In 2022 the pool lock was judged to make no significant difference
 (it was a step towards writeback inside zsmalloc); in 2024, with that writeback gone, the
-per-class locks came back after a kernel build in tmpfs with zswap showed about 27% more
-system time with the pool lock.  Take from this bench the direction and the dependence on
-how many classes the hot objects fall into (with few classes, per-class locks cannot help:
-every thread contends for the same one to three locks), not the magnitude: real parallel
-contention on many CPUs widens the gap, and the GIL caps parallelism at one thread.
+per-class locks came back after a kernel build with zswap showed about 27% more system
+time with the pool lock (the figure DESIGN.md quotes).  Take from this bench the direction
+and the dependence on how many classes the hot objects fall into (with few classes,
+per-class locks cannot help: every thread contends for the same one to three locks), not
+the magnitude: real parallel contention on many CPUs widens the gap, and the GIL caps
+parallelism at one thread.
 """
 
 from __future__ import annotations

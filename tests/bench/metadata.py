@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from swapd.arena import PAGE_SIZE
@@ -49,23 +50,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _put_line() -> tuple[str, int]:
-    """File and line of CompressedTier.put's malloc call: the object-size int created there is
-    kept by the backend, so it is charged to the backend, not to the layer."""
-    import inspect
+def _malloc_lines() -> list[tuple[str, int]]:
+    """(file, line) of every backend ``malloc`` call in the layer.  The object-size int created
+    on that line is kept by the backend (in its per-object record), so it is charged to the
+    backend, not to the layer.  Read before the run (the source must match the loaded code)."""
+    import swapd.layer as pkg
 
-    from swapd.layer import tier
-
-    lines, first = inspect.getsourcelines(tier.CompressedTier.put)
-    for k, line in enumerate(lines):
-        if ".malloc(" in line:
-            return tier.__file__, first + k
-    raise RuntimeError("CompressedTier.put has no malloc call")
+    out = []
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        for no, line in enumerate(path.read_text().splitlines(), 1):
+            if ".malloc(" in line and not line.lstrip().startswith("#"):
+                out.append((str(path), no))
+    return out
 
 
 def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: int,
           state_dir: str | None, trace: bool) -> dict[str, Any]:
     """Build a layer, store ``entries`` pages (write back ``ndisk``), measure, tear down."""
+    malloc_lines = _malloc_lines()
     per_region = -(-entries // regions)
     be = make_backend(backend, max_pages=entries + 4096)
     tmp = tempfile.TemporaryDirectory(dir=state_dir)
@@ -99,10 +101,10 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
         if trace:
             snap = tracemalloc.take_snapshot()
             tracemalloc.stop()
-            fname, line = _put_line()
-            mine = snap.filter_traces([tracemalloc.Filter(True, "*/swapd/layer/*"),
-                                       tracemalloc.Filter(False, fname, lineno=line)])
-            charged = snap.filter_traces([tracemalloc.Filter(True, fname, lineno=line)])
+            excl = [tracemalloc.Filter(False, f, lineno=n) for f, n in malloc_lines]
+            mine = snap.filter_traces([tracemalloc.Filter(True, "*/swapd/layer/*"), *excl])
+            charged = snap.filter_traces([tracemalloc.Filter(True, f, lineno=n)
+                                          for f, n in malloc_lines])
             theirs = snap.filter_traces([tracemalloc.Filter(True, "*/backends/*")])
             out["layer_bytes"] = sum(s.size for s in mine.statistics("filename"))
             out["backend_bytes"] = (sum(s.size for s in theirs.statistics("filename"))

@@ -1,0 +1,476 @@
+"""The daemon under real client processes on the real kernel (userfaultfd, memfd, pidfd).
+
+Each test starts its own ``swapd serve`` (tests/test_daemon_helpers.py) with
+invariant checks on, runs clients as subprocesses with timeouts, and checks
+that the daemon exits cleanly and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_daemon_helpers import (
+    BASE_CONFIG,
+    ROOT,
+    DaemonProc,
+    client_cmd,
+    daemon_running,
+    needs_uffd,
+    run_client,
+    stats_all,
+    wait_for,
+)
+
+pytestmark = needs_uffd
+
+
+def test_integrity_under_churn(tmp_path: Path) -> None:
+    """Random reads and writes against a shadow copy under a tiny limit: no mismatch."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            rng = random.Random(7)
+            with connect(SOCK) as c:
+                c.set_limit(64 * 4096)
+                reg = c.map(4 << 20)
+                n = len(reg) // 4096
+                shadow = bytearray(len(reg))
+                for i in range(n):  # realistic-ish: half compressible, some zero pages
+                    if i % 5 == 0:
+                        continue
+                    page = (rng.randbytes(16) * 256) if i % 2 else rng.randbytes(4096)
+                    reg[i * 4096:(i + 1) * 4096] = page
+                    shadow[i * 4096:(i + 1) * 4096] = page
+                bad = 0
+                for k in range(30000):
+                    o = rng.randrange(len(reg) - 8)
+                    if rng.random() < 0.3:
+                        v = rng.randbytes(8)
+                        reg[o:o + 8] = v
+                        shadow[o:o + 8] = v
+                    elif reg[o:o + 8] != shadow[o:o + 8]:
+                        bad += 1
+                bad += sum(reg[i:i + 4096] != shadow[i:i + 4096] for i in range(0, len(reg), 4096))
+                out(bad=bad, stats=c.stats())
+        """, d.socket)
+        assert r["bad"] == 0
+        c = r["stats"]["counters"]
+        assert c["evicted_pages"] > 1000 and c["swapins"] > 1000, c
+        assert r["stats"]["layer"]["zswpout"] >= c["evicted_pages"] - c["store_rejects"]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline-reclaim", "reclaim-thread"])
+def test_eviction_write_race(tmp_path: Path, inline: bool) -> None:
+    """Writes racing with eviction (WP faults on write-protected pages) lose nothing.
+
+    Either the page's eviction is aborted (un-protect; the stored copy is dropped) or
+    the fault is resolved after the punch (wake -> refault -> stored copy).
+    """
+    config = BASE_CONFIG + f"inline = {'true' if inline else 'false'}\n"
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            rng = random.Random(3)
+            with connect(SOCK) as c:
+                c.set_limit(4 << 20)
+                reg = c.map(1 << 20)
+                n = len(reg) // 4096
+                shadow = bytearray(len(reg))
+                stop = threading.Event()
+                def writer():
+                    wr = random.Random(5)
+                    while not stop.is_set():
+                        for _ in range(64):
+                            o = wr.randrange(len(reg) - 8)
+                            v = wr.randbytes(8)
+                            reg[o:o + 8] = v
+                            shadow[o:o + 8] = v
+                        time.sleep(0)
+                t = threading.Thread(target=writer)
+                t.start()
+                rounds = 0
+                while rounds < 200:
+                    rounds += 1
+                    reg.advise(0, len(reg), "cold")
+                    s = c.stats()["counters"]
+                    if s["wp_faults"] >= 3 and rounds >= 5:
+                        break
+                stop.set()
+                t.join()
+                bad = sum(reg[i:i + 4096] != shadow[i:i + 4096] for i in range(0, len(reg), 4096))
+                out(bad=bad, rounds=rounds, counters=c.stats()["counters"])
+        """, d.socket, timeout=120)
+        assert r["bad"] == 0
+        c = r["counters"]
+        assert c["wp_faults"] > 0, c
+        assert c["evicted_pages"] > 0
+
+
+def test_fork_child_gets_no_mapping_and_parent_stays_intact(tmp_path: Path) -> None:
+    """MADV_DONTFORK: a child touching the region dies (SIGSEGV), never reads zeros."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                reg = c.map(256 * 4096)
+                for i in range(256):
+                    reg[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+                reg.advise(0, len(reg), "cold")
+                pid = os.fork()
+                if pid == 0:  # child 1: the client is unusable, the region unmapped
+                    try:
+                        c.ping()
+                        os._exit(3)
+                    except DaemonGoneError:
+                        pass
+                    os._exit(0)
+                _, st1 = os.waitpid(pid, 0)
+                pid = os.fork()
+                if pid == 0:  # child 2: touches the (not inherited) mapping
+                    x = reg[5 * 4096]
+                    os._exit(4)
+                _, st2 = os.waitpid(pid, 0)
+                ok = all(reg[i * 4096:i * 4096 + 8] == i.to_bytes(8, "little")
+                         for i in range(256))
+                c.ping()
+                out(st1=st1, sig2=os.WTERMSIG(st2) if os.WIFSIGNALED(st2) else None,
+                    ok=ok, swapins=c.stats()["counters"]["swapins"])
+        """, d.socket)
+        assert r["st1"] == 0
+        assert r["sig2"] == signal.SIGSEGV
+        assert r["ok"] and r["swapins"] > 0
+
+
+def test_munmap_frees_the_region(tmp_path: Path) -> None:
+    """A raw munmap (EVENT_UNMAP) drops the region; the other region is untouched."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                a = c.map(128 * 4096)
+                b = c.map(128 * 4096)
+                for reg in (a, b):
+                    for i in range(128):
+                        reg[i * 4096:i * 4096 + 8] = (i + 1).to_bytes(8, "little")
+                    reg.advise(0, len(reg), "cold")
+                before = c.stats()
+                mmap.mmap.close(a)  # the plain munmap, without telling the daemon
+                after = c.stats()
+                ok = all(b[i * 4096:i * 4096 + 8] == (i + 1).to_bytes(8, "little")
+                         for i in range(128))
+                a.close()  # the library's close still works (daemon: not_found)
+                out(before=before["regions"], after=after["regions"], ok=ok,
+                    swapped=after["pages"]["SWAPPED"])
+        """, d.socket)
+        assert r["before"] == 2 and r["after"] == 1
+        assert r["ok"] and r["swapped"] == 128
+
+
+def test_madvise_dontneed_keeps_data_and_advise_dontneed_discards(tmp_path: Path) -> None:
+    """madvise(DONTNEED) on the shared mapping keeps contents (as the kernel does);
+    Region.advise(..., "dontneed") discards them (zeros)."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                reg = c.map(128 * 4096)
+                for i in range(128):
+                    reg[i * 4096:i * 4096 + 8] = (i + 7).to_bytes(8, "little")
+                reg.advise(0, 64 * 4096, "cold")  # half evicted, half resident
+                reg.madvise(mmap.MADV_DONTNEED)
+                kept = all(reg[i * 4096:i * 4096 + 8] == (i + 7).to_bytes(8, "little")
+                           for i in range(128))
+                reg.advise(0, 32 * 4096, "cold")
+                reg.advise(0, 128 * 4096, "dontneed")
+                zero = all(reg[i * 4096:(i + 1) * 4096] == bytes(4096) for i in range(128))
+                out(kept=kept, zero=zero, stats=c.stats())
+        """, d.socket)
+        assert r["kept"] and r["zero"]
+        assert r["stats"]["layer"].get("stored_pages", 0) == 0
+
+
+def test_client_killed_mid_fault_frees_everything(tmp_path: Path) -> None:
+    """SIGKILL a client while it faults: the pidfd ends the session, every tier is freed."""
+    with daemon_running(tmp_path) as d:
+        p = subprocess.Popen(client_cmd("""
+            rng = random.Random(1)
+            c = connect(SOCK)
+            c.set_limit(32 * 4096)
+            reg = c.map(2 << 20)
+            for i in range(0, len(reg), 4096):
+                reg[i:i + 4096] = rng.randbytes(64) * 64
+            out(ready=1)
+            while True:  # fault forever
+                o = rng.randrange(len(reg) // 4096) * 4096
+                reg[o:o + 8]
+        """, d.socket), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert '"ready"' in line, line
+            wait_for(lambda: stats_all(d.socket)["total"]["counters"].get("swapins", 0) > 50,
+                     what="faults in progress")
+            p.kill()
+            p.wait(10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+        def freed() -> bool:
+            s = stats_all(d.socket)
+            return s["daemon"]["clients"] == 1 and s["total"]["layer"]["stored_pages"] == 0 \
+                and s["total"]["layer"].get("disk_pages", 0) == 0
+        wait_for(freed, what="the killed client's pages to be freed")
+
+
+def test_daemon_killed_client_fails_closed(tmp_path: Path) -> None:
+    """SIGKILL the daemon: library calls raise DaemonGoneError; touching an evicted page
+    blocks (the client keeps its uffd) -- nothing reads silently as zeros."""
+    d = DaemonProc(tmp_path)
+    try:
+        p = subprocess.Popen(client_cmd("""
+            c = connect(SOCK)
+            reg = c.map(64 * 4096)
+            for i in range(64):
+                reg[i * 4096:i * 4096 + 8] = b"DATA%04d" % i
+            reg.advise(0, 32 * 4096, "cold")  # pages 0..31 evicted, 32..63 resident
+            out(ready=1)
+            sys.stdin.readline()  # the test kills the daemon now
+            try:
+                c.ping()
+                out(gone=False)
+            except DaemonGoneError:
+                out(gone=True)
+            try:
+                c.stats()
+                out(again=False)
+            except DaemonGoneError:
+                out(again=True)
+            out(resident=bytes(reg[40 * 4096:40 * 4096 + 8]).decode())
+            out(evicted=bytes(reg[3 * 4096:3 * 4096 + 8]).hex())  # blocks here
+        """, d.socket), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            assert '"ready"' in p.stdout.readline()
+            d.kill()
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            lines = [p.stdout.readline() for _ in range(3)]
+            assert '"gone": true' in lines[0], lines
+            assert '"again": true' in lines[1], lines
+            assert '"resident": "DATA0040"' in lines[2], lines
+            time.sleep(1.0)
+            assert p.poll() is None, "the client should block on the evicted page"
+            with open(f"/proc/{p.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            assert state in ("S", "D"), state
+        finally:
+            p.kill()
+            rest = p.communicate(timeout=10)[0]
+        assert "evicted" not in rest, rest
+    finally:
+        d.stop()
+
+
+def test_two_clients_are_isolated(tmp_path: Path) -> None:
+    """Two clients at once: each sees only its own data, stats and regions."""
+    with daemon_running(tmp_path) as d:
+        code = """
+            tag = int(sys.argv[2])
+            rng = random.Random(tag)
+            with connect(SOCK) as c:
+                c.set_limit(32 * 4096)
+                reg = c.map(512 * 4096)
+                for i in range(512):
+                    reg[i * 4096:i * 4096 + 16] = b"%08d%08d" % (tag, i)
+                for _ in range(3000):
+                    i = rng.randrange(512)
+                    assert reg[i * 4096:i * 4096 + 16] == b"%08d%08d" % (tag, i)
+                ok = all(reg[i * 4096:i * 4096 + 16] == b"%08d%08d" % (tag, i)
+                         for i in range(512))
+                other = reg.id + (1 if tag == 1 else -1)
+                try:
+                    c._request("unmap", region=other)
+                    foreign = "allowed"
+                except RequestError as e:
+                    foreign = e.code
+                s = c.stats()
+                out(ok=ok, regions=s["regions"], managed=s["managed_pages"], foreign=foreign,
+                    session=s["session"])
+                sys.stdin.readline()
+        """
+        procs = [subprocess.Popen([*client_cmd(code, d.socket), str(t)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT) for t in (1, 2)]
+        try:
+            import json
+            res = []
+            for p in procs:
+                assert p.stdout is not None
+                res.append(json.loads(p.stdout.readline()))
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("\n")
+                p.stdin.flush()
+                assert p.wait(30) == 0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        for r in res:
+            assert r["ok"] and r["regions"] == 1 and r["managed"] == 512
+            assert r["foreign"] == "not_found"
+        assert res[0]["session"] != res[1]["session"]
+
+
+def test_limits_enforced(tmp_path: Path) -> None:
+    """Per-client limit and the daemon's global limit hold once reclaim settles."""
+    config = BASE_CONFIG.replace('default_resident_bytes = "1M"',
+                                 'default_resident_bytes = "1M"\nglobal_resident_bytes = "512K"')
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                eff = c.set_limit(256 * 4096)  # capped at the global 512K = 128 pages
+                reg = c.map(1024 * 4096)
+                for i in range(1024):
+                    reg[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+                t0 = time.monotonic()
+                while c.stats()["resident_pages"] > 128 and time.monotonic() - t0 < 20:
+                    time.sleep(0.05)
+                s = c.stats()
+                ok = all(reg[i * 4096:i * 4096 + 8] == i.to_bytes(8, "little")
+                         for i in range(1024))
+                t0 = time.monotonic()
+                while c.stats()["resident_pages"] > 128 and time.monotonic() - t0 < 20:
+                    time.sleep(0.05)
+                out(eff=eff, resident=s["resident_pages"], after=c.stats()["resident_pages"],
+                    ok=ok, limit=s["limit_pages"])
+        """, d.socket)
+        assert r["eff"] == 128 * 4096 and r["limit"] == 128
+        assert r["resident"] <= 128 and r["after"] <= 128
+        assert r["ok"]
+
+
+def test_refused_pages_stay_resident(tmp_path: Path) -> None:
+    """No disk tier and a tiny pool: the layer refuses most stores; those pages stay
+    resident (un-protected) and nothing is lost."""
+    config = BASE_CONFIG.replace('disk_bytes = "64M"', 'disk = false').replace(
+        'pool_limit_bytes = "512K"', 'pool_limit_bytes = "64K"')
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            rng = random.Random(2)
+            with connect(SOCK) as c:
+                c.set_limit(16 * 4096)
+                reg = c.map(256 * 4096)
+                shadow = bytearray(len(reg))
+                for i in range(256):
+                    page = rng.randbytes(4096)
+                    reg[i * 4096:(i + 1) * 4096] = page
+                    shadow[i * 4096:(i + 1) * 4096] = page
+                reg.advise(0, len(reg), "cold")
+                for i in range(0, len(reg), 4096):  # writes to refused pages must not hang
+                    reg[i:i + 8] = b"w" * 8
+                    shadow[i:i + 8] = b"w" * 8
+                bad = sum(reg[i:i + 4096] != shadow[i:i + 4096] for i in range(0, len(reg), 4096))
+                out(bad=bad, stats=c.stats())
+        """, d.socket)
+        assert r["bad"] == 0
+        c = r["stats"]["counters"]
+        assert c["store_rejects"] > 0, c
+        layer = r["stats"]["layer"]
+        assert layer["reject_compress_poor"] + layer["reject_reclaim_fail"] \
+            + layer["reject_alloc_fail"] > 0, layer
+
+
+def test_advice_cold_willneed(tmp_path: Path) -> None:
+    """cold evicts the range now; willneed brings it back (within the limit)."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                c.set_limit(1 << 20)
+                reg = c.map(128 * 4096)
+                for i in range(128):
+                    reg[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+                reg.advise(0, 128 * 4096, "cold")
+                cold = c.stats()["pages"]
+                reg.advise(0, 64 * 4096, "willneed")
+                warm = c.stats()
+                ok = all(reg[i * 4096:i * 4096 + 8] == i.to_bytes(8, "little")
+                         for i in range(128))
+                out(cold=cold, warm=warm["pages"], faults=warm["counters"]["faults"], ok=ok)
+        """, d.socket)
+        assert r["cold"]["SWAPPED"] == 128 and r["cold"]["RESIDENT"] == 0
+        assert r["warm"]["RESIDENT"] == 64 and r["warm"]["SWAPPED"] == 64
+        assert r["ok"]
+
+
+def test_stats_cli_and_notify(tmp_path: Path) -> None:
+    """`swapd stats` (text and --json) against a live daemon; READY/STATUS were sent."""
+    import json
+
+    with daemon_running(tmp_path) as d:
+        run_client("""
+            with connect(SOCK) as c:
+                reg = c.map(64 * 4096)
+                reg[0:4] = b"abcd"
+                reg.advise(0, 64 * 4096, "cold")
+                out(ok=reg[0:4] == b"abcd")
+        """, d.socket)
+        cmd = [sys.executable, "-m", "swapd", "stats", "--socket", str(d.socket)]
+        p = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=30,
+                           cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        s = json.loads(p.stdout)
+        assert set(s) == {"daemon", "total", "clients"}
+        assert s["total"]["layer"]["zswpin"] >= 1 and "zswpout" in s["total"]["layer"]
+        assert s["total"]["latency"]["count"] >= 1
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert p.returncode == 0 and "p50=" in p.stdout and "zswpout" in p.stdout, p.stdout
+        notes = d.drain_notifications()
+        assert any("STATUS=serving 1 client" in n for n in notes), notes
+
+
+def test_serve_refuses_bad_config_by_name(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[reclaim]\npolcy = 'clock'\n")
+    p = subprocess.run([sys.executable, "-m", "swapd", "serve", "--socket",
+                        str(tmp_path / "s.sock"), "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2
+    assert "unknown key 'polcy' in [reclaim]" in p.stderr
+
+
+def test_client_gone_when_no_daemon(tmp_path: Path) -> None:
+    from swapd.client import connect
+    from swapd.errors import DaemonGoneError
+
+    with pytest.raises(DaemonGoneError, match="no swapd daemon"):
+        connect(tmp_path / "nothing.sock")
+
+
+@pytest.mark.slow
+def test_integrity_long_churn(tmp_path: Path) -> None:
+    """The churn test at a larger size (slow)."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            rng = random.Random(11)
+            with connect(SOCK) as c:
+                c.set_limit(256 * 4096)
+                reg = c.map(32 << 20)
+                shadow = bytearray(len(reg))
+                for k in range(200000):
+                    o = rng.randrange(len(reg) - 8)
+                    if rng.random() < 0.4:
+                        v = rng.randbytes(8)
+                        reg[o:o + 8] = v
+                        shadow[o:o + 8] = v
+                    else:
+                        assert reg[o:o + 8] == shadow[o:o + 8], o
+                bad = sum(reg[i:i + 4096] != shadow[i:i + 4096] for i in range(0, len(reg), 4096))
+                out(bad=bad)
+        """, d.socket, timeout=900)
+        assert r["bad"] == 0
+
+
