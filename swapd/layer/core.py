@@ -161,9 +161,10 @@ class LayerStats:
     zswap_stored_pages), ``same_filled_pages``, ``stored_incompressible_pages``,
     ``pool_total_size`` (bytes of backend pages in total; per client, its compressed bytes),
     ``disk_slots_used``, ``disk_pages`` (entries on disk), and zram's mm_stat
-    ``orig_data_size`` / ``compr_data_size`` / ``mem_used_total``.  Events: the rejects,
-    ``pool_limit_hit``, ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``, ``pswpin``
-    / ``pswpout`` (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``,
+    ``orig_data_size`` / ``compr_data_size`` / ``mem_used_total``.  Events: the rejects
+    (kernel names, plus ``reject_disk_fail``: a page bound for the disk tier found it full or
+    failing), ``pool_limit_hit``, ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``,
+    ``pswpin`` / ``pswpout`` (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``,
     ``shrinker_backoffs``, ``refaults_soon``.
     """
 
@@ -1172,7 +1173,8 @@ class SwapLayer:
                         f"policy tracks {len(self._policy)}, tier 0 lists hold {tier0_tracked}")
 
     def close(self) -> None:
-        """Free every entry and close the tiers.  The layer must not be used afterwards."""
+        """Free every entry and close the tiers.  The layer must not be used afterwards; stop
+        a ShrinkerThread that drives it first."""
         with self._lock:
             if self._closed:
                 return

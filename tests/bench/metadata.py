@@ -65,9 +65,10 @@ def _malloc_lines() -> list[tuple[str, int]]:
 
 
 def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: int,
-          state_dir: str | None, trace: bool) -> dict[str, Any]:
-    """Build a layer, store ``entries`` pages (write back ``ndisk``), measure, tear down."""
-    malloc_lines = _malloc_lines()
+          state_dir: str | None, malloc_lines: list[tuple[str, int]] | None) -> dict[str, Any]:
+    """Build a layer, store ``entries`` pages (write back ``ndisk``), measure, tear down.
+    With ``malloc_lines`` (see _malloc_lines) it traces allocations, else it measures RSS."""
+    trace = malloc_lines is not None
     per_region = -(-entries // regions)
     be = make_backend(backend, max_pages=entries + 4096)
     tmp = tempfile.TemporaryDirectory(dir=state_dir)
@@ -101,6 +102,7 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
         if trace:
             snap = tracemalloc.take_snapshot()
             tracemalloc.stop()
+            assert malloc_lines is not None
             excl = [tracemalloc.Filter(False, f, lineno=n) for f, n in malloc_lines]
             mine = snap.filter_traces([tracemalloc.Filter(True, "*/swapd/layer/*"), *excl])
             charged = snap.filter_traces([tracemalloc.Filter(True, f, lineno=n)
@@ -131,8 +133,9 @@ def measure(pages: list[bytes], entries: int, regions: int, backend: str,
     """Two passes on the same pages: tracemalloc (layer bytes), then RSS without tracing."""
     ndisk = int(entries * disk_fraction)
     # RSS first: the traced pass would leave freed memory in the allocator for reuse
-    b = _fill(pages, entries, regions, backend, ndisk, state_dir, trace=False)
-    a = _fill(pages, entries, regions, backend, ndisk, state_dir, trace=True)
+    lines = _malloc_lines()
+    b = _fill(pages, entries, regions, backend, ndisk, state_dir, None)
+    a = _fill(pages, entries, regions, backend, ndisk, state_dir, lines)
     n = a["entries"]
     return {
         "entries": n,
