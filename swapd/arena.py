@@ -11,8 +11,20 @@ that it is really backed; a page given back is dropped with
 This mirrors how ``mm/zsmalloc.c`` takes pages from the page allocator
 (``alloc_page``) for each zspage and frees them back when the zspage empties.
 
+Like the kernel's per-cpu page lists (``mm/page_alloc.c``: ``free_unref_page``
+parks a freed page on the pcp list, and ``rmqueue_pcplist`` hands it out again
+without touching the buddy allocator), the arena keeps up to ``cache_pages``
+freed pages resident in a small LIFO cache, so that a zspage freed and
+allocated again in a steady state costs neither a ``MADV_DONTNEED`` nor a
+first-touch fault (together ~7 us per page on these machines).  Cached pages
+are not in use: ``pages_in_use`` (what ``total_pages()`` reports, like
+zsmalloc's ``pages_allocated``) excludes them, ``cached_pages`` reports them,
+``resident_pages()`` sees them, and :meth:`PageArena.trim` returns them.
+
 Lock order: backend locks -> ``PageArena._lock``.  The arena lock is a leaf.
-Invariant: a page index is in exactly one of {in use, free list, above ``_top``}.
+Invariant: a page index below ``_top`` is in exactly one of {in use, cache,
+free list}; pages in use or cached are resident, pages on the free list and
+above ``_top`` are not.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.mincore.restype = ctypes.c_int
 
 DEFAULT_MAX_PAGES = 1 << 20  # 4 GiB of address space reserved, nothing committed
+DEFAULT_CACHE_PAGES = 64  # freed pages kept resident for reuse (256 KiB), like a pcp list
 
 
 class PageArena:
@@ -44,10 +57,14 @@ class PageArena:
     occupies ``buf[pfn << 12 : (pfn + 1) << 12]``.
     """
 
-    def __init__(self, max_pages: int = DEFAULT_MAX_PAGES) -> None:
+    def __init__(self, max_pages: int = DEFAULT_MAX_PAGES,
+                 cache_pages: int = DEFAULT_CACHE_PAGES) -> None:
         if max_pages <= 0:
             raise ValueError(f"max_pages must be positive, got {max_pages}")
+        if cache_pages < 0:
+            raise ValueError(f"cache_pages must not be negative, got {cache_pages}")
         self.max_pages = max_pages
+        self.cache_pages = cache_pages
         self._mm = mmap.mmap(
             -1,
             max_pages * PAGE_SIZE,
@@ -60,6 +77,7 @@ class PageArena:
         self._free: SortedList = SortedList()  # under _lock; pages below _top not in use
         self._top = 0  # under _lock; pages >= _top were never handed out (or trimmed)
         self._in_use = 0  # under _lock
+        self._cache: list[int] = []  # under _lock; freed pages still resident, LIFO
 
     # -- allocation -------------------------------------------------------------
 
@@ -69,6 +87,9 @@ class PageArena:
         Raises :class:`PoolExhaustedError` when every page is in use.
         """
         with self._lock:
+            if self._cache:
+                self._in_use += 1
+                return self._cache.pop()  # still resident: no fault to take
             if self._free:
                 pfn: int = self._free.pop(0)
             elif self._top < self.max_pages:
@@ -84,20 +105,40 @@ class PageArena:
         return pfn
 
     def free_page(self, pfn: int) -> None:
-        """Give page ``pfn`` back to the kernel (``MADV_DONTNEED``).  O(log n)."""
-        self._mm.madvise(mmap.MADV_DONTNEED, pfn << PAGE_SHIFT, PAGE_SIZE)
+        """Stop using page ``pfn``.  O(log n).
+
+        The page is parked in the cache while it has room; otherwise it goes
+        back to the kernel (``MADV_DONTNEED``) at once.
+        """
         with self._lock:
             if not 0 <= pfn < self._top or pfn in self._free:
                 raise InvariantError(f"page {pfn} freed but not in use")
             self._in_use -= 1
-            if pfn == self._top - 1:
-                self._top -= 1
-                free = self._free
-                while free and free[-1] == self._top - 1:
-                    free.pop()
-                    self._top -= 1
+            if len(self._cache) < self.cache_pages:
+                self._cache.append(pfn)
             else:
-                self._free.add(pfn)
+                self._release_locked(pfn)
+
+    def trim(self) -> int:
+        """Give every cached page back to the kernel; return how many.  O(c log n)."""
+        with self._lock:
+            cached, self._cache = self._cache, []
+            for pfn in cached:
+                self._release_locked(pfn)
+        return len(cached)
+
+    def _release_locked(self, pfn: int) -> None:
+        """Return a page that is neither in use nor cached to the kernel; free-list it."""
+        assert self._lock.locked()
+        self._mm.madvise(mmap.MADV_DONTNEED, pfn << PAGE_SHIFT, PAGE_SIZE)
+        if pfn == self._top - 1:
+            self._top -= 1
+            free = self._free
+            while free and free[-1] == self._top - 1:
+                free.pop()
+                self._top -= 1
+        else:
+            self._free.add(pfn)
 
     # -- accounting -----------------------------------------------------------------
 
@@ -105,6 +146,11 @@ class PageArena:
     def pages_in_use(self) -> int:
         """Pages handed out and not given back.  O(1)."""
         return self._in_use
+
+    @property
+    def cached_pages(self) -> int:
+        """Freed pages kept resident for reuse (see :meth:`trim`).  O(1)."""
+        return len(self._cache)
 
     def resident_pages(self) -> int:
         """Pages of the reservation the kernel reports resident (``mincore``).  O(top)."""
@@ -122,10 +168,18 @@ class PageArena:
         with self._lock:
             if any(not 0 <= p < self._top for p in self._free):
                 raise InvariantError("free page outside the used range")
-            if len(self._free) + self._in_use != self._top:
+            if any(not 0 <= p < self._top for p in self._cache):
+                raise InvariantError("cached page outside the used range")
+            if len(set(self._cache)) != len(self._cache) or any(
+                p in self._free for p in self._cache
+            ):
+                raise InvariantError("a cached page is cached twice or also free")
+            if len(self._cache) > self.cache_pages:
+                raise InvariantError(f"{len(self._cache)} cached pages > {self.cache_pages}")
+            if len(self._free) + len(self._cache) + self._in_use != self._top:
                 raise InvariantError(
-                    f"arena accounting: {len(self._free)} free + {self._in_use} in use "
-                    f"!= top {self._top}"
+                    f"arena accounting: {len(self._free)} free + {len(self._cache)} cached + "
+                    f"{self._in_use} in use != top {self._top}"
                 )
 
     def close(self) -> None:

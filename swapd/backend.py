@@ -12,8 +12,10 @@ Backends are plugins: a class registered in the entry-point group
 by name.  A checklist for a backend author:
 
 * subclass :class:`Backend`, set ``name``, ``description`` and ``version``;
-* accept ``max_pages`` (arena size) and your own keyword options in
-  ``__init__``; reject unknown options with :class:`~swapd.errors.ConfigError`;
+* accept ``max_pages`` (arena size), ``arena_cache_pages`` and your own
+  keyword options in ``__init__`` and pass the first two to
+  ``Backend.__init__``; reject unknown options with
+  :class:`~swapd.errors.ConfigError`;
 * implement every abstract method with the complexity and failures stated here;
 * make every method safe to call from several threads at once;
 * implement ``_check`` so that it verifies every invariant of your layout,
@@ -34,7 +36,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SIZE, PageArena
+from swapd.arena import DEFAULT_CACHE_PAGES, DEFAULT_MAX_PAGES, PAGE_SIZE, PageArena
 from swapd.errors import DataTypeError, ObjectSizeError
 
 Buffer = bytes | bytearray | memoryview
@@ -73,14 +75,17 @@ class Backend(ABC):
     #: Version of the backend implementation.
     version: ClassVar[str] = "0.1.0"
 
-    def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES, **options: Any) -> None:
+    def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES,
+                 arena_cache_pages: int = DEFAULT_CACHE_PAGES, **options: Any) -> None:
+        """Create the arena: ``max_pages`` reserved, up to ``arena_cache_pages`` freed
+        pages kept resident for reuse (0 returns every freed page at once)."""
         if options:
             from swapd.errors import ConfigError
 
             raise ConfigError(
                 f"backend {self.name!r} does not take option(s): {', '.join(sorted(options))}"
             )
-        self.arena = PageArena(max_pages)
+        self.arena = PageArena(max_pages, cache_pages=arena_cache_pages)
 
     # -- the zpool_driver surface -------------------------------------------------
 

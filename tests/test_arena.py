@@ -18,7 +18,7 @@ from swapd.errors import InvariantError, PoolExhaustedError
 
 @pytest.fixture
 def arena() -> Iterator[PageArena]:
-    a = PageArena(256)
+    a = PageArena(256, cache_pages=0)
     yield a
     a.close()
 
@@ -73,7 +73,7 @@ def test_pages_are_independent(arena: PageArena) -> None:
 
 
 def test_exhaustion_and_recovery() -> None:
-    a = PageArena(4)
+    a = PageArena(4, cache_pages=0)
     try:
         got = [a.alloc_page() for _ in range(4)]
         with pytest.raises(PoolExhaustedError):
@@ -107,7 +107,7 @@ def test_bad_size(n: int) -> None:
 
 
 def test_threads_get_distinct_pages() -> None:
-    a = PageArena(4096)
+    a = PageArena(4096, cache_pages=0)
     try:
         owned: list[list[int]] = [[] for _ in range(4)]
 
@@ -130,5 +130,26 @@ def test_threads_get_distinct_pages() -> None:
         assert a.pages_in_use == len(allp)
         a._check()
         assert a.resident_pages() == len(allp)
+    finally:
+        a.close()
+
+
+def test_freed_pages_are_cached_resident_and_reused_then_trimmed() -> None:
+    """Like a per-cpu page list: freed pages stay resident up to the cache size, are
+    handed out again first, and ``trim`` returns them to the kernel."""
+    a = PageArena(64, cache_pages=4)
+    try:
+        pages = [a.alloc_page() for _ in range(10)]
+        for p in pages[:6]:
+            a.free_page(p)
+        a._check()
+        assert a.pages_in_use == 4 and a.cached_pages == 4
+        assert a.resident_pages() == 8  # 4 in use + 4 cached; 2 returned at once
+        again = a.alloc_page()
+        assert again in pages[:4]  # reused from the cache (LIFO), no fault taken
+        assert a.cached_pages == 3
+        assert a.trim() == 3
+        a._check()
+        assert a.cached_pages == 0 and a.resident_pages() == a.pages_in_use == 5
     finally:
         a.close()

@@ -69,9 +69,17 @@ def verify(pool: Backend, shadow: Shadow) -> None:
 
 
 def assert_resident(pool: Backend) -> None:
-    """The arena's real resident pages are exactly what the pool says it holds."""
-    assert pool.arena.resident_pages() == pool.total_pages(), (
-        f"{pool.name}: mincore says {pool.arena.resident_pages()} pages resident, "
+    """The arena's real resident pages are exactly what the pool says it holds, plus the
+    arena's bounded cache of freed pages; once the cache is trimmed, exactly the pool."""
+    arena = pool.arena
+    assert arena.cached_pages <= arena.cache_pages
+    assert arena.resident_pages() == pool.total_pages() + arena.cached_pages, (
+        f"{pool.name}: mincore says {arena.resident_pages()} pages resident, "
+        f"total_pages() = {pool.total_pages()}, cached = {arena.cached_pages}")
+    arena.trim()
+    assert arena.cached_pages == 0
+    assert arena.resident_pages() == pool.total_pages(), (
+        f"{pool.name}: after trim, mincore says {arena.resident_pages()} pages resident, "
         f"total_pages() = {pool.total_pages()}")
 
 

@@ -107,7 +107,10 @@ def stress(pool: Backend, seed: int, ops: int, check_every: int = 64) -> dict[st
     s = pool.stats()
     assert s.objects == len(shadow)
     assert s.object_bytes == sum(map(len, shadow.values()))
-    assert pool.arena.resident_pages() == pool.total_pages()
+    arena = pool.arena
+    assert arena.resident_pages() == pool.total_pages() + arena.cached_pages
+    arena.trim()
+    assert arena.resident_pages() == pool.total_pages()
     for h in list(shadow):
         pool.free(h)
     pool._check()

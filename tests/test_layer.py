@@ -202,6 +202,33 @@ def test_non_exclusive_load_keeps_a_clean_copy(backend: str, tmp_path: Path) -> 
         lay.invalidate(r, 0)
         lay._check()
         assert lay.stats().disk_slots_used == 6
+        # a clean page is swapped out again without its data
+        assert lay.store_clean(r, 1) and lay.state(r, 1) is EntryState.DISK
+        assert not lay.store_clean(r, 1) and not lay.store_clean(r, 0)
+        assert lay.load(r, 1) == pages[1]
+        lay.store(r, 0, pages[0])
+        assert lay.load(r, 0) == pages[0] and lay.store_clean(r, 0)
+        assert lay.state(r, 0) is EntryState.COMPRESSED
+        lay._check()
+    finally:
+        lay.close()
+
+
+def test_clean_copies_are_dropped_to_make_room(backend: str, tmp_path: Path) -> None:
+    rng = random.Random(18)
+    lay = make_layer(backend, tmp_path, exclusive_loads=False, pool_limit_bytes=30 * PAGE_SIZE)
+    try:
+        r = lay.add_region("a", 400)
+        n = 0
+        while lay.stats().pool_limit_hit == 0:
+            lay.store(r, n, text_page(rng))
+            if lay.stats().pool_limit_hit == 0:
+                assert lay.load(r, n)  # resident again, a clean copy stays in the pool
+            n += 1
+        st = lay.stats()
+        assert st.clean_dropped > 0 and st.reject_reclaim_fail == 0
+        assert st.written_back_pages <= 1  # room came from clean copies, not from writeback
+        lay._check()
     finally:
         lay.close()
 
@@ -614,6 +641,17 @@ def test_disk_io_error_leaves_entries(backend: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_ops_against_a_model(backend: str, tmp_path: Path, seed: int) -> None:
+    _random_ops(backend, tmp_path, seed, 1500)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10, 16))
+def test_random_ops_against_a_model_long(backend: str, tmp_path: Path, seed: int) -> None:
+    _random_ops(backend, tmp_path, seed, 20000)
+
+
+def _random_ops(backend: str, tmp_path: Path, seed: int, nops: int) -> None:
+    """Seeded weighted random operations checked against a dict model; replay by seed."""
     rng = random.Random(seed)
     corpus = Corpus.synthetic(200, seed=seed)
     lay = make_layer(backend, tmp_path, disk_pages=400, pool_limit_bytes=30 * PAGE_SIZE,
@@ -621,7 +659,7 @@ def test_random_ops_against_a_model(backend: str, tmp_path: Path, seed: int) -> 
     model: dict[tuple[int, int], bytes] = {}
     regions = {lay.add_region(c, 50): c for c in ("a", "b", "c")}
     try:
-        for step in range(1500):
+        for step in range(nops):
             op = rng.choices(["store", "load", "inval", "wb", "compact", "region"],
                              [50, 30, 8, 6, 3, 1])[0]
             r = rng.choice(list(regions))

@@ -36,7 +36,7 @@ from swapd.plugins import make_backend
 
 @pytest.fixture
 def pool() -> Iterator[Z3foldPool]:
-    p = Z3foldPool(max_pages=4096)
+    p = Z3foldPool(arena_cache_pages=0, max_pages=4096)
     yield p
     p.close()
 
@@ -87,7 +87,7 @@ def test_geometry_of_the_default_header(pool: Z3foldPool) -> None:
 
 
 def test_one_chunk_header_option() -> None:
-    p = Z3foldPool(max_pages=8, header_bytes=64)
+    p = Z3foldPool(arena_cache_pages=0, max_pages=8, header_bytes=64)
     try:
         assert (p.zhdr_chunks, p.nchunks, p.max_buddy_size) == (1, 63, 3968)
         h = put(p, 3968)
@@ -100,16 +100,16 @@ def test_one_chunk_header_option() -> None:
 @pytest.mark.parametrize("bad", [0, -8, PAGE_SIZE - CHUNK_SIZE + 1, "88"])
 def test_bad_header_size_is_a_config_error(bad: object) -> None:
     with pytest.raises(ConfigError):
-        Z3foldPool(max_pages=8, header_bytes=bad)  # type: ignore[arg-type]
+        Z3foldPool(arena_cache_pages=0, max_pages=8, header_bytes=bad)  # type: ignore[arg-type]
 
 
 def test_compact_on_free_must_be_a_bool() -> None:
     with pytest.raises(ConfigError):
-        Z3foldPool(max_pages=8, compact_on_free="no")  # type: ignore[arg-type]
+        Z3foldPool(arena_cache_pages=0, max_pages=8, compact_on_free="no")  # type: ignore[arg-type]
 
 
 def test_registered_as_entry_point() -> None:
-    p = make_backend("z3fold", max_pages=4)
+    p = make_backend("z3fold", arena_cache_pages=0, max_pages=4)
     try:
         assert isinstance(p, Z3foldPool) and p.name == "z3fold" and p.max_size == PAGE_SIZE
     finally:
@@ -175,7 +175,7 @@ def test_density_by_the_packing_rule() -> None:
         ({}, 1, 60, 20),        # never more than three
     ]
     for options, size, n, pages in cases:
-        p = Z3foldPool(max_pages=256, **options)
+        p = Z3foldPool(arena_cache_pages=0, max_pages=256, **options)
         try:
             hs = [put(p, size) for _ in range(n)]
             assert p.total_pages() == pages, (options, size)
@@ -311,7 +311,7 @@ def test_compact_moves_what_could_not_move_at_free_time(pool: Z3foldPool) -> Non
 
 
 def test_deferred_compaction_runs_in_compact() -> None:
-    p = Z3foldPool(max_pages=64, compact_on_free=False)
+    p = Z3foldPool(arena_cache_pages=0, max_pages=64, compact_on_free=False)
     try:
         a, b, c = _full_page(p, 2, 4, 5)
         drop(p, a)
@@ -338,7 +338,7 @@ def test_deferred_compaction_runs_in_compact() -> None:
 
 
 def test_freeing_the_last_object_of_a_queued_page() -> None:
-    p = Z3foldPool(max_pages=8, compact_on_free=False)
+    p = Z3foldPool(arena_cache_pages=0, max_pages=8, compact_on_free=False)
     try:
         a, b = put(p, 100), put(p, 100)
         drop(p, a)
@@ -358,7 +358,7 @@ def test_freeing_the_last_object_of_a_queued_page() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_seeded_stress_check_after_every_operation(compact_on_free: bool, seed: int) -> None:
     rng = random.Random(seed)
-    p = Z3foldPool(max_pages=1024, compact_on_free=compact_on_free)
+    p = Z3foldPool(arena_cache_pages=0, max_pages=1024, compact_on_free=compact_on_free)
     live: dict[int, bytes] = {}
     try:
         for _ in range(1500):

@@ -33,7 +33,7 @@ from swapd.plugins import make_backend
 
 @pytest.fixture
 def pool() -> Iterator[ZbudPool]:
-    p = ZbudPool(max_pages=4096)
+    p = ZbudPool(arena_cache_pages=0, max_pages=4096)
     yield p
     p.close()
 
@@ -67,7 +67,7 @@ def test_geometry_matches_the_kernel() -> None:
 
 
 def test_registered_as_entry_point() -> None:
-    p = make_backend("zbud", max_pages=4)
+    p = make_backend("zbud", arena_cache_pages=0, max_pages=4)
     try:
         assert isinstance(p, ZbudPool) and p.name == "zbud" and p.max_size == 3968
     finally:

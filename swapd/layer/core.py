@@ -163,9 +163,11 @@ class LayerStats:
     ``disk_slots_used``, ``disk_pages`` (entries on disk), and zram's mm_stat
     ``orig_data_size`` / ``compr_data_size`` / ``mem_used_total``.  Events: the rejects
     (kernel names, plus ``reject_disk_fail``: a page bound for the disk tier found it full or
-    failing), ``pool_limit_hit``, ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``,
-    ``pswpin`` / ``pswpout`` (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``,
-    ``shrinker_backoffs``, ``refaults_soon``.
+    failing), ``pool_limit_hit`` (stores that found the pool full: at its limit, or still above
+    the accept threshold after hitting it; the kernel counts only the former),
+    ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``, ``pswpin`` / ``pswpout``
+    (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``, ``shrinker_backoffs``,
+    ``refaults_soon``.
     """
 
     stored_pages: int = 0
@@ -682,6 +684,12 @@ class SwapLayer:
                     return True
                 eligible = sum(c.counts[0] for c in self._clients.values())
             if eligible == 0 or self.writeback(self._config.writeback_batch) == 0:
+                # nothing written; dropping clean copies may still have made room
+                with self._lock:
+                    cur = t0.total_pages()
+                    if cur <= self.accept_pages and cur < self.limit_pages:
+                        self._reached_full = False
+                        return True
                 return False
             cur = t0.total_pages()
             if cur >= last:
@@ -780,6 +788,35 @@ class SwapLayer:
                     if t == 0 and self._policy is not None:
                         self._policy.access(g)
             return page
+
+    def store_clean(self, region: int, index: int) -> bool:
+        """Swap the page out again by reusing its clean copy, without data or compression.
+
+        For a page loaded with ``exclusive_loads=False`` and not invalidated since (the daemon
+        knows it was not written: it was restored write-protected).  Returns False when there
+        is no clean copy; the caller then stores the page's data.  The entry becomes the most
+        recently swapped-out one of its tier, referenced.  O(1).
+        """
+        with self._lock:
+            g, cl = self._lookup_locked(region, index)
+            table = self._table
+            w = table.words[g]
+            if not w & CLEAN:
+                return False
+            tag = w & TAG_MASK
+            if tag == TAG_SAME:
+                table.words[g] = w & ~CLEAN
+                cl.zswpout += 1
+                return True
+            t = tag - TAG_TIER0
+            table.words[g] = (w & ~CLEAN) | (self._ref_bit if t == 0 else 0)
+            table.unlink(g)
+            table.push_head(cl.lists[t], g)
+            if t == 0 and self._policy is not None:
+                self._policy.access(g)
+            if self._tiers[t].compressed:
+                cl.zswpout += int(t == 0)
+            return True
 
     def invalidate(self, region: int, index: int) -> None:
         """zswap_invalidate(): drop any stored copy of the page; no error if none.  O(1)."""

@@ -16,9 +16,12 @@
 # (mm/zswap.c: struct zswap_entry holds rb node, swpentry, length, pool, handle, objcg and a
 # list_head).  The cost is per *region page*; for regions that are entirely swapped out it is the
 # cost per swapped-out entry.  Side tables: a same-filled value or backend handle that does not fit
-# its field goes into ``SwapTable.side`` (a dict, ~100 B per entry; rare: see ``fits``), and the
+# its field goes into ``SwapTable.side`` (a dict, ~80 B per entry; see ``encode_value``), and the
 # disk tier keeps a 4 B checksum per slot (swapd/layer/tier.py).  32-bit links bound the global
-# space to 2^32 - 1 pages (16 TiB of managed memory).
+# space to 2^32 - 1 pages (16 TiB of managed memory).  Measured by ``swapd bench metadata`` at
+# 1,000,000 entries (synthetic corpus, zsmalloc): 19.1 B per entry by tracemalloc -- 16.0 B of
+# arrays, ~1 B of array over-allocation, 2.1 B of side table (2.5% of the entries: the corpus's
+# same-filled pages with random words).
 #
 # Word layout (little end first):
 #   bits 0-2   tag: 0 RESIDENT (no copy), 1 SAME_FILLED, 2.. = 2 + tier index (up to 6 tiers)
@@ -39,9 +42,10 @@
 # without WB is on exactly the list of (its client, its tier); a WB entry is on no list.
 #
 # Lock order: none here.  SwapTable is not thread-safe; every call is made under SwapLayer.lock.
-# Prior art: the kernel's swap table (mm/swap_table.h, 6.18: one atomic word per swap slot holding
-# a folio, shadow or zero), zram's per-slot table (drivers/block/zram/zram_drv.c: handle, flags and
-# size per slot), and list_lru's intrusive lists (mm/list_lru.c).
+# Prior art: the kernel's swap table (mm/swap_table.h: a per-cluster array of one atomic word per
+# swap slot, holding a folio, a shadow or NULL), zram's per-slot table
+# (drivers/block/zram/zram_drv.c: handle, flags and size per slot), and list_lru's intrusive
+# lists (mm/list_lru.c).
 """The swap table: one word per page, and the intrusive LRU lists over global page numbers."""
 
 from __future__ import annotations

@@ -183,9 +183,15 @@ def run(args: argparse.Namespace) -> int:
             inv.append(_inversions(name, inv_pages, args.pool_fraction, kernel_like,
                                    args.state_dir))
     if args.json:
-        out: dict[str, Any] = {"throughput": thr, "inversions": inv}
-        if len(thr) == 1:
-            out.update(thr[0])
+        # top level: zsmalloc (zswap's default allocator) when measured, else the first backend
+        main = next((t for t in thr if t["backend"] == "zsmalloc"), thr[0])
+        out: dict[str, Any] = dict(main)
+        for i in inv:
+            if i["backend"] == main["backend"]:
+                key = "inversion_default" if i["mode"] == "default" else "inversion_kernel_like"
+                out[key] = i
+        out["throughput"] = thr
+        out["inversions"] = inv
         print_json(out)
         return 0
     print_table("store+load round trips per second (medians)",

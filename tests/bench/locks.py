@@ -1,6 +1,7 @@
 """zsmalloc with per-class locks vs one pool lock: N threads storing, loading and freeing.
 
-``swapd bench locks [--threads N] [--ops N] [--reps N] [--json]`` runs N threads at once
+``swapd bench locks [--threads N] [--ops N] [--reps N] [--cpus one|all|LIST] [--json]``
+runs N threads at once
 on one zsmalloc pool (``backends/zsmalloc.py``), with ``lock="class"`` (a lock per size
 class: the kernel before 6.2 and again since 6.11, "mm/zsmalloc: change back to
 per-size_class lock") and with ``lock="pool"`` (one lock for the pool: 6.2 to 6.10,
@@ -15,7 +16,11 @@ objects; each store, load and free counts as one op.  Two workloads:
 
 The runs are interleaved (every repetition runs every workload in both modes, the order of
 the modes alternating), and the median ops/s of ``--reps`` repetitions is reported with
-the ratio class/pool per workload, as a table or, with ``--json``, as JSON.
+the ratio class/pool per workload, as a table or, with ``--json``, as JSON.  By default
+the process is pinned to one CPU: only one thread runs Python at a time anyway, and on a
+VM a GIL hand-off to a thread parked on another vCPU waits tens of microseconds for that
+vCPU to wake (see MECHANISMS.md), which swamps the lock costs with noise; ``--cpus all``
+measures with it.
 
 How to read the numbers.  CPython's GIL lets one thread run Python code at a time, so
 these threads never execute allocator code in parallel the way kernel CPUs do.  What the
@@ -30,15 +35,17 @@ lock's cache line.  In 2022 the pool lock was judged to make no significant diff
 (it was a step towards writeback inside zsmalloc); in 2024, with that writeback gone, the
 per-class locks came back after a kernel build with zswap showed about 27% more system
 time with the pool lock (the figure DESIGN.md quotes).  Take from this bench the direction
-and the dependence on how many classes the hot objects fall into (with few classes,
-per-class locks cannot help: every thread contends for the same one to three locks), not
-the magnitude: real parallel contention on many CPUs widens the gap, and the GIL caps
-parallelism at one thread.
+and how it changes with the number of classes the hot objects fall into, not the
+magnitude: real parallel contention on many CPUs widens the gap, and the GIL caps
+parallelism at one thread.  Note also what both modes share: the page arena's lock and
+its page faults and madvise calls, which the many-classes workload pays more often (a
+few hundred live objects spread over ~100 classes keep zspages emptying and refilling).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -76,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
                    help="sys.setswitchinterval for the runs (default: leave CPython's, "
                         f"{sys.getswitchinterval()} s)")
+    p.add_argument("--cpus", default="one", metavar="LIST",
+                   help="CPUs to run on: 'one' (default: the first CPU allowed, so that GIL "
+                        "hand-offs do not wait for another CPU to wake), 'all' (leave the "
+                        "affinity alone) or a comma-separated list of CPU numbers")
     p.add_argument("--seed", type=int, default=0, help="seed of the sizes and data (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -152,6 +163,19 @@ def run_once(mode: str, w: Workload, threads: int, ops: int, window: int, seed: 
         pool.close()
 
 
+def _parse_cpus(spec: str) -> set[int] | None:
+    """The CPU set ``--cpus`` names; None for 'all'.  ValueError if it is not allowed."""
+    allowed = os.sched_getaffinity(0)
+    if spec == "all":
+        return None
+    if spec == "one":
+        return {min(allowed)}
+    cpus = {int(c) for c in spec.split(",") if c.strip()}
+    if not cpus or not cpus <= allowed:
+        raise ValueError(f"{spec!r} is not a subset of the allowed CPUs {sorted(allowed)}")
+    return cpus
+
+
 def classes_touched(w: Workload) -> int:
     """How many distinct size classes objects of ``w.lo..w.hi`` bytes fall into."""
     pool = ZsPool(max_pages=8)
@@ -167,6 +191,14 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, opt) <= 0:
             print(f"error: --{opt} must be positive", file=sys.stderr)
             return 2
+    try:
+        cpus = _parse_cpus(args.cpus)
+    except ValueError as exc:
+        print(f"error: --cpus: {exc}", file=sys.stderr)
+        return 2
+    old_affinity = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # threads started later inherit it
     old_interval = sys.getswitchinterval()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -180,9 +212,12 @@ def run(args: argparse.Namespace) -> int:
                         run_once(mode, w, args.threads, args.ops, args.window, args.seed + r))
     finally:
         sys.setswitchinterval(old_interval)
+        os.sched_setaffinity(0, old_affinity)
+    cpu_list = sorted(cpus if cpus is not None else old_affinity)
     result: dict[str, object] = {
         "threads": args.threads, "ops_per_thread": args.ops, "reps": args.reps,
         "window": args.window, "switch_interval_s": args.switch_interval or old_interval,
+        "cpus": cpu_list,
         "workloads": {},
     }
     rows = []
@@ -199,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print_table(f"zsmalloc lock modes, {args.threads} threads, median of {args.reps} "
+        print_table(f"zsmalloc lock modes, {args.threads} threads on CPU(s) "
+                    f"{','.join(map(str, cpu_list))}, median of {args.reps} "
                     f"interleaved runs ({args.ops} ops per thread)",
                     ("workload", "object bytes", "classes", "lock=class ops/s",
                      "lock=pool ops/s", "class/pool"), rows,

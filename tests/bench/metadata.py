@@ -13,7 +13,10 @@ Stores ``--entries`` pages (default 1,000,000) into a layer with a compressed ti
   the word (see swapd/layer/table.py).
 
 Pages cycle through ``--synthetic N`` corpus pages (default 4096) or ``--corpus FILE``; the
-entries are spread over ``--regions`` regions that are entirely swapped out.
+entries are spread over ``--regions`` regions that are entirely swapped out.  Two passes over
+the same pages: first untraced (RSS), then under tracemalloc (which slows it several-fold; a
+million entries take minutes).  The object-size int created at the layer's ``malloc`` call is
+kept by the backend, so it is counted in ``backend_bytes_per_entry``.
 """
 
 from __future__ import annotations
