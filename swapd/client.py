@@ -179,6 +179,23 @@ class Region(mmap.mmap):
         client._regions.pop(self.id, None)
         self._client = None
 
+    def __del__(self) -> None:
+        """Garbage-collected without close(): close our uffd copy *before* the munmap.
+
+        Then the munmap cannot wait for a reader of its UNMAP event: if the daemon
+        is alive its copy keeps the context and it reads the event; if it is gone,
+        ours was the last reference and the kernel drops the registration.  (No
+        memoryview can exist here, so the munmap cannot fail.)
+        """
+        if getattr(self, "_client", None) is None or self.closed:
+            return
+        with contextlib.suppress(Exception):
+            self._uffd.close()
+        with contextlib.suppress(Exception):
+            mmap.mmap.close(self)
+        with contextlib.suppress(Exception):
+            os.close(self._memfd)
+
     def _forked(self) -> None:
         """In a forked child: drop the descriptors (the mapping was not inherited)."""
         with contextlib.suppress(OSError):

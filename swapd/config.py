@@ -126,7 +126,10 @@ class LimitsConfig:
 class PagerConfig:
     """``[pager]``: fault handling."""
 
-    readahead_min: int = 4  # pages; 1 disables readahead
+    # Readahead window k in pages, counting the faulting page: after a sequential fault
+    # at p the pager copies [p+1, p+k); k doubles from readahead_min up to readahead_max.
+    # readahead_max = 1 disables readahead.
+    readahead_min: int = 4
     readahead_max: int = 64
     latency_samples: int = 65536  # fault latencies kept for percentiles
 

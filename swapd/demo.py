@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from swapd.config import PAGE_SIZE, parse_size
-from swapd.errors import ConfigError, DaemonGoneError, SwapdError
+from swapd.errors import ConfigError, SwapdError
 
 PATCH = 64  # bytes written per page write
 
@@ -57,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --- the daemon -------------------------------------------------------------------------------
+
+
+def _stop_with_parent() -> None:
+    """In the daemon child: SIGTERM when the demo dies, so no daemon is left behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -80,7 +88,8 @@ def started_daemon(workdir: Path, *, pool_bytes: int, disk_bytes: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "swapd", "serve", "--socket", str(sock_path),
          "--state-dir", str(workdir / "state"), "--config", str(cfg)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
+        preexec_fn=_stop_with_parent)
     try:
         deadline = time.monotonic() + timeout
         notify.settimeout(0.2)
@@ -249,10 +258,11 @@ def workload(sock: Path, size: int, limit: int, args: argparse.Namespace) -> dic
                 progress.update(t, completed=i)
         progress.update(t, completed=npages)
         phase_s["verify"], phase_pages["verify"] = time.perf_counter() - t0, npages
-        try:
+        mine = client.stats()
+        deadline = time.monotonic() + 5.0  # let the reclaimer settle below the limit
+        while mine["resident_pages"] > mine["limit_pages"] and time.monotonic() < deadline:
+            time.sleep(0.05)
             mine = client.stats()
-        except DaemonGoneError:
-            raise
         region.close()
     layer = mine.get("layer") or {}
     orig = layer.get("orig_data_size", 0)

@@ -150,3 +150,42 @@ with connect({str(link)!r}) as c:
             assert r["ok"] and r["swapins"] > 0 and r["uid"] == 65534
     finally:
         pub.rmdir()
+
+
+def test_garbage_collected_region_after_daemon_death_does_not_hang(tmp_path: Path) -> None:
+    """A Region dropped without close() after the daemon died is unmapped without waiting
+    for a reader of its UNMAP event (its uffd copy is closed first)."""
+    import signal
+    import subprocess
+
+    from tests.test_daemon_helpers import ROOT, DaemonProc, client_cmd
+
+    d = DaemonProc(tmp_path)
+    try:
+        p = subprocess.Popen(client_cmd("""
+            import gc
+            c = connect(SOCK)
+            reg = c.map(64 * 4096)
+            reg[0:4] = b"abcd"
+            reg.advise(0, 64 * 4096, "cold")
+            out(ready=1)
+            sys.stdin.readline()
+            del c, reg
+            gc.collect()
+            out(done=1)
+        """, d.socket), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            assert '"ready"' in p.stdout.readline()
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait(10)
+            p.stdin.write("\n")
+            p.stdin.flush()
+            out, _ = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert '"done"' in out and p.returncode == 0, out
+    finally:
+        d.stop()

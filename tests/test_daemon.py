@@ -30,9 +30,11 @@ from tests.test_daemon_helpers import (
 pytestmark = needs_uffd
 
 
-def test_integrity_under_churn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline-reclaim", "reclaim-thread"])
+def test_integrity_under_churn(tmp_path: Path, inline: bool) -> None:
     """Random reads and writes against a shadow copy under a tiny limit: no mismatch."""
-    with daemon_running(tmp_path) as d:
+    config = BASE_CONFIG + f"inline = {'true' if inline else 'false'}\n"
+    with daemon_running(tmp_path, config) as d:
         r = run_client("""
             rng = random.Random(7)
             with connect(SOCK) as c:
@@ -166,6 +168,30 @@ def test_munmap_frees_the_region(tmp_path: Path) -> None:
         """, d.socket)
         assert r["before"] == 2 and r["after"] == 1
         assert r["ok"] and r["swapped"] == 128
+
+
+def test_partial_munmap_forgets_only_that_part(tmp_path: Path) -> None:
+    """munmap of the middle of a region: those pages become GONE, the rest stays served."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            with connect(SOCK) as c:
+                reg = c.map(64 * 4096)
+                for i in range(64):
+                    reg[i * 4096:i * 4096 + 8] = (i + 3).to_bytes(8, "little")
+                reg.advise(0, 40 * 4096, "cold")  # 0..39 evicted, 40..63 resident
+                rc = libc.munmap(reg.address + 16 * 4096, 32 * 4096)  # pages 16..47
+                s = c.stats()
+                ok = all(reg[i * 4096:i * 4096 + 8] == (i + 3).to_bytes(8, "little")
+                         for i in list(range(16)) + list(range(48, 64)))
+                out(rc=rc, pages=s["pages"], resident=s["resident_pages"], ok=ok,
+                    stored=s["layer"]["stored_pages"] + s["layer"].get("disk_pages", 0))
+        """, d.socket)
+        assert r["rc"] == 0 and r["ok"]
+        assert r["pages"]["GONE"] == 32 and r["pages"]["SWAPPED"] == 16
+        assert r["pages"]["RESIDENT"] == 16 and r["resident"] == 16
+        assert r["stored"] == 16
 
 
 def test_madvise_dontneed_keeps_data_and_advise_dontneed_discards(tmp_path: Path) -> None:
@@ -384,6 +410,82 @@ def test_refused_pages_stay_resident(tmp_path: Path) -> None:
             + layer["reject_alloc_fail"] > 0, layer
 
 
+@pytest.mark.parametrize("ra_max", [64, 1], ids=["readahead", "no-readahead"])
+def test_sequential_readahead(tmp_path: Path, ra_max: int) -> None:
+    """A sequential scan of evicted pages faults a few times with readahead, once per page
+    without (readahead_max = 1); random access gets no readahead either way."""
+    config = BASE_CONFIG + f"[pager]\nreadahead_max = {ra_max}\nreadahead_min = 1\n"
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                c.set_limit(4 << 20)
+                reg = c.map(512 * 4096)
+                for i in range(512):
+                    reg[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+                reg.advise(0, len(reg), "cold")
+                f0 = c.stats()["counters"]
+                ok = all(reg[i * 4096:i * 4096 + 8] == i.to_bytes(8, "little")
+                         for i in range(512))
+                f1 = c.stats()["counters"]
+                reg.advise(0, len(reg), "cold")
+                for i in random.Random(1).sample(range(0, 512, 2), 100):
+                    reg[i * 4096]
+                f2 = c.stats()["counters"]
+                out(ok=ok, seq_faults=f1["swapins"] - f0["swapins"],
+                    seq_ra=f1["readahead_pages"] - f0["readahead_pages"],
+                    rnd_ra=f2["readahead_pages"] - f1["readahead_pages"],
+                    rnd_faults=f2["swapins"] - f1["swapins"])
+        """, d.socket)
+        assert r["ok"]
+        if ra_max == 1:
+            assert r["seq_ra"] == 0 and r["seq_faults"] == 512
+        else:
+            assert r["seq_faults"] + r["seq_ra"] == 512 and r["seq_faults"] < 30, r
+        assert r["rnd_faults"] == 100 and r["rnd_ra"] <= 10, r
+
+
+def test_corrupt_disk_page_is_poisoned_not_served(tmp_path: Path) -> None:
+    """A page whose disk copy fails its checksum is never served: the access gets SIGBUS
+    (UFFDIO_POISON), and every page read before it was correct."""
+    config = BASE_CONFIG.replace('pool_limit_bytes = "512K"', 'pool_limit_bytes = "64K"')
+    with daemon_running(tmp_path, config) as d:
+        p = subprocess.Popen(client_cmd("""
+            c = connect(SOCK)
+            c.set_limit(16 * 4096)
+            reg = c.map(256 * 4096)
+            for i in range(256):
+                reg[i * 4096:(i + 1) * 4096] = random.Random(i).randbytes(4096)
+            reg.advise(0, len(reg), "cold")
+            out(disk=c.stats()["layer"].get("disk_pages", 0))
+            sys.stdin.readline()  # the test corrupts the disk tier now
+            for i in range(256):
+                if reg[i * 4096:(i + 1) * 4096] != random.Random(i).randbytes(4096):
+                    out(bad=i)
+                    sys.exit(3)
+            out(bad=None)
+        """, d.socket), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            first = p.stdout.readline()
+            assert '"disk"' in first and '"disk": 0' not in first, first
+            [disk] = list(d.state.glob("*.swap"))
+            with open(disk, "r+b") as f:
+                size = f.seek(0, 2)
+                f.seek(0)
+                f.write(b"\xa5" * size)
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            rest, _ = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode == -signal.SIGBUS, (p.returncode, rest)
+        assert '"bad"' not in rest, rest
+        wait_for(lambda: stats_all(d.socket)["total"]["counters"]["poisoned_pages"] >= 1,
+                 what="the poisoned page to be counted")
+
+
 def test_advice_cold_willneed(tmp_path: Path) -> None:
     """cold evicts the range now; willneed brings it back (within the limit)."""
     with daemon_running(tmp_path) as d:
@@ -407,10 +509,11 @@ def test_advice_cold_willneed(tmp_path: Path) -> None:
 
 
 def test_stats_cli_and_notify(tmp_path: Path) -> None:
-    """`swapd stats` (text and --json) against a live daemon; READY/STATUS were sent."""
+    """`swapd stats` (text and --json) against a live daemon; READY, STATUS and WATCHDOG
+    were sent (sd_notify)."""
     import json
 
-    with daemon_running(tmp_path) as d:
+    with daemon_running(tmp_path, env={"WATCHDOG_USEC": "200000"}) as d:
         run_client("""
             with connect(SOCK) as c:
                 reg = c.map(64 * 4096)
@@ -428,8 +531,11 @@ def test_stats_cli_and_notify(tmp_path: Path) -> None:
         assert s["total"]["latency"]["count"] >= 1
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert p.returncode == 0 and "p50=" in p.stdout and "zswpout" in p.stdout, p.stdout
+        time.sleep(0.3)
         notes = d.drain_notifications()
+        assert notes[0].startswith("READY=1"), notes
         assert any("STATUS=serving 1 client" in n for n in notes), notes
+        assert any(n == "WATCHDOG=1" for n in notes), notes
 
 
 def test_serve_refuses_bad_config_by_name(tmp_path: Path) -> None:

@@ -61,11 +61,19 @@ needs_uffd = pytest.mark.skipif(uffd_unavailable() is not None,
                                 reason=str(uffd_unavailable()))
 
 
+def _die_with_parent() -> None:
+    """In the daemon child: SIGKILL when the test process dies (even if it is killed)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 class DaemonProc:
     """A running ``swapd serve`` (see the module docstring)."""
 
     def __init__(self, workdir: Path, config: str = BASE_CONFIG, extra: list[str] | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.socket = workdir / "swapd.sock"
         self.state = workdir / "state"
@@ -76,13 +84,14 @@ class DaemonProc:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(notify_path))
         self.notifications: list[str] = []
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1",
+                   **(env or {}))
         self._logf = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "swapd", "-v", "serve", "--socket", str(self.socket),
              "--state-dir", str(self.state), "--config", str(self.config), *(extra or [])],
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf, env=env,
-            cwd=ROOT, start_new_session=True)
+            cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         self._notify.settimeout(0.1)
         while True:
@@ -124,6 +133,8 @@ class DaemonProc:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # stacks into the log, then kill
+                time.sleep(0.5)
                 self.kill()
         if not self._logf.closed:
             self._logf.close()
@@ -140,9 +151,9 @@ class DaemonProc:
 
 
 @contextmanager
-def daemon_running(tmp_path: Path, config: str = BASE_CONFIG,
-                   extra: list[str] | None = None) -> Iterator[DaemonProc]:
-    d = DaemonProc(tmp_path, config, extra)
+def daemon_running(tmp_path: Path, config: str = BASE_CONFIG, extra: list[str] | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[DaemonProc]:
+    d = DaemonProc(tmp_path, config, extra, env=env)
     try:
         yield d
     except BaseException:
@@ -152,7 +163,8 @@ def daemon_running(tmp_path: Path, config: str = BASE_CONFIG,
 
 
 PRELUDE = """
-import json, mmap, os, random, signal, sys, threading, time, zlib
+import ctypes, json, mmap, os, random, signal, sys, threading, time, zlib
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the test
 from swapd.client import connect
 from swapd.errors import DaemonGoneError, QuotaExceededError, RequestError
 SOCK = sys.argv[1]

@@ -96,7 +96,7 @@ def test_recv_frame_eof_is_daemon_gone() -> None:
 
 QUOTA_CONFIG = BASE_CONFIG.replace('default_resident_bytes = "1M"',
                                    'default_resident_bytes = "1M"\nmax_regions = 3\n'
-                                   'max_managed_bytes = "4M"')
+                                   'max_managed_bytes = "4M"\nmax_clients = 4')
 
 
 @pytest.fixture(scope="module")
@@ -388,3 +388,30 @@ except RequestError as e:
         pub.rmdir()
     assert results[0]["code"] == "permission" and "Permission denied" in results[0]["message"]
     assert results[1]["code"] == "permission" and "uid 65534" in results[1]["message"], results
+
+
+def _alone(daemon: DaemonProc) -> bool:
+    """True once the daemon serves no client but the one asking."""
+    from swapd.errors import QuotaExceededError, RequestError
+    from tests.test_daemon_helpers import stats_all
+
+    try:
+        return bool(stats_all(daemon.socket)["daemon"]["clients"] == 1)
+    except (QuotaExceededError, RequestError):
+        return False
+
+
+@needs_uffd
+def test_max_clients(daemon: DaemonProc) -> None:
+    from tests.test_daemon_helpers import wait_for
+
+    wait_for(lambda: _alone(daemon), what="earlier connections to end")
+    conns = [Raw(daemon.socket) for _ in range(4)]
+    try:
+        extra = Raw(daemon.socket, hello=False)
+        refused(extra.req("hello", version=1), "quota", "max_clients=4")
+        extra.close()
+    finally:
+        for c in conns:
+            c.close()
+    wait_for(lambda: _alone(daemon), what="the connections to end")

@@ -6,7 +6,8 @@ the built-in defaults -- compressed tier zsmalloc+lz4, a disk tier file in the
 state directory, the clock reclaim policy, the layer's LRU for demotion --
 overridden by a TOML file (--config).  Under systemd (Type=notify) it sends
 READY=1 once the socket is served, STATUS= on changes and WATCHDOG=1.
-SIGTERM/SIGINT stop it; clients then fail closed (DaemonGoneError).
+SIGTERM/SIGINT stop it; clients then fail closed (DaemonGoneError).  SIGUSR1
+dumps every thread's stack to stderr.
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapd.daemon.server import Daemon, install_signal_handlers
-    from swapd.kernel.sdnotify import notify
+    import faulthandler
+    import signal
 
+    from swapd.daemon.server import Daemon, install_signal_handlers, notify_nowait
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: dump stacks
     cfg = load_config(args.config)
     if args.record:
         cfg = replace(cfg, "daemon", record=args.record)
     if args.check:
         cfg = replace(cfg, "daemon", check_invariants=True)
-    daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify)
+    daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify_nowait)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon.close)
         daemon.start()

@@ -33,8 +33,9 @@ page fault, under the owning ``Session.lock`` and by the page's state byte
 
 EAGAIN with nothing done (an unread non-cooperative event) is handled by
 draining the region's events -- applying UNMAP/REMAP at once and queueing
-faults -- and retrying.  ESRCH (client gone) ends the session; ENOENT (range
-gone) drops the region.  A page that cannot be loaded (checksum mismatch, disk
+faults -- and retrying.  ESRCH (client gone) ends the session; ENOENT (the
+page was unmapped without an UNMAP event reaching us first) makes that page
+GONE and drops its stored copy.  A page that cannot be loaded (checksum mismatch, disk
 I/O error) is never served: it is poisoned (``UFFDIO_POISON``), so only that
 access raises SIGBUS.
 
@@ -44,7 +45,7 @@ that reported the event to the return of the COPY/ZEROPAGE that woke the thread.
 Lock order: ``Session.lock`` -> layer locks; the pager takes no other lock
 while holding ``Session.lock`` except the leaf ``Daemon.fd_lock`` (through the
 ``forget_fd`` callback).  Only the daemon's main thread calls ``handle_events``;
-the reclaimer may call :meth:`drop_region_locked` under ``Session.lock``.
+the reclaimer may call :meth:`mark_gone_locked` under ``Session.lock``.
 
 Prior art: ``mm/swap_state.c`` (readahead window), ``mm/workingset.c``
 (refault distance), UMap's fill workers (LLNL umap ``FillWorkers.cpp``),
@@ -91,11 +92,15 @@ from swapd.kernel.uffd import ForkEvent, PagefaultEvent, RemapEvent, RemoveEvent
 
 log = logging.getLogger(__name__)
 
-_MAX_RETRIES = 16  # EAGAIN retries after draining events, per ioctl
+_MAX_RETRIES = 1000  # EAGAIN retries after draining events, per ioctl
 
 
 class RegionGone(Exception):
     """Internal: the region was dropped while an event was being handled."""
+
+
+class PageGone(Exception):
+    """Internal: ENOENT -- the page's address is no longer registered (unmapped)."""
 
 
 class Pager:
@@ -150,7 +155,10 @@ class Pager:
                 try:
                     while events:
                         ev = events.popleft()
-                        self._dispatch_locked(region, ev, t0)
+                        try:
+                            self._dispatch_locked(region, ev, t0)
+                        except PageGone:
+                            self._gone_locked(region, ev)
                         if region.dropped:
                             return
                 except RegionGone:
@@ -175,6 +183,28 @@ class Pager:
             log.warning("region %s: unexpected FORK event; closing the child's uffd", region.id)
             os.close(ev.ufd)
 
+    def _gone_locked(self, region: ManagedRegion, ev: Any) -> None:
+        """The event's page was unmapped under us (ENOENT): forget it (state GONE)."""
+        addr = getattr(ev, "address", None)
+        idx = region.index_of(addr) if addr is not None else -1
+        if idx >= 0:
+            self.mark_gone_locked(region, idx, 1)
+
+    def mark_gone_locked(self, region: ManagedRegion, start: int, n: int) -> None:
+        """Pages ``[start, start+n)`` were unmapped: drop their copies, state GONE."""
+        session = region.session
+        session._assert_locked()
+        for i in range(start, start + n):
+            st = region.state[i]
+            if st in (RESIDENT, EVICTING):
+                session.resident -= 1
+                key = page_key(region.id, i)
+                if key in session.policy:
+                    session.policy.remove(key)
+            if st != GONE:
+                self.layer.invalidate(region.layer_region, i)
+                region.state[i] = GONE
+
     def _drain_locked(self, region: ManagedRegion) -> None:
         """Read pending events: apply UNMAP/REMAP now, queue faults for later."""
         pending = region.pending
@@ -195,8 +225,7 @@ class Pager:
             except UffdEventPendingError:
                 self._drain_locked(region)
             except UffdRangeGoneError:
-                self.drop_region_locked(region, "range no longer registered (ENOENT)")
-                raise RegionGone() from None
+                raise PageGone() from None
         log.error("region %s: events keep arriving; giving up on this ioctl", region.id)
         raise RegionGone()
 
@@ -313,7 +342,8 @@ class Pager:
             c.readahead_hits += 1
         else:
             region.ra_window = 0  # random access: no readahead until a sequential fault
-        self._readahead_locked(region, idx + 1, region.ra_window)
+        # the window counts the faulting page (MECHANISMS.md: COPY p, then [p+1, p+k))
+        self._readahead_locked(region, idx + 1, region.ra_window - 1)
 
     def _readahead_locked(self, region: ManagedRegion, start: int, window: int) -> int:
         """Copy in up to ``window`` SWAPPED pages from ``start``; returns pages placed."""
@@ -336,8 +366,6 @@ class Pager:
         """Load and copy the SWAPPED run ``[start, start+k)``; returns pages placed."""
         session = region.session
         buf = self.buf
-        layer = self.layer
-        rid = region.layer_region
         loaded = 0
         for j in range(k):
             dst = buf.page(1 + j)
@@ -347,11 +375,17 @@ class Pager:
         if loaded == 0:
             return 0
         src = buf.address + PAGE_SIZE
-        done = self._copy_locked(region, region.address(start), src, loaded * PAGE_SIZE)
-        done_pages = done >> PAGE_SHIFT
-        # pages after a partial copy: one at a time (a present page wins: the client wrote it)
-        for j in range(done_pages, loaded):
-            self._copy_locked(region, region.address(start + j), src + j * PAGE_SIZE, PAGE_SIZE)
+        try:
+            done = self._copy_locked(region, region.address(start), src, loaded * PAGE_SIZE)
+            done_pages = done >> PAGE_SHIFT
+            # pages after a partial copy: one at a time (a present page wins: the client
+            # wrote it)
+            for j in range(done_pages, loaded):
+                self._copy_locked(region, region.address(start + j), src + j * PAGE_SIZE,
+                                  PAGE_SIZE)
+        except PageGone:  # unmapped meanwhile: the loaded copies have nowhere to go
+            self.mark_gone_locked(region, start, loaded)
+            return 0
         for j in range(loaded):
             i = start + j
             region.state[i] = RESIDENT
@@ -360,12 +394,12 @@ class Pager:
         if readahead:
             session.counters.readahead_pages += loaded
             region.ra_next = start + loaded
-        del layer, rid
         return loaded
 
     def prefetch_locked(self, region: ManagedRegion, start: int, npages: int,
                         budget: int) -> int:
         """``advise willneed``: copy in SWAPPED pages of the range, at most ``budget``."""
+        region.session._assert_locked()
         done = 0
         i = start
         end = start + npages
@@ -385,6 +419,7 @@ class Pager:
     def discard_locked(self, region: ManagedRegion, start: int, npages: int) -> int:
         """``advise dontneed``: drop contents of the range; it reads as zeros after."""
         session = region.session
+        session._assert_locked()
         state = region.state
         dropped = 0
         for i in range(start, start + npages):

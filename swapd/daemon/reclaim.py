@@ -17,8 +17,9 @@ An eviction batch has three phases (MECHANISMS.md 2.3):
    the client then reads silently), never a page that is not RESIDENT.
 2. without the lock: ``layer.store`` each page (compression happens here, so the
    pager keeps serving faults meanwhile: from its own thread, or -- when the
-   reclaimer runs inline in the event loop -- through ``between_stores``, which
-   serves pending faults every 8 stores).  A refused page (StoreRejected) is
+   batch runs on the event loop's thread (inline or direct reclaim, ``advise
+   cold``) -- through ``between_stores``, which serves pending faults every 8
+   stores).  A refused page (StoreRejected) is
    noted.
 3. under ``Session.lock``: a page still EVICTING becomes SWAPPED and its run is
    punched out of the memfd (``fallocate(PUNCH_HOLE)``); a refused page becomes
@@ -87,7 +88,7 @@ class Reclaimer:
     def __init__(self, layer: LayerLike, *, sessions: Callable[[], Iterable[Session]],
                  batch_pages: int, low_watermark_pages: int, hard_slack_pages: int,
                  global_limit_pages: int, refbit_slice_pages: int, interval_s: float,
-                 drop_region: Callable[[ManagedRegion, str], None],
+                 mark_gone: Callable[[ManagedRegion, int, int], None],
                  between_stores: Callable[[], None] | None = None) -> None:
         self.layer = layer
         self.sessions = sessions
@@ -97,8 +98,9 @@ class Reclaimer:
         self.global_limit = global_limit_pages
         self.refbit_slice = refbit_slice_pages
         self.interval = interval_s
-        self.drop_region = drop_region  # pager's drop_region_locked
-        # Inline mode: serve pending faults between stores of phase 2 (no lock is held then).
+        self.mark_gone = mark_gone  # pager's mark_gone_locked: pages unmapped under us
+        # Serve pending faults between stores of phase 2 when the batch runs on the event
+        # loop's thread (no lock is held then); a no-op on the reclaimer thread.
         self.between_stores = between_stores
         self._tls = threading.local()  # per-thread PageBuffer
         self._cond = threading.Condition()
@@ -302,7 +304,9 @@ class Reclaimer:
         runs: list[_Run] = []
         off = 0
         policy = session.policy
-        for region, start, count in spans:
+        work = list(reversed(spans))
+        while work:
+            region, start, count = work.pop()
             keys = [page_key(region.id, i) for i in range(start, start + count)]
             if region.dropped or any(region.state[i] != RESIDENT
                                      for i in range(start, start + count)):
@@ -318,7 +322,12 @@ class Reclaimer:
                     policy.insert(k)  # the pager drains the event; retry later
                 continue
             except UffdRangeGoneError:
-                self.drop_region(region, "range no longer registered (ENOENT)")
+                # part of the run was unmapped (no UNMAP event): page by page, and the
+                # pages that are gone are forgotten
+                if count > 1:
+                    work.extend((region, i, 1) for i in range(start + count - 1, start - 1, -1))
+                else:
+                    self.mark_gone(region, start, 1)
                 continue
             except UffdClientGoneError:
                 for k in keys:
@@ -368,6 +377,7 @@ class Reclaimer:
 
     def _commit_locked(self, session: Session, runs: list[_Run]) -> int:
         """Phase 3 (Session.lock held): punch stored pages, restore refused ones."""
+        session._assert_locked()
         if session.dead:
             if session.evicting == 0 and not session.layer_freed:
                 with contextlib.suppress(EntryNotFoundError):  # never stored anything

@@ -81,6 +81,7 @@ from swapd.kernel.errors import KernelError
 log = logging.getLogger(__name__)
 
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # <asm-generic/socket.h>, 4.13
+_ORDER = {"uffd": 0, "pidfd": 1, "conn": 2, "wake": 3, "listen": 4}  # per epoll batch
 _REQUIRED_FEATURES = kuffd.UFFD_FEATURE_MISSING_SHMEM | kuffd.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
 
 
@@ -151,7 +152,6 @@ class Daemon:
         self.notify = notify or (lambda _s: False)
         self.lock = threading.Lock()  # guards sessions (and the id counters)
         self.sessions: dict[int, Session] = {}  # under lock
-        self.regions: dict[int, ManagedRegion] = {}  # under lock; live regions by id
         self._sids = itertools.count(1)
         self._rids = itertools.count(1)
         self.fd_lock = threading.Lock()  # leaf; guards _fds and epoll registration
@@ -172,6 +172,7 @@ class Daemon:
         self._recorder: Any = None
         self._status = ""
         self._yielding = False  # inside _serve_faults_now: no nested reclaim
+        self._loop: threading.Thread | None = None  # the thread running serve_forever
 
     # --- setup / teardown -----------------------------------------------------------------
 
@@ -219,8 +220,8 @@ class Daemon:
             low_watermark_pages=rc.low_watermark_pages, hard_slack_pages=rc.hard_slack_pages,
             global_limit_pages=cfg.limits.global_resident_bytes // PAGE_SIZE,
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
-            drop_region=self.pager.drop_region_locked,
-            between_stores=self._serve_faults_now if rc.inline else None)
+            mark_gone=self.pager.mark_gone_locked,
+            between_stores=self._serve_faults_now)
         self.ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register(self._wake_r, "wake", None)
@@ -320,6 +321,7 @@ class Daemon:
     def serve_forever(self, *, ready: Callable[[], None] | None = None) -> None:
         """Run until :meth:`stop`.  Notifies READY=1 once the socket is being served."""
         assert self.ep is not None and self.pager is not None and self.reclaimer is not None
+        self._loop = threading.current_thread()
         wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         wd_interval = self.cfg.daemon.watchdog_interval_s or (wd_usec / 2e6 if wd_usec else 0)
         next_wd = 0.0
@@ -339,6 +341,8 @@ class Daemon:
             if busy and not events:
                 reclaimer.step()  # idle between faults: evict one batch
             t0 = time.perf_counter_ns()
+            if len(events) > 1:  # departures before admissions (quota), faults first
+                events.sort(key=lambda e: _ORDER.get(fds.get(e[0], ("",))[0], 0))
             for fd, _mask in events:
                 entry = fds.get(fd)
                 if entry is None:
@@ -368,13 +372,14 @@ class Daemon:
         self.notify("STOPPING=1")
 
     def _serve_faults_now(self) -> None:
-        """Inline reclaim, phase 2: serve the uffd events that are pending right now.
+        """Eviction on the loop thread (inline reclaim, direct reclaim, ``advise cold``),
+        phase 2: serve the uffd events that are pending right now.
 
         Other descriptors are left for the main loop (epoll is level-triggered);
         no reclaim runs from here.
         """
-        if self._yielding or self.ep is None:
-            return
+        if self._yielding or self.ep is None or threading.current_thread() is not self._loop:
+            return  # the reclaimer thread's batches: the loop serves faults meanwhile
         self._yielding = True
         try:
             events = self.ep.poll(0)
@@ -512,7 +517,7 @@ class Daemon:
             self.sessions[sid] = session
             self.clients_total += 1
         conn = Connection(sock, session)
-        session.conn = conn  # type: ignore[attr-defined]
+        session.conn = conn
         self._register(sock.fileno(), "conn", conn)
         self._register(pidfd, "pidfd", session)
         log.info("client %d (pid %d uid %d) connected", sid, pid, uid)
@@ -526,8 +531,6 @@ class Daemon:
             session.dead = True
             log.info("client %d (pid %d) ended: %s", session.id, session.pid, reason)
             for region in list(session.regions.values()):
-                with self.lock:
-                    self.regions.pop(region.id, None)
                 self.pager.drop_region_locked(region, reason)
             if session.evicting == 0 and not session.layer_freed:
                 with contextlib.suppress(EntryNotFoundError):  # never stored anything
@@ -535,7 +538,7 @@ class Daemon:
                 session.layer_freed = True
             self._forget_fd(session.pidfd)
             session.close_fds_locked()
-        conn: Connection | None = getattr(session, "conn", None)
+        conn: Connection | None = session.conn
         if conn is not None and not conn.closed:
             conn.closed = True
             self._forget_fd(conn.sock.fileno())
@@ -705,8 +708,6 @@ class Daemon:
                 adopted = True
                 session.regions[rid] = region
                 session.managed_pages += npages
-                with self.lock:
-                    self.regions[rid] = region
                 self._register(uffd.fd, "uffd", region)
         finally:
             if not adopted:
@@ -726,8 +727,6 @@ class Daemon:
             region = self._region(session, obj)
             with contextlib.suppress(KernelError):
                 region.uffd.unregister(region.start, region.end - region.start)
-            with self.lock:
-                self.regions.pop(region.id, None)
             self.pager.drop_region_locked(region, "unmap request")
         return {}
 
@@ -898,6 +897,28 @@ class _Recorder:
     def close(self) -> None:
         with self.lock:
             self.f.close()
+
+
+def notify_nowait(state: str) -> bool:
+    """sd_notify(3) that never blocks the event loop; False if unset or not delivered.
+
+    Same datagram as ``swapd.kernel.sdnotify.notify`` but sent with MSG_DONTWAIT:
+    a notification socket whose queue is full (a reader that is slow or gone)
+    must not stall fault handling.  A dropped STATUS= is harmless; READY=1 is
+    sent first, into an empty queue.
+    """
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path[0] == "@":
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
+    except OSError as exc:
+        log.debug("sd_notify %r not delivered: %s", state, exc)
+        return False
+    return True
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

@@ -45,8 +45,7 @@ import collections
 import itertools
 import os
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swapd.errors import InvariantError
@@ -165,6 +164,7 @@ class Session:
         self.lock = threading.Lock()
         self.pidfd = -1  # closed at teardown
         self.hello = False  # handshake done
+        self.conn: Any = None  # the daemon's Connection (main thread only)
         self.regions: dict[int, ManagedRegion] = {}  # under lock; live regions by id
         self.managed_pages = 0  # under lock; sum of live regions' npages
         self.limit_pages = limit_pages  # under lock; resident limit
@@ -180,9 +180,6 @@ class Session:
 
     def _assert_locked(self) -> None:
         assert self.lock.locked(), "Session.lock must be held"
-
-    def live_regions(self) -> Iterator[ManagedRegion]:
-        return iter(list(self.regions.values()))
 
     def over_limit(self) -> int:
         """Pages above the resident limit (0 if under).  O(1); caller holds the lock."""
@@ -249,13 +246,3 @@ class LatencySummary:
     def as_dict(self) -> dict[str, float | int]:
         return {"count": self.count, "p50_us": self.p50_us, "p90_us": self.p90_us,
                 "p99_us": self.p99_us, "max_us": self.max_us}
-
-
-@dataclass
-class RegionSnapshot:
-    """What ``stats`` reports per region."""
-
-    id: int
-    name: str
-    npages: int
-    states: dict[str, int] = field(default_factory=dict)
