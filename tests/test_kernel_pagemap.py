@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -41,13 +42,34 @@ def test_pagemap_scan_ioctl_number() -> None:
 def test_referenced_bit_via_pageout_then_present(plain: ClientProcess) -> None:
     c = plain
     end = c.addr(16)
+    # Client and test on one CPU: the folios the client faults in wait in that CPU's
+    # LRU-add batch, which process_madvise's lru_add_drain() then drains (see below).
+    cpu = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(c.pid, {cpu})
+    os.sched_setaffinity(0, {cpu})
+    try:
+        _referenced_bit(c, end)
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def _referenced_bit(c: ClientProcess, end: int) -> None:
     assert c.command("T 0 8 1") == "ok"
     present = dict(category_mask=P.PAGE_IS_PRESENT, return_mask=P.PAGE_IS_PRESENT)
     assert pagemap_scan(c.pid, c.base, end, **present) == [
         PageRegion(c.base, c.addr(8), P.PAGE_IS_PRESENT)]
+    # PAGEOUT skips folios it cannot isolate from the LRU, and a folio faulted in moments
+    # ago may still sit in another CPU's LRU-add batch (mm/madvise.c drains only the
+    # caller's CPU with lru_add_drain()).  The batch drains soon; retry a bounded number
+    # of times, as the daemon's referenced-bit sweep simply does on its next pass.
     pidfd = pidfd_open(c.pid)
     try:
-        assert process_madvise(pidfd, [(c.base, 16 * PAGE)], MADV_PAGEOUT) == 16 * PAGE
+        for _attempt in range(100):
+            assert process_madvise(pidfd, [(c.base, 16 * PAGE)], MADV_PAGEOUT) == 16 * PAGE
+            if not pagemap_scan(c.pid, c.base, end, **present):
+                break
+            time.sleep(0.01)
     finally:
         os.close(pidfd)
     assert pagemap_scan(c.pid, c.base, end, **present) == []  # all unmapped

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     import faulthandler
     import signal
 
-    from swapd.daemon.server import Daemon, install_signal_handlers, notify_nowait
+    from swapd.daemon.server import Daemon, install_signal_handlers
+    from swapd.kernel.sdnotify import notify
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: dump stacks
     cfg = load_config(args.config)
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, "daemon", record=args.record)
     if args.check:
         cfg = replace(cfg, "daemon", check_invariants=True)
-    daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify_nowait)
+    daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon.close)
         daemon.start()

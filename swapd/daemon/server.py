@@ -899,28 +899,6 @@ class _Recorder:
             self.f.close()
 
 
-def notify_nowait(state: str) -> bool:
-    """sd_notify(3) that never blocks the event loop; False if unset or not delivered.
-
-    Same datagram as ``swapd.kernel.sdnotify.notify`` but sent with MSG_DONTWAIT:
-    a notification socket whose queue is full (a reader that is slow or gone)
-    must not stall fault handling.  A dropped STATUS= is harmless; READY=1 is
-    sent first, into an empty queue.
-    """
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    if path[0] == "@":
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
-    except OSError as exc:
-        log.debug("sd_notify %r not delivered: %s", state, exc)
-        return False
-    return True
-
-
 def install_signal_handlers(daemon: Daemon) -> None:
     """SIGTERM/SIGINT stop the loop (main thread only)."""
     def handler(signum: int, frame: object) -> None:

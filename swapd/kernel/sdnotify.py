@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def notify(state: str) -> bool:
-    """Send ``state`` (e.g. ``"READY=1\\nSTATUS=serving"``) to systemd.
+    """Send ``state`` (e.g. ``"READY=1\nSTATUS=serving"``) to systemd; never blocks.
 
     Returns False without doing anything when ``$NOTIFY_SOCKET`` is unset, and
-    False (logged) if the datagram cannot be sent; True once sent.
+    False (logged at debug level) if the datagram cannot be sent; True once sent.
+    The datagram goes with ``MSG_DONTWAIT``: a notification socket whose queue is
+    full (a slow or vanished reader) must not stall a daemon's event loop.  A
+    dropped ``STATUS=`` is harmless; ``READY=1`` is sent first, into an empty queue.
     """
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
@@ -29,10 +32,10 @@ def notify(state: str) -> bool:
         path = "\0" + path[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(path)
-            sock.sendall(state.encode())
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
     except OSError as exc:
-        log.warning("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        log.debug("sd_notify %r to %r not delivered: %s", state,
+                  os.environ.get("NOTIFY_SOCKET"), exc)
         return False
     return True
 
