@@ -42,6 +42,7 @@ PATCH = 64  # bytes written per page write
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``swapd demo``'s options (size, limit, socket, corpus, pool, ops, seed, output)."""
     p.add_argument("--size", default="512M", help="memory to map (default 512M)")
     p.add_argument("--limit", default="64M", help="resident limit (default 64M)")
     p.add_argument("--socket", metavar="PATH",
@@ -146,6 +147,7 @@ class Pages:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo (starting a daemon unless --socket); returns 1 on any mismatch."""
     try:
         size = parse_size(args.size, "--size")
         limit = parse_size(args.limit, "--limit")
@@ -281,6 +283,7 @@ def workload(sock: Path, size: int, limit: int, args: argparse.Namespace) -> dic
 
 
 def show(r: dict[str, Any]) -> None:
+    """Print the demo's result table (faults, latency, compression, tiers, time per phase)."""
     from rich.console import Console
     from rich.table import Table
 

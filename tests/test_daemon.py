@@ -580,3 +580,41 @@ def test_integrity_long_churn(tmp_path: Path) -> None:
         assert r["bad"] == 0
 
 
+
+
+def test_same_filled_pages_swap_in_by_copy(tmp_path: Path) -> None:
+    """Same-filled pages (zero and other fill values) mixed with ordinary ones come back
+    exactly, through the single-page fault path and inside readahead runs, and are
+    writable afterwards (placed by UFFDIO_COPY without write protection)."""
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            def page(i):
+                if i % 3 == 0:
+                    return bytes(4096)
+                if i % 3 == 1:
+                    return bytes([i % 251 + 1]) * 4096
+                return i.to_bytes(8, "little") * 512
+            n = 256
+            with connect(SOCK) as c:
+                c.set_limit(4 << 20)
+                reg = c.map(n * 4096)
+                for i in range(n):
+                    reg[i * 4096:(i + 1) * 4096] = page(i)
+                reg.advise(0, len(reg), "cold")
+                s0 = c.stats()
+                order = random.Random(5).sample(range(0, n, 2), 40)  # random faults first
+                bad = sum(reg[i * 4096:(i + 1) * 4096] != page(i) for i in order)
+                bad += sum(reg[i * 4096:(i + 1) * 4096] != page(i) for i in range(n))
+                for i in range(0, n, 7):  # writable after the swap-in
+                    reg[i * 4096] = 0xEE
+                bad += sum(reg[i * 4096] != 0xEE or reg[i * 4096 + 1:(i + 1) * 4096]
+                           != page(i)[1:] for i in range(0, n, 7))
+                out(bad=bad, s0=s0, s1=c.stats())
+        """, d.socket)
+        assert r["bad"] == 0
+        s0, s1 = r["s0"], r["s1"]
+        assert s0["layer"]["same_filled_pages"] >= 2 * 256 // 3 - 2, s0["layer"]
+        c0, c1 = s0["counters"], s1["counters"]
+        assert c1["swapins"] - c0["swapins"] >= 40, c1
+        assert c1["readahead_pages"] - c0["readahead_pages"] > 0, c1
+        assert c1["poisoned_pages"] == 0

@@ -33,6 +33,20 @@ def test_csv_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert list(read_pages(p)) == [r.page for r in reqs]
 
 
+def test_eviction_rows_are_events_skipped_unless_asked(tmp_path: Path) -> None:
+    """``swapd serve --record`` writes the daemon's evictions as op ``e``: kept in the
+    file, skipped by replays (the simulated policy makes its own decisions)."""
+    p = tmp_path / "rec.csv"
+    p.write_text("time,page,op,size\n0,7,w,4096\n5,7,e,4096\n9,7,r,4096\n")
+    assert list(read_trace(p)) == [Request(0, 7, "w"), Request(9, 7, "r")]
+    assert list(read_pages(p)) == [7, 7]
+    events = list(read_trace(p, events=True))
+    assert [r.op for r in events] == ["w", "e", "r"]
+    q = tmp_path / "copy.csv"
+    assert write_trace(q, events) == 3
+    assert list(read_trace(q, events=True)) == events
+
+
 def test_text_round_trip_keeps_pages(tmp_path: Path) -> None:
     reqs = _reqs()
     p = tmp_path / "t.txt"

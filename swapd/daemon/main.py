@@ -22,6 +22,7 @@ log = logging.getLogger("swapd.serve")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``swapd serve``'s options (socket, config, state dir, record, check)."""
     p.add_argument("--socket", metavar="PATH", help="control socket path")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--state-dir", metavar="DIR", help="directory of the disk tier file")
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status (0)."""
     import faulthandler
     import signal
 

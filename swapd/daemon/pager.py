@@ -5,17 +5,19 @@ when epoll reports it readable and calls :meth:`Pager.handle_events`.  For each
 page fault, under the owning ``Session.lock`` and by the page's state byte
 (``swapd.daemon.session``):
 
-* MISSING on SWAPPED: ``layer.load`` (exclusive), ``UFFDIO_COPY`` of that page
-  alone -- which wakes the faulting thread -- then readahead: the contiguous
-  run of SWAPPED pages after it (``layer.swapped_run``), loaded into the same
-  page-aligned buffer and copied with one ``UFFDIO_COPY``.  The window adapts
+* MISSING on SWAPPED (the hot path): ``layer.load`` (exclusive), ``UFFDIO_COPY``
+  of that page alone -- which wakes the faulting thread -- and only then the
+  bookkeeping (state, policy, counters, latency sample, trace record) and
+  readahead: the contiguous run of SWAPPED pages after it
+  (``layer.swapped_run``), loaded back to back into one contiguous page-aligned
+  buffer and placed with ONE multi-page ``UFFDIO_COPY``.  The window adapts
   like the kernel's swap readahead (``mm/swap_state.c``, ``swap_vma_readahead``,
   which sizes the window from readahead hits): a fault on the page where the
   previous fault or readahead ended is sequential and doubles the window,
   starting at ``readahead_min`` (4) up to ``readahead_max`` (64); any other
   fault is random and resets it to 0 (no readahead), so random access does not
-  pay for pages it will not touch.  A page stored
-  as same-filled zero is resolved with ``UFFDIO_ZEROPAGE``.
+  pay for pages it will not touch.  A same-filled page comes back from
+  ``layer.load`` as a filled page and is copied like any other.
 * MISSING on HOLE (never written): ``UFFDIO_ZEROPAGE``.
 * MISSING on RESIDENT/EVICTING: a stale duplicate (the page is already there,
   EEXIST -> wake) or the client punched its own page (ZEROPAGE succeeds: the
@@ -83,16 +85,26 @@ from swapd.errors import (
 from swapd.kernel import memfd as kmemfd
 from swapd.kernel.errors import (
     UffdClientGoneError,
+    UffdError,
     UffdEventPendingError,
     UffdExistsError,
     UffdPartialCopyError,
     UffdRangeGoneError,
 )
-from swapd.kernel.uffd import ForkEvent, PagefaultEvent, RemapEvent, RemoveEvent, UnmapEvent
+from swapd.kernel.uffd import (
+    UFFD_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_WRITE,
+    ForkEvent,
+    PagefaultEvent,
+    RemapEvent,
+    RemoveEvent,
+    UnmapEvent,
+)
 
 log = logging.getLogger(__name__)
 
 _MAX_RETRIES = 1000  # EAGAIN retries after draining events, per ioctl
+_RESIDENT_RUN = bytes((RESIDENT,)) * 1024  # state bytes for a placed run (readahead_max <= 256)
 
 
 class RegionGone(Exception):
@@ -124,10 +136,15 @@ class Pager:
         # Page-aligned source of UFFDIO_COPY: the faulting page + the readahead run.
         # Used by the main thread only.
         self.buf = kmemfd.PageBuffer(1 + self.ra_max)
+        self._page0 = self.buf.view[:PAGE_SIZE]  # the faulting page's slot
+        self._src0 = self.buf.address
+        self._src1 = self.buf.address + PAGE_SIZE  # the readahead run's first page
         # Fault service times of every client, departed ones included (main thread only).
         self.latency_ns: collections.deque[int] = collections.deque(maxlen=65536)
 
     def close(self) -> None:
+        """Release the copy buffer."""
+        self._page0.release()
         self.buf.close()
 
     # --- the event loop's entry point -----------------------------------------------------
@@ -232,41 +249,57 @@ class Pager:
     # --- faults ---------------------------------------------------------------------------
 
     def _fault_locked(self, region: ManagedRegion, ev: PagefaultEvent, t0: int) -> None:
-        session = region.session
-        idx = region.index_of(ev.address)
-        uffd = region.uffd
-        page_addr = ev.address & ~(PAGE_SIZE - 1)
-        if idx < 0:
-            log.warning("region %s: fault at %#x outside the region; waking", region.id,
-                        ev.address)
-            self._ioctl_locked(region, uffd.wake, page_addr, PAGE_SIZE)
+        """Resolve one page fault.  The hot case (MISSING on SWAPPED) goes first and does
+        nothing before its COPY but locate the page; the recorder is told afterwards."""
+        addr = ev.address
+        flags = ev.flags
+        start = region.start
+        if not start <= addr < region.end:
+            log.warning("region %s: fault at %#x outside the region; waking", region.id, addr)
+            self._ioctl_locked(region, region.uffd.wake, addr & ~(PAGE_SIZE - 1), PAGE_SIZE)
             return
+        idx = (addr - start) >> PAGE_SHIFT
         st = region.state[idx]
-        c = session.counters
-        if self.recorder is not None:
-            self.recorder(page_key(region.id, idx), "w" if ev.is_write else "r")
-        if ev.is_wp:
-            c.wp_faults += 1
-            if st == SWAPPED:
-                self._ioctl_locked(region, uffd.wake, page_addr, PAGE_SIZE)
+        try:
+            if flags & UFFD_PAGEFAULT_FLAG_WP:
+                self._wp_locked(region, idx, st)
+            elif st == SWAPPED:
+                self._swapin_locked(region, idx, t0)
             else:
-                if st == EVICTING:
-                    region.state[idx] = RESIDENT  # phase 3 drops the stored copy
-                    c.eviction_aborts += 1
-                self._ioctl_locked(region, uffd.writeprotect, page_addr, PAGE_SIZE, wp=False)
-            return
-        c.faults += 1
+                self._missing_locked(region, idx, st, t0)
+        finally:  # counted and recorded even if the page turned out to be unmapped
+            if not flags & UFFD_PAGEFAULT_FLAG_WP:
+                region.session.counters.faults += 1
+            if self.recorder is not None:
+                self.recorder(page_key(region.id, idx),
+                              "w" if flags & UFFD_PAGEFAULT_FLAG_WRITE else "r")
+
+    def _wp_locked(self, region: ManagedRegion, idx: int, st: int) -> None:
+        """A write to a write-protected page (see the module docstring)."""
+        region.session.counters.wp_faults += 1
+        addr = region.address(idx)
+        uffd = region.uffd
         if st == SWAPPED:
-            self._swapin_locked(region, idx, t0)
+            self._ioctl_locked(region, uffd.wake, addr, PAGE_SIZE)
             return
+        if st == EVICTING:
+            region.state[idx] = RESIDENT  # phase 3 drops the stored copy
+            region.session.counters.eviction_aborts += 1
+        self._ioctl_locked(region, uffd.writeprotect, addr, PAGE_SIZE, wp=False)
+
+    def _missing_locked(self, region: ManagedRegion, idx: int, st: int, t0: int) -> None:
+        """A MISSING fault on a page that is not SWAPPED (see the module docstring)."""
+        session = region.session
         if st == HOLE:
             self._zeropage_locked(region, idx)
+            self._latency(session, t0)
             region.state[idx] = RESIDENT
             session.resident += 1
             session.policy.insert(page_key(region.id, idx))
-            c.zero_faults += 1
-        elif st == GONE:
-            self._ioctl_locked(region, uffd.wake, page_addr, PAGE_SIZE)
+            session.counters.zero_faults += 1
+            return
+        if st == GONE:
+            self._ioctl_locked(region, region.uffd.wake, region.address(idx), PAGE_SIZE)
         else:  # RESIDENT/EVICTING: stale duplicate, or the client punched its own page
             self._zeropage_locked(region, idx)
         self._latency(session, t0)
@@ -284,7 +317,26 @@ class Pager:
             self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
 
     def _copy_locked(self, region: ManagedRegion, addr: int, src: int, length: int) -> int:
-        """COPY ``length`` bytes; returns bytes placed by this call (EEXIST -> 0, woken)."""
+        """COPY ``length`` bytes; returns bytes placed by this call (EEXIST -> 0, woken).
+
+        The common case is one ioctl.  EEXIST (the first page is present) wakes and
+        returns 0; a partial copy returns the bytes done; other errors (an unread event,
+        the range gone, the client gone) take :meth:`_copy_slow_locked`.
+        """
+        uffd = region.uffd
+        try:
+            return uffd.copy(addr, src, length)
+        except UffdExistsError:
+            self._ioctl_locked(region, uffd.wake, addr, PAGE_SIZE)
+            return 0
+        except UffdPartialCopyError as exc:
+            return int(exc.copied)
+        except UffdError:
+            return self._copy_slow_locked(region, addr, src, length)
+
+    def _copy_slow_locked(self, region: ManagedRegion, addr: int, src: int,
+                          length: int) -> int:
+        """:meth:`_copy_locked` after an error: retry, draining events on EAGAIN-pending."""
         try:
             return int(self._ioctl_locked(region, region.uffd.copy, addr, src, length))
         except UffdExistsError:
@@ -293,57 +345,54 @@ class Pager:
         except UffdPartialCopyError as exc:
             return int(exc.copied)
 
-    def _load_locked(self, region: ManagedRegion, idx: int, dst: memoryview) -> bool:
-        """Load page ``idx`` into ``dst``; False (page poisoned) if it cannot be served."""
+    def _poison_locked(self, region: ManagedRegion, idx: int, exc: Exception) -> None:
+        """Page ``idx`` cannot be loaded: poison it (SIGBUS on access, never wrong data)."""
+        log.error("region %s page %d cannot be loaded (%s): poisoning it", region.id, idx, exc)
+        addr = region.address(idx)
+        try:
+            region.uffd.writeprotect(addr, PAGE_SIZE, wp=False, dontwake=True)
+            region.uffd.poison(addr, PAGE_SIZE)
+        except SwapdError as perr:
+            log.error("region %s page %d: poison failed: %s", region.id, idx, perr)
+        region.state[idx] = GONE
+        region.session.counters.poisoned_pages += 1
+
+    def _swapin_locked(self, region: ManagedRegion, idx: int, t0: int) -> None:
+        """MISSING on SWAPPED: load, COPY the page (waking the thread), then bookkeeping
+        and readahead.  O(1) before the COPY, plus O(window) readahead after it.
+
+        A same-filled page comes back from ``layer.load`` as a filled page and is copied
+        like any other (one lookup fewer than asking the layer for its fill value first).
+        """
+        session = region.session
         try:
             data = self.layer.load(region.layer_region, idx)
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
-            log.error("region %s page %d cannot be loaded (%s): poisoning it", region.id, idx,
-                      exc)
-            addr = region.address(idx)
-            try:
-                region.uffd.writeprotect(addr, PAGE_SIZE, wp=False, dontwake=True)
-                region.uffd.poison(addr, PAGE_SIZE)
-            except SwapdError as perr:
-                log.error("region %s page %d: poison failed: %s", region.id, idx, perr)
-            region.state[idx] = GONE
-            region.session.counters.poisoned_pages += 1
-            return False
-        dst[:] = data
-        return True
-
-    def _swapin_locked(self, region: ManagedRegion, idx: int, t0: int) -> None:
-        session = region.session
-        c = session.counters
-        layer = self.layer
-        rid = region.layer_region
-        key = page_key(region.id, idx)
-        addr = region.address(idx)
-        if layer.same_filled_value(rid, idx) == 0:
-            layer.invalidate(rid, idx)
-            region.state[idx] = HOLE  # if the zeropage below fails, the page is still zero
-            self._zeropage_locked(region, idx)
-        else:
-            buf = self.buf
-            if not self._load_locked(region, idx, buf.page(0)):
-                self._latency(session, t0)
-                return
-            self._copy_locked(region, addr, buf.address, PAGE_SIZE)
+            self._poison_locked(region, idx, exc)
+            self._latency(session, t0)
+            return
+        self._page0[:] = data
+        self._copy_locked(region, region.start + (idx << PAGE_SHIFT), self._src0, PAGE_SIZE)
+        dt = self.clock_ns() - t0  # the thread is awake: the rest is off its path
+        session.latency_ns.append(dt)
+        self.latency_ns.append(dt)
         region.state[idx] = RESIDENT
         session.resident += 1
-        session.policy.insert(key)
+        session.policy.insert((region.id << 32) | idx)
+        c = session.counters
         c.swapins += 1
         if session.eviction_seq - region.evicted_seq[idx] < session.limit_pages:
             c.refaults += 1
-        self._latency(session, t0)
-        # readahead: adapt the window, then copy the contiguous swapped run after idx
+        # readahead: a fault where the last one (or its readahead) ended is sequential and
+        # doubles the window (from ra_min up to ra_max); any other fault resets it to 0.
         if idx == region.ra_next:
-            region.ra_window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))
+            window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))
             c.readahead_hits += 1
         else:
-            region.ra_window = 0  # random access: no readahead until a sequential fault
+            window = 0  # random access: no readahead until a sequential fault
+        region.ra_window = window
         # the window counts the faulting page (MECHANISMS.md: COPY p, then [p+1, p+k))
-        self._readahead_locked(region, idx + 1, region.ra_window - 1)
+        self._readahead_locked(region, idx + 1, window - 1)
 
     def _readahead_locked(self, region: ManagedRegion, start: int, window: int) -> int:
         """Copy in up to ``window`` SWAPPED pages from ``start``; returns pages placed."""
@@ -363,37 +412,49 @@ class Pager:
 
     def _copy_run_locked(self, region: ManagedRegion, start: int, k: int, *,
                          readahead: bool) -> int:
-        """Load and copy the SWAPPED run ``[start, start+k)``; returns pages placed."""
+        """Load the SWAPPED run ``[start, start+k)`` into one contiguous buffer (pages 1..k)
+        and place it with ONE multi-page UFFDIO_COPY; returns pages placed.  O(k).
+
+        A page that cannot be loaded is poisoned and ends the run there.  After a partial
+        copy (a page became present: the client wrote it) the rest goes page by page, and
+        a present page wins.
+        """
         session = region.session
-        buf = self.buf
-        loaded = 0
-        for j in range(k):
-            dst = buf.page(1 + j)
-            if not self._load_locked(region, start + j, dst):
-                break  # poisoned: stop the run there
-            loaded += 1
+        load = self.layer.load
+        rid = region.layer_region
+        view = self.buf.view
+        end = start + k
+        i = start
+        off = PAGE_SIZE
+        try:
+            while i < end:
+                view[off:off + PAGE_SIZE] = load(rid, i)
+                off += PAGE_SIZE
+                i += 1
+        except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
+            self._poison_locked(region, i, exc)
+        loaded = i - start
         if loaded == 0:
             return 0
-        src = buf.address + PAGE_SIZE
+        src = self._src1
+        dst = region.start + (start << PAGE_SHIFT)
         try:
-            done = self._copy_locked(region, region.address(start), src, loaded * PAGE_SIZE)
-            done_pages = done >> PAGE_SHIFT
-            # pages after a partial copy: one at a time (a present page wins: the client
-            # wrote it)
-            for j in range(done_pages, loaded):
-                self._copy_locked(region, region.address(start + j), src + j * PAGE_SIZE,
+            done = self._copy_locked(region, dst, src, loaded << PAGE_SHIFT)
+            for j in range(done >> PAGE_SHIFT, loaded):
+                self._copy_locked(region, dst + (j << PAGE_SHIFT), src + (j << PAGE_SHIFT),
                                   PAGE_SIZE)
         except PageGone:  # unmapped meanwhile: the loaded copies have nowhere to go
             self.mark_gone_locked(region, start, loaded)
             return 0
-        for j in range(loaded):
-            i = start + j
-            region.state[i] = RESIDENT
-            session.policy.insert(page_key(region.id, i))
+        region.state[start:i] = _RESIDENT_RUN[:loaded]
+        insert = session.policy.insert
+        base = region.id << 32
+        for j in range(start, i):
+            insert(base | j)
         session.resident += loaded
         if readahead:
             session.counters.readahead_pages += loaded
-            region.ra_next = start + loaded
+            region.ra_next = i
         return loaded
 
     def prefetch_locked(self, region: ManagedRegion, start: int, npages: int,

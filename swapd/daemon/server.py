@@ -46,7 +46,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,28 +113,13 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
-def build_layer(cfg: Config, state_path: Path) -> LayerLike:
-    """The built-in tiers: a zsmalloc+lz4 compressed tier, then a disk tier file.
+def build_layer(cfg: Config, state_path: Path, *, clock: Callable[[], float] | None = None,
+                max_pages: int | None = None,
+                options: Mapping[str, Any] | None = None) -> LayerLike:
+    """The daemon's layer from ``cfg.layer`` (see :func:`swapd.layer.build.build_layer`)."""
+    from swapd.layer.build import build_layer as build
 
-    The disk tier's file is created in the state directory (``swapd-<pid>-<n>.swap``)
-    unless ``[layer] disk_path`` names one, and is removed when the layer closes.
-    """
-    from swapd.compress import get_compressor
-    from swapd.layer import CompressedTier, DiskTier, LayerConfig, SwapLayer
-    from swapd.plugins import make_backend
-
-    lc = cfg.layer
-    tiers: list[Any] = [CompressedTier(get_compressor(lc.compressor), make_backend(lc.backend))]
-    if lc.disk:
-        if lc.disk_path:
-            disk: str = lc.disk_path
-        else:
-            state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            disk = str(state_path)
-        tiers.append(DiskTier(disk, lc.disk_bytes))
-    layer: LayerLike = SwapLayer(tiers, config=LayerConfig(**lc.layer_options()),
-                                 demotion_policy=lc.demotion_policy)
-    return layer
+    return build(cfg.layer, state_path, clock=clock, max_pages=max_pages, options=options)
 
 
 class Daemon:
@@ -171,6 +156,7 @@ class Daemon:
         self.allowed_gids = self._resolve_groups(cfg.daemon.allowed_groups)
         self._recorder: Any = None
         self._status = ""
+        self._status_n = -1  # session count of the last STATUS= (main thread)
         self._yielding = False  # inside _serve_faults_now: no nested reclaim
         self._loop: threading.Thread | None = None  # the thread running serve_forever
 
@@ -368,7 +354,8 @@ class Daemon:
             if self.cfg.daemon.check_invariants and now >= next_check:
                 self._check()
                 next_check = now + 1.0
-            self._update_status()
+            if len(self.sessions) != self._status_n:  # no formatting on the fault path
+                self._update_status()
         self.notify("STOPPING=1")
 
     def _serve_faults_now(self) -> None:
@@ -425,7 +412,7 @@ class Daemon:
                 os.read(self._wake_r, 4096)
 
     def _update_status(self) -> None:
-        n = len(self.sessions)
+        n = self._status_n = len(self.sessions)
         status = f"STATUS=serving {n} client{'s' if n != 1 else ''}"
         if status != self._status:
             self._status = status

@@ -15,6 +15,7 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``swapd stats``'s options (socket, --json)."""
     p.add_argument("--socket", metavar="PATH", help="control socket path")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -51,6 +52,7 @@ def render(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the daemon's counters, as text or JSON; returns the exit status (0)."""
     from swapd.client import connect
 
     with connect(args.socket, name="swapd-stats") as client:

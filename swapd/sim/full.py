@@ -22,8 +22,8 @@ The layer is built as the daemon builds it from ``[layer]`` of its config
 (:class:`swapd.config.LayerSection`): a :class:`CompressedTier` (backend plugin,
 compressor, pool limit) followed, unless the disk is disabled, by a
 :class:`DiskTier` in a temporary directory; ``SwapLayer`` gets the simulator's
-clock (:func:`build_layer` mirrors ``swapd.daemon.server.build_layer``, which
-takes no clock, and adds the simulator's pool limit and arena size).  Page
+clock (:func:`build_layer` calls ``swapd.layer.build.build_layer`` itself, with
+the simulator's clock, pool limit and arena size).  Page
 ids are mapped, in first-touch order, to dense indices, which are
 split into regions of ``REGION_PAGES`` pages of one client, so traces of 64-bit
 hashed ids (libCacheSim) work without a sparse swap table.
@@ -55,12 +55,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swapd.arena import PAGE_SIZE
-from swapd.compress import get_compressor
 from swapd.errors import ConfigError, InvariantError, StoreRejected
-from swapd.plugins import make_backend, make_policy
+from swapd.plugins import make_policy
 from swapd.sim.contents import PageContents, PageSource
 from swapd.sim.costs import DEFAULT_COSTS, CostTable
 from swapd.sim.trace import Request
@@ -167,40 +167,26 @@ class FullResult:
 
 
 def build_layer(cfg: FullConfig, clock: Callable[[], float], workdir: str) -> Any:
-    """Build the layer as the daemon does from its ``[layer]`` config, with ``cfg``'s overrides.
+    """Build the layer with the daemon's own construction, with ``cfg``'s overrides.
 
-    The LayerConfig fields start from :class:`swapd.config.LayerSection`'s defaults (the
-    daemon's), then ``cfg.layer_options``, then the pool limit.  Tiers: a CompressedTier
-    (``cfg.compressor``, backend plugin ``cfg.backend``) and, if ``cfg.disk_bytes``, a DiskTier
-    in ``workdir``.  Raises ConfigError for unknown options.
+    Calls :func:`swapd.layer.build.build_layer` (the daemon's own construction) with a
+    ``[layer]`` section that carries ``cfg``'s backend, compressor, demotion policy, pool limit
+    and disk tier (in ``workdir``; none if ``cfg.disk_bytes`` is 0), with the simulator's
+    ``clock``, an arena sized for the pool limit, and ``cfg.layer_options`` as LayerConfig
+    overrides (the pool limit wins over them).  Raises ConfigError for unknown options.
     """
-    from swapd import layer as L
     from swapd.config import LayerSection
+    from swapd.layer.build import build_layer as layer_build_layer
 
-    opts = LayerSection().layer_options()
-    for k, v in cfg.layer_options:
-        if k not in {f.name for f in dataclasses.fields(L.LayerConfig)}:
-            raise ConfigError(f"unknown layer option {k!r}; LayerConfig fields are "
-                              f"{', '.join(f.name for f in dataclasses.fields(L.LayerConfig))}")
-        opts[k] = v
-    opts["pool_limit_bytes"] = cfg.pool_bytes
-    lcfg = L.LayerConfig(**opts)
+    section = LayerSection(backend=cfg.backend, compressor=cfg.compressor,
+                           disk=bool(cfg.disk_bytes),
+                           disk_bytes=cfg.disk_bytes or LayerSection.disk_bytes,
+                           demotion_policy=cfg.demotion_policy,
+                           pool_limit_bytes=cfg.pool_bytes)
+    options = {**dict(cfg.layer_options), "pool_limit_bytes": cfg.pool_bytes}
     pool_pages = -(-cfg.pool_bytes // PAGE_SIZE)
-    backend = make_backend(cfg.backend, max_pages=2 * pool_pages + 256)
-    tiers: list[Any] = []
-    try:
-        tiers.append(L.CompressedTier(get_compressor(cfg.compressor), backend,
-                                      L.TierLimits.from_system()))
-        if cfg.disk_bytes:
-            tiers.append(L.DiskTier(workdir, cfg.disk_bytes))
-        return L.SwapLayer(tiers, config=lcfg, clock=clock,
-                           demotion_policy=cfg.demotion_policy)
-    except BaseException:
-        if not tiers:
-            backend.close()
-        for t in tiers:
-            t.close()
-        raise
+    return layer_build_layer(section, Path(workdir), clock=clock,
+                             max_pages=2 * pool_pages + 256, options=options)
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

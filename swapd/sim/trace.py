@@ -11,7 +11,11 @@ op, size).  Three on-disk formats are understood:
     ``time,page,op,size`` with op ``r`` or ``w``; a header line naming the
     columns is optional (and, when present, may order them differently).
     ``op`` and ``size`` may be omitted (``r`` and 4096).  This is also what
-    ``swapd serve --record FILE`` writes.
+    ``swapd serve --record FILE`` writes, with one more op: ``e``, a page the
+    daemon evicted.  Eviction rows are events, not accesses: the readers skip
+    them unless asked (``events=True``), so that a replay lets the simulated
+    policy make its own eviction decisions, while the daemon's are kept in the
+    file for comparison.
 ``oracleGeneral``
     libCacheSim's binary trace: packed 24-byte little-endian records::
 
@@ -71,7 +75,8 @@ class Request(NamedTuple):
     """One trace record: a page access.
 
     ``time``: trace time (seconds or virtual time, as the source has it).
-    ``page``: page id, ``0 <= page < 2**64``.  ``op``: ``"r"`` or ``"w"``.
+    ``page``: page id, ``0 <= page < 2**64``.  ``op``: ``"r"`` or ``"w"``, or
+    ``"e"`` for an eviction event recorded by the daemon (not an access).
     ``size``: bytes accessed (4096 for page traces).
     """
 
@@ -217,8 +222,11 @@ def _parse_csv_row(path: str, lineno: int, fields: list[str],
             op = "r"
         elif o in ("w", "write"):
             op = "w"
+        elif o in ("e", "evict"):
+            op = "e"
         elif o:
-            raise TraceFormatError(path, lineno, f"op {fields[oi].strip()!r} is not r or w")
+            raise TraceFormatError(path, lineno,
+                                   f"op {fields[oi].strip()!r} is not r, w or e")
     size = PAGE_SIZE
     if 0 <= si < n and fields[si].strip():
         try:
@@ -231,7 +239,8 @@ def _parse_csv_row(path: str, lineno: int, fields: list[str],
     return Request(t, page, op, size)
 
 
-def _read_csv(path: str, pages_only: bool) -> Iterator[int] | Iterator[Request]:
+def _read_csv(path: str, pages_only: bool,
+              events: bool = False) -> Iterator[int] | Iterator[Request]:
     def gen() -> Iterator[object]:
         cols = (0, 1, 2, 3)
         first = True
@@ -252,6 +261,8 @@ def _read_csv(path: str, pages_only: bool) -> Iterator[int] | Iterator[Request]:
                             names.index(c) if c in names else -1 for c in _CSV_COLUMNS)
                         continue
                 r = _parse_csv_row(path, lineno, fields, cols)
+                if r.op == "e" and not events:
+                    continue
                 yield r.page if pages_only else r
     return gen()  # type: ignore[return-value]
 
@@ -289,14 +300,18 @@ def _read_oracle(path: str, pages_only: bool) -> Iterator[int] | Iterator[Reques
 _READERS = {"text": _read_text, "csv": _read_csv, "oracleGeneral": _read_oracle}
 
 
-def read_trace(path: str | os.PathLike[str], fmt: str | None = None) -> Iterator[Request]:
+def read_trace(path: str | os.PathLike[str], fmt: str | None = None, *,
+               events: bool = False) -> Iterator[Request]:
     """Stream the requests of the trace at ``path`` (format detected if ``fmt`` is None).
 
-    O(1) memory; O(n) time.  Raises TraceFormatError on the first malformed
-    record, ConfigError if the file does not exist.
+    ``events=True`` also yields the daemon's eviction rows (op ``e``) of a CSV
+    trace.  O(1) memory; O(n) time.  Raises TraceFormatError on the first
+    malformed record, ConfigError if the file does not exist.
     """
     p = os.fspath(path)
     f = normalize_format(fmt) if fmt else detect_format(p)
+    if f == "csv":
+        return _read_csv(p, False, events)  # type: ignore[return-value]
     return _READERS[f](p, False)  # type: ignore[return-value]
 
 
@@ -372,8 +387,8 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[Request | int],
                 if not 0 <= r.page <= MAX_PAGE_ID:
                     raise TraceFormatError(p, i + 1, f"page id {r.page} is outside [0, 2**64)")
                 if f == "csv":
-                    if r.op not in ("r", "w"):
-                        raise TraceFormatError(p, i + 1, f"op {r.op!r} is not r or w")
+                    if r.op not in ("r", "w", "e"):
+                        raise TraceFormatError(p, i + 1, f"op {r.op!r} is not r, w or e")
                     lines.append(f"{r.time},{r.page},{r.op},{r.size}\n")
                 else:
                     lines.append(f"{r.page}\n")
