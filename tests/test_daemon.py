@@ -7,6 +7,7 @@ that the daemon exits cleanly and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -618,3 +619,32 @@ def test_same_filled_pages_swap_in_by_copy(tmp_path: Path) -> None:
         assert c1["swapins"] - c0["swapins"] >= 40, c1
         assert c1["readahead_pages"] - c0["readahead_pages"] > 0, c1
         assert c1["poisoned_pages"] == 0
+
+
+def test_record_writes_faults_and_evictions_that_sim_replays(tmp_path: Path) -> None:
+    """``swapd serve --record FILE``: faults (r/w) and evictions (e) as a CSV trace, which
+    ``swapd sim`` replays (accesses only; the daemon's evictions stay in the file)."""
+    trace = tmp_path / "rec.csv"
+    with daemon_running(tmp_path, BASE_CONFIG, extra=["--record", str(trace)]) as d:
+        r = run_client("""
+            with connect(SOCK) as c:
+                c.set_limit(4 << 20)
+                reg = c.map(256 * 4096)
+                for i in range(256):
+                    reg[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+                reg.advise(0, len(reg), "cold")
+                ok = all(reg[i * 4096:i * 4096 + 8] == i.to_bytes(8, "little")
+                         for i in range(0, 256, 3))
+                out(ok=ok)
+        """, d.socket)
+        assert r["ok"]
+    from swapd.sim.trace import read_trace
+
+    events = list(read_trace(trace, "csv", events=True))
+    ops = {op: sum(1 for e in events if e.op == op) for op in "rwe"}
+    assert ops["w"] >= 256 and ops["e"] >= 256 and ops["r"] >= 1, ops
+    assert [e.time for e in events] == sorted(e.time for e in events)
+    sim = subprocess.run([sys.executable, "-m", "swapd", "sim", "--trace", str(trace),
+                          "--policy", "lru", "--capacity", "64", "--json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(sim.stdout)["accesses"] == ops["r"] + ops["w"]

@@ -89,8 +89,10 @@ class Reclaimer:
                  batch_pages: int, low_watermark_pages: int, hard_slack_pages: int,
                  global_limit_pages: int, refbit_slice_pages: int, interval_s: float,
                  mark_gone: Callable[[ManagedRegion, int, int], None],
-                 between_stores: Callable[[], None] | None = None) -> None:
+                 between_stores: Callable[[], None] | None = None,
+                 recorder: Callable[[int, str], None] | None = None) -> None:
         self.layer = layer
+        self.recorder = recorder  # ``--record``: told of every page evicted (op "e")
         self.sessions = sessions
         self.batch = batch_pages
         self.low_wm = low_watermark_pages
@@ -388,6 +390,7 @@ class Reclaimer:
         policy = session.policy
         c = session.counters
         layer = self.layer
+        record = self.recorder
         for run in runs:
             region = run.region
             if region.dropped:
@@ -407,6 +410,8 @@ class Reclaimer:
                         region.evicted_seq[i] = session.eviction_seq
                         _extend(punch, i)
                         evicted += 1
+                        if record is not None:
+                            record(key, "e")
                     else:
                         state[i] = RESIDENT
                         policy.insert(key)

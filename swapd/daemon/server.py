@@ -207,7 +207,7 @@ class Daemon:
             global_limit_pages=cfg.limits.global_resident_bytes // PAGE_SIZE,
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
             mark_gone=self.pager.mark_gone_locked,
-            between_stores=self._serve_faults_now)
+            between_stores=self._serve_faults_now, recorder=rec)
         self.ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register(self._wake_r, "wake", None)
@@ -862,13 +862,15 @@ def _check_mapping(pid: int, address: int, length: int, inode: int) -> None:
 class _Recorder:
     """``--record``: the CSV trace ``time,page,op,size`` that ``swapd sim`` replays (issue 5).
 
-    One row per fault the pager handles: ``time`` in microseconds since the
-    daemon started, ``page`` = region id << 32 | page index, ``op`` ``r`` for a
-    read fault and ``w`` for a write (MISSING|WRITE or write-protect) fault,
-    ``size`` 4096.  Accesses that hit resident memory never reach the daemon, so
-    the trace is the miss stream of the daemon's resident set; evictions are not
-    rows (replaying them would impose this run's reclaim decisions on the
-    simulated policy).
+    One row per event the daemon handles: ``time`` in microseconds since the
+    daemon started, ``page`` = region id << 32 | page index, ``size`` 4096, and
+    ``op`` ``r`` for a read fault, ``w`` for a write (MISSING|WRITE or
+    write-protect) fault, ``e`` for a page evicted.  Accesses that hit resident
+    memory never reach the daemon, so the accesses are the miss stream of the
+    daemon's resident set.  ``swapd sim`` replays the ``r``/``w`` rows and skips
+    the ``e`` rows (``swapd.sim.trace.read_trace(events=True)`` yields them), so
+    the simulated policy makes its own eviction decisions while the daemon's
+    stay in the file for comparison.
     """
 
     def __init__(self, path: str) -> None:
