@@ -132,6 +132,14 @@ class PagerConfig:
     readahead_min: int = 4
     readahead_max: int = 64
     latency_samples: int = 65536  # fault latencies kept for percentiles
+    # Serve each client thread on the CPU it faults on: the loop and the faulting thread
+    # are pinned to that CPU (the thread's affinity is narrowed; see
+    # swapd.daemon.pager.Pager._follow_locked).  On a VM whose idle vCPUs halt, a wake-up
+    # across vCPUs costs 50-100 us (MECHANISMS.md 2.7), twice per fault.  Off by default:
+    # with inline reclaim, which runs between faults, a client faulting back to back on
+    # the loop's own CPU leaves no gap, and its resident set outgrows its limit (up to
+    # the hard slack) until the reclaimer gets a time slice of its own.
+    colocate: bool = False
 
 
 @dataclass(frozen=True)

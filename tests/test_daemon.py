@@ -8,6 +8,7 @@ that the daemon exits cleanly and leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -648,3 +649,26 @@ def test_record_writes_faults_and_evictions_that_sim_replays(tmp_path: Path) -> 
                           "--policy", "lru", "--capacity", "64", "--json"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(sim.stdout)["accesses"] == ops["r"] + ops["w"]
+
+
+@pytest.mark.parametrize("colocate", [True, False], ids=["colocate", "no-colocate"])
+def test_colocate_pins_the_loop_and_the_faulting_thread_together(tmp_path: Path,
+                                                                 colocate: bool) -> None:
+    """``[pager] colocate``: after faults, the faulting thread and the daemon's loop share one
+    CPU, the one the thread was running on; switched off, the client's affinity is untouched."""
+    config = BASE_CONFIG + f"[pager]\ncolocate = {'true' if colocate else 'false'}\n"
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            before = sorted(os.sched_getaffinity(0))
+            with connect(SOCK) as c:
+                reg = c.map(512 * 4096)
+                for i in range(512):
+                    reg[i * 4096] = 1
+                out(before=before, after=sorted(os.sched_getaffinity(0)))
+        """, d.socket)
+        loop_cpus = sorted(os.sched_getaffinity(d.proc.pid))
+    if colocate:
+        assert len(r["after"]) == 1 and r["after"][0] in r["before"], r
+        assert loop_cpus == r["after"], (loop_cpus, r)
+    else:
+        assert r["after"] == r["before"], r

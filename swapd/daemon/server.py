@@ -198,6 +198,7 @@ class Daemon:
             self._recorder = _Recorder(cfg.daemon.record)
         rec = self._recorder.record if self._recorder is not None else None
         self.pager = Pager(layer, readahead_min=cfg.pager.readahead_min,
+                           colocate=cfg.pager.colocate,
                            readahead_max=cfg.pager.readahead_max, forget_fd=self._forget_fd,
                            recorder=rec)
         rc = cfg.reclaim

@@ -11,7 +11,9 @@ each access phase.  It runs, interleaved ``--reps`` times:
   zram swap path reads one page per fault: no readahead, since swap readahead is skipped
   for ``SWP_SYNCHRONOUS_IO`` devices in ``mm/memory.c:do_swap_page``);
 * **swapd**: a region of the same size from ``swapd.client`` with a resident limit of
-  LIMIT bytes, served by a ``swapd serve`` started for the run (built-in defaults).
+  LIMIT bytes, served by a ``swapd serve`` started for the run on built-in defaults;
+* **swapd+colocate** (with ``--colocate``): the same with ``[pager] colocate = true``, the
+  opt-in CPU placement that serves each client thread on the CPU it faults on.
 
 Medians are reported.  Targets (issue 4): random at most 2x the kernel; sequential faster
 than the kernel.  The machine's swap and cgroups are left as found: the zram device is
@@ -90,6 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     p.add_argument("--corpus", help="corpus file (default: a synthetic corpus)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--colocate", action="store_true",
+                   help="also run swapd with [pager] colocate = true")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -184,14 +188,18 @@ def _run_child(params: dict[str, object], procs: Path | None) -> dict[str, float
 
 
 @contextlib.contextmanager
-def swapd_daemon(workdir: Path) -> Iterator[str]:
-    """Start ``swapd serve`` on a private socket and state directory; stop it afterwards."""
+def swapd_daemon(workdir: Path, config: str = "") -> Iterator[str]:
+    """Start ``swapd serve`` on a private socket and state directory (with ``config``, TOML
+    text, if given); stop it afterwards."""
     sock = workdir / "swapd.sock"
     state = workdir / "state"
-    state.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "swapd", "serve", "--socket", str(sock),
-                             "--state-dir", str(state)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    state.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "swapd", "serve", "--socket", str(sock),
+           "--state-dir", str(state)]
+    if config:
+        (workdir / "swapd.toml").write_text(config)
+        cmd += ["--config", str(workdir / "swapd.toml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -221,33 +229,41 @@ def run(args: argparse.Namespace) -> int:
     size, limit = parse_size(args.size), parse_size(args.limit)
     base: dict[str, object] = {"size": size, "limit": limit, "seed": args.seed,
                                "corpus": args.corpus, "corpus_pages": 4096}
-    runs: dict[str, list[dict[str, float]]] = {"kernel": [], "swapd": []}
+    sides = ["kernel", "swapd"] + (["swapd+colocate"] if args.colocate else [])
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     # Kernel swap is on only while the kernel side runs: with swap enabled, the daemon's
     # process_madvise(MADV_PAGEOUT) sampling would really swap the client's shmem pages.
     with tempfile.TemporaryDirectory(prefix="swapd-vs-kernel-") as tmp, \
-            swapd_daemon(Path(tmp)) as sock:
+            contextlib.ExitStack() as stack:
+        socks = {"swapd": stack.enter_context(swapd_daemon(Path(tmp) / "default"))}
+        if args.colocate:
+            socks["swapd+colocate"] = stack.enter_context(
+                swapd_daemon(Path(tmp) / "colocate", "[pager]\ncolocate = true\n"))
         for rep in range(args.reps):
             with zram_swap(2 * size) as _dev, memory_cgroup(limit) as procs:
                 runs["kernel"].append(_run_child({**base, "mode": "kernel"}, procs))
-            runs["swapd"].append(_run_child({**base, "mode": "swapd", "socket": sock}, None))
+            for side, sock in socks.items():
+                runs[side].append(_run_child({**base, "mode": "swapd", "socket": sock}, None))
             if not args.json:
-                print(f"rep {rep + 1}/{args.reps}: kernel "
-                      f"{runs['kernel'][-1]['random_ns_per_page']:.0f} / "
-                      f"{runs['kernel'][-1]['sequential_ns_per_page']:.0f} ns, swapd "
-                      f"{runs['swapd'][-1]['random_ns_per_page']:.0f} / "
-                      f"{runs['swapd'][-1]['sequential_ns_per_page']:.0f} ns "
-                      f"(random / sequential)", file=sys.stderr)
+                print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
+                    f"{side} {runs[side][-1]['random_ns_per_page']:.0f} / "
+                    f"{runs[side][-1]['sequential_ns_per_page']:.0f} ns" for side in sides)
+                    + " (random / sequential)", file=sys.stderr)
     keys = ("random_ns_per_page", "sequential_ns_per_page", "fill_ns_per_page")
     result: dict[str, object] = {
         side: {k: statistics.median(r[k] for r in rs) for k in keys} for side, rs in runs.items()
     }
-    k, s = result["kernel"], result["swapd"]
-    assert isinstance(k, dict) and isinstance(s, dict)
-    result["ratios"] = {
-        "random_swapd_over_kernel": s["random_ns_per_page"] / k["random_ns_per_page"],
-        "sequential_swapd_over_kernel": s["sequential_ns_per_page"]
-        / k["sequential_ns_per_page"],
-    }
+    k = result["kernel"]
+    assert isinstance(k, dict)
+    ratios: dict[str, float] = {}
+    for side in sides[1:]:
+        sd = result[side]
+        assert isinstance(sd, dict)
+        tag = side.replace("+", "_")
+        ratios[f"random_{tag}_over_kernel"] = sd["random_ns_per_page"] / k["random_ns_per_page"]
+        ratios[f"sequential_{tag}_over_kernel"] = (sd["sequential_ns_per_page"]
+                                                  / k["sequential_ns_per_page"])
+    result["ratios"] = ratios
     result["params"] = {"size": size, "limit": limit, "reps": args.reps, "seed": args.seed,
                         "corpus": args.corpus or "synthetic"}
     if args.json:
@@ -260,14 +276,14 @@ def run(args: argparse.Namespace) -> int:
                         f"median of {args.reps}")
     for col in ("side", "fill ns/page", "random ns/page", "sequential ns/page"):
         table.add_column(col, justify="right")
-    for side in ("kernel", "swapd"):
+    for side in sides:
         r = result[side]
         assert isinstance(r, dict)
         table.add_row(side, f"{r['fill_ns_per_page']:.0f}", f"{r['random_ns_per_page']:.0f}",
                       f"{r['sequential_ns_per_page']:.0f}")
-    ratios = result["ratios"]
-    assert isinstance(ratios, dict)
-    table.add_row("swapd/kernel", "", f"{ratios['random_swapd_over_kernel']:.2f}x",
-                  f"{ratios['sequential_swapd_over_kernel']:.2f}x")
+    for side in sides[1:]:
+        tag = side.replace("+", "_")
+        table.add_row(f"{side}/kernel", "", f"{ratios[f'random_{tag}_over_kernel']:.2f}x",
+                      f"{ratios[f'sequential_{tag}_over_kernel']:.2f}x")
     Console().print(table)
     return 0
