@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import Any, NoReturn
 
 from swapd.errors import AlreadyTrackedError, ConfigError, InvariantError
+from swapd.policy import Key, Policy
 
 
 def fail(policy: str, msg: str) -> NoReturn:
@@ -66,3 +67,42 @@ def check_disjoint(policy: str, **parts: Any) -> None:
             common = parts[a].keys() & parts[b].keys()
             if common:
                 fail(policy, f"{a} and {b} share {sorted(map(repr, common))[:3]}")
+
+
+class QueuePolicy(Policy):
+    """Base of the policies kept as one ordered queue, coldest (or oldest) first: LRU and
+    FIFO.  Subclasses give ``access`` (and their own fast ``request``/``replay``)."""
+
+    def __init__(self, capacity: int | None = None, **params: Any) -> None:
+        super().__init__(capacity, **params)
+        self._od: OrderedDict[Key, None] = OrderedDict()  # the victim end first
+
+    def insert(self, key: Key) -> None:
+        """Track ``key`` at the far end from the victims.  O(1)."""
+        od = self._od
+        if key in od:
+            already_tracked(self.name, key)
+        od[key] = None
+
+    def remove(self, key: Key) -> None:
+        """Stop tracking ``key`` (KeyError if untracked).  O(1)."""
+        del self._od[key]
+
+    def victims(self, n: int = 1) -> list[Key]:
+        """Untrack and return up to ``n`` keys from the victim end, in order.  O(n)."""
+        od = self._od
+        n = min(n, len(od))
+        pop = od.popitem
+        return [pop(last=False)[0] for _ in range(n)]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._od
+
+    def __len__(self) -> int:
+        return len(self._od)
+
+    def _check(self) -> None:
+        """Every tracked key maps to None.  O(n)."""
+        for k, v in self._od.items():
+            if v is not None:
+                fail(self.name, f"key {k!r} maps to {v!r}, not None")

@@ -25,51 +25,21 @@ structure with a second-chance bit added, which is our ``clock``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
 
-from swapd.policy import Key, Policy
-from swapd.policy._util import already_tracked, fail
+from swapd.policy import Key
+from swapd.policy._util import QueuePolicy
 
 
-class LRU(Policy):
+class LRU(QueuePolicy):
     """Least recently used; O(1) per operation."""
 
     name = "lru"
     description = "least recently used (OrderedDict), libCacheSim LRU"
 
-    def __init__(self, capacity: int | None = None, **params: Any) -> None:
-        super().__init__(capacity, **params)
-        self._od: OrderedDict[Key, None] = OrderedDict()  # coldest first
-
-    def insert(self, key: Key) -> None:
-        """Track ``key`` as the most recently used.  O(1)."""
-        od = self._od
-        if key in od:
-            already_tracked(self.name, key)
-        od[key] = None
-
     def access(self, key: Key) -> None:
         """Make tracked ``key`` the most recently used (KeyError if untracked).  O(1)."""
         self._od.move_to_end(key)
-
-    def remove(self, key: Key) -> None:
-        """Stop tracking ``key`` (KeyError if untracked).  O(1)."""
-        del self._od[key]
-
-    def victims(self, n: int = 1) -> list[Key]:
-        """Untrack and return up to ``n`` least recently used keys, coldest first.  O(n)."""
-        od = self._od
-        n = min(n, len(od))
-        pop = od.popitem
-        return [pop(last=False)[0] for _ in range(n)]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._od
-
-    def __len__(self) -> int:
-        return len(self._od)
 
     def request(self, key: Key) -> bool:
         """One simulator step, same result as ``Policy.request``.  O(1) amortized."""
@@ -113,9 +83,3 @@ class LRU(Policy):
                     pop(last=False)
                 od[k] = None
         return misses
-
-    def _check(self) -> None:
-        """Every tracked key maps to None.  O(n)."""
-        for k, v in self._od.items():
-            if v is not None:
-                fail(self.name, f"key {k!r} maps to {v!r}, not None")
