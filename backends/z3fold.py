@@ -75,11 +75,12 @@ import mmap
 import threading
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
+from backends._objtable import ObjectTablePool
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
-from swapd.backend import Backend, Buffer, PoolStats
-from swapd.errors import ConfigError, DoubleFreeError, InvalidHandleError, InvariantError
+from swapd.backend import PoolStats
+from swapd.errors import ConfigError, InvariantError
 
 NCHUNKS_ORDER = 6
 CHUNK_SHIFT = PAGE_SHIFT - NCHUNKS_ORDER
@@ -147,7 +148,7 @@ class _Page:
         self.queued = False  # NEEDS_COMPACTING: off the lists until compaction runs
 
 
-class Z3foldPool(Backend):
+class Z3foldPool(ObjectTablePool):
     """A z3fold pool: first/middle/last buddies, headless pages, in-page compaction.
 
     Options: ``compact_on_free`` (default True: run the kernel's per-free
@@ -277,34 +278,6 @@ class Z3foldPool(Backend):
             else:
                 page.queued = True
                 self._queued[pfn] = None
-
-    def read(self, handle: int) -> bytes:
-        """Return a copy of the object.  O(size)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            off = rec[0]
-            return self._mm[off : off + rec[1]]
-
-    def write(self, handle: int, data: Buffer) -> None:
-        """Store ``data`` (exactly the object's size) into the object.  O(size)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            off, size = rec[0], rec[1]
-            if type(data) is not bytes or len(data) != size:
-                data = self._check_data(data, size)
-            self._mm[off : off + size] = data
-
-    def size_of(self, handle: int) -> int:
-        """Size in bytes of a live object (InvalidHandleError otherwise).  O(1)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            return rec[1]
 
     def total_pages(self) -> int:
         """Pages the pool holds, headless ones included (z3fold_get_pool_size).  O(1)."""
@@ -546,14 +519,6 @@ class Z3foldPool(Backend):
         else:
             page.start_middle = dst
         self._in_page += 1
-
-    def _raise_bad_handle(self, handle: object, *, freeing: bool) -> NoReturn:
-        """Raise DoubleFreeError / InvalidHandleError for a handle not live (under _lock)."""
-        if type(handle) is int and 0 < handle < self._next_handle:
-            if freeing:
-                raise DoubleFreeError(f"z3fold: handle {handle} was already freed")
-            raise InvalidHandleError(f"z3fold: handle {handle} was freed")
-        raise InvalidHandleError(f"z3fold: handle {handle!r} was never allocated by this pool")
 
     # -- invariants ---------------------------------------------------------------------
 

@@ -42,11 +42,12 @@ from __future__ import annotations
 import mmap
 import threading
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
+from backends._objtable import ObjectTablePool
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
-from swapd.backend import Backend, Buffer, PoolStats
-from swapd.errors import DoubleFreeError, InvalidHandleError, InvariantError
+from swapd.backend import PoolStats
+from swapd.errors import InvariantError
 
 NCHUNKS_ORDER = 6
 CHUNK_SHIFT = PAGE_SHIFT - NCHUNKS_ORDER
@@ -86,7 +87,7 @@ class Placement:
     chunks: int
 
 
-class ZbudPool(Backend):
+class ZbudPool(ObjectTablePool):
     """A zbud pool: two buddies per page, unbuddied lists indexed by free chunks.
 
     Thread-safe: every method takes the pool lock (the kernel's zbud_pool.lock).
@@ -192,34 +193,6 @@ class ZbudPool(Backend):
                 lists[idx][pfn] = None
                 self._mask |= 1 << idx
 
-    def read(self, handle: int) -> bytes:
-        """Return a copy of the object.  O(size)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            off = rec[0]
-            return self._mm[off : off + rec[1]]
-
-    def write(self, handle: int, data: Buffer) -> None:
-        """Store ``data`` (exactly the object's size) into the object.  O(size)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            off, size = rec[0], rec[1]
-            if type(data) is not bytes or len(data) != size:
-                data = self._check_data(data, size)
-            self._mm[off : off + size] = data
-
-    def size_of(self, handle: int) -> int:
-        """Size in bytes of a live object (InvalidHandleError otherwise).  O(1)."""
-        with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            return rec[1]
-
     def total_pages(self) -> int:
         """Pages the pool holds (zbud_get_pool_size).  O(1)."""
         return len(self._pages)
@@ -265,14 +238,6 @@ class ZbudPool(Backend):
             return NCHUNKS - page[FIRST] - page[LAST]
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _raise_bad_handle(self, handle: object, *, freeing: bool) -> NoReturn:
-        """Raise DoubleFreeError / InvalidHandleError for a handle not live (under _lock)."""
-        if type(handle) is int and 0 < handle < self._next_handle:
-            if freeing:
-                raise DoubleFreeError(f"zbud: handle {handle} was already freed")
-            raise InvalidHandleError(f"zbud: handle {handle} was freed")
-        raise InvalidHandleError(f"zbud: handle {handle!r} was never allocated by this pool")
 
     def _check(self) -> None:
         """Verify every invariant of the layout (raises InvariantError).  O(objects + pages)."""
