@@ -88,6 +88,18 @@ class QueuePolicy(Policy):
         """Stop tracking ``key`` (KeyError if untracked).  O(1)."""
         del self._od[key]
 
+    def _admit(self, key: Key) -> None:
+        """The miss half of ``request``: evict from the victim end down to room for one,
+        then track ``key``.  O(evicted)."""
+        od = self._od
+        cap = self.capacity
+        if cap is not None:
+            over = len(od) + 1 - cap
+            while over > 0:
+                od.popitem(last=False)
+                over -= 1
+        od[key] = None
+
     def victims(self, n: int = 1) -> list[Key]:
         """Untrack and return up to ``n`` keys from the victim end, in order.  O(n)."""
         od = self._od
@@ -106,3 +118,18 @@ class QueuePolicy(Policy):
         for k, v in self._od.items():
             if v is not None:
                 fail(self.name, f"key {k!r} maps to {v!r}, not None")
+
+
+class EvictOnePolicy(Policy):
+    """Base of the policies whose eviction is one step repeated (SIEVE's hand, S3-FIFO's
+    and 2Q's queue walks): subclasses give ``_evict_one``, which untracks and returns the
+    next victim of a non-empty cache."""
+
+    def _evict_one(self) -> Key:
+        raise NotImplementedError
+
+    def victims(self, n: int = 1) -> list[Key]:
+        """Untrack and return up to ``n`` keys in eviction order.  O(n) amortized."""
+        n = min(n, len(self))
+        ev = self._evict_one
+        return [ev() for _ in range(n)]

@@ -40,13 +40,7 @@ class FIFO(QueuePolicy):
         od = self._od
         if key in od:
             return True
-        cap = self.capacity
-        if cap is not None:
-            over = len(od) + 1 - cap
-            while over > 0:
-                od.popitem(last=False)
-                over -= 1
-        od[key] = None
+        self._admit(key)
         return False
 
     def replay(self, keys: Iterable[Key]) -> int:

@@ -47,13 +47,7 @@ class LRU(QueuePolicy):
         if key in od:
             od.move_to_end(key)
             return True
-        cap = self.capacity
-        if cap is not None:
-            over = len(od) + 1 - cap
-            while over > 0:
-                od.popitem(last=False)
-                over -= 1
-        od[key] = None
+        self._admit(key)
         return False
 
     def replay(self, keys: Iterable[Key]) -> int:

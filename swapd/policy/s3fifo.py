@@ -55,11 +55,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from swapd.policy import Key, Policy
-from swapd.policy._util import already_tracked, check_disjoint, fail, flag, integer, ratio
+from swapd.policy import Key
+from swapd.policy._util import (
+    EvictOnePolicy,
+    already_tracked,
+    check_disjoint,
+    fail,
+    flag,
+    integer,
+    ratio,
+)
 
 
-class S3FIFO(Policy):
+class S3FIFO(EvictOnePolicy):
     """S3-FIFO (SOSP '23); O(1) amortized per operation."""
 
     name = "s3fifo"
@@ -177,12 +185,6 @@ class S3FIFO(Policy):
             self._ghost_limit_last = limit
             return k
         return self._evict_main()
-
-    def victims(self, n: int = 1) -> list[Key]:
-        """Untrack and return up to ``n`` keys in eviction order.  O(n) amortized."""
-        n = min(n, len(self))
-        ev = self._evict_one
-        return [ev() for _ in range(n)]
 
     def __contains__(self, key: object) -> bool:
         return key in self._small or key in self._main

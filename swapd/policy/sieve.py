@@ -38,8 +38,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from swapd.policy import Key, Policy
-from swapd.policy._util import already_tracked, fail
+from swapd.policy import Key
+from swapd.policy._util import EvictOnePolicy, already_tracked, fail
 
 
 class _Node:
@@ -54,7 +54,7 @@ class _Node:
         self.visited = False
 
 
-class Sieve(Policy):
+class Sieve(EvictOnePolicy):
     """SIEVE (NSDI '24); O(1) amortized per operation."""
 
     name = "sieve"
@@ -114,15 +114,6 @@ class Sieve(Policy):
         self._unlink(node)
         del self._nodes[node.key]
         return node.key
-
-    def victims(self, n: int = 1) -> list[Key]:
-        """Move the hand; untrack and return up to ``n`` unvisited keys in eviction order.
-
-        O(n) amortized (each pass over a visited key consumes one earlier hit).
-        """
-        n = min(n, len(self._nodes))
-        ev = self._evict_one
-        return [ev() for _ in range(n)]
 
     def __contains__(self, key: object) -> bool:
         return key in self._nodes

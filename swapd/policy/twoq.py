@@ -40,11 +40,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from swapd.policy import Key, Policy
-from swapd.policy._util import already_tracked, check_disjoint, fail, ratio
+from swapd.policy import Key
+from swapd.policy._util import EvictOnePolicy, already_tracked, check_disjoint, fail, ratio
 
 
-class TwoQ(Policy):
+class TwoQ(EvictOnePolicy):
     """Full 2Q (VLDB '94); O(1) amortized per operation."""
 
     name = "2q"
@@ -129,12 +129,6 @@ class TwoQ(Policy):
             self._kout_last = kout
             return k
         return am.popitem(last=False)[0]
-
-    def victims(self, n: int = 1) -> list[Key]:
-        """Untrack and return up to ``n`` keys in eviction order.  O(n) amortized."""
-        n = min(n, len(self))
-        ev = self._evict_one
-        return [ev() for _ in range(n)]
 
     def __contains__(self, key: object) -> bool:
         return key in self._a1in or key in self._am
