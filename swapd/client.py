@@ -68,8 +68,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from swapd import protocol
 from swapd.config import default_socket_path
-from swapd.daemon import protocol
 from swapd.errors import (
     DaemonGoneError,
     ProtocolError,

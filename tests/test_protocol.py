@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from swapd.daemon import protocol
+from swapd import protocol
 from swapd.errors import DaemonGoneError, ProtocolError
 from tests.test_daemon_helpers import BASE_CONFIG, ROOT, DaemonProc, needs_uffd
 

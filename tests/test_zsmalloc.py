@@ -473,7 +473,7 @@ def test_check_catches_corruption(pool: ZsPool) -> None:
 def test_bench_locks_runs_both_modes() -> None:
     # The `swapd bench locks` machinery on a tiny run: both modes, content verified inside,
     # and every page back in the arena (run_once checks it and raises otherwise).
-    from tests.bench.locks import WORKLOADS, classes_touched, run_once
+    from swapd.bench.locks import WORKLOADS, classes_touched, run_once
 
     few, many = WORKLOADS
     assert classes_touched(few) <= 3 < 50 < classes_touched(many)

@@ -2,7 +2,7 @@
 
 Design.  One main thread runs an epoll loop over the listening socket, every
 client's control socket and pidfd, and every region's userfaultfd; it parses
-control requests (``swapd.daemon.protocol``), serves faults through the
+control requests (``swapd.protocol``), serves faults through the
 :class:`~swapd.daemon.pager.Pager`, and ends a session on pidfd POLLIN/POLLHUP
 (the client exited -- nothing arrives on a uffd then), socket EOF, or ESRCH
 from an ioctl.  A second thread, the :class:`~swapd.daemon.reclaim.Reclaimer`,
@@ -50,8 +50,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from swapd import protocol
 from swapd.config import PAGE_SIZE, Config
-from swapd.daemon import protocol
 from swapd.daemon.pager import Pager
 from swapd.daemon.reclaim import Reclaimer
 from swapd.daemon.session import (

@@ -20,6 +20,8 @@ from swapd.config import load_config, replace
 
 log = logging.getLogger("swapd.serve")
 
+HELP = "run the swap daemon"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``swapd serve``'s options (socket, config, state dir, record, check)."""

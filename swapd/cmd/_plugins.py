@@ -1,4 +1,4 @@
-"""``swapd backends`` and ``swapd policies``: list plugins and their load status.
+"""The listing shared by ``swapd backends`` and ``swapd policies``.
 
 A plugin that fails to load is listed with the reason; the others still load.
 Exit status is 0 when at least one plugin of the group loaded.
@@ -12,7 +12,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from swapd.plugins import BACKENDS_GROUP, POLICIES_GROUP, discover
+from swapd.plugins import discover
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _list(group: str, title: str, args: argparse.Namespace) -> int:
+def list_group(group: str, title: str, args: argparse.Namespace) -> int:
+    """Print the plugins of ``group`` (table or JSON); 0 when at least one loaded."""
     infos = discover(group)
     if args.json:
         print(json.dumps([
@@ -37,17 +38,3 @@ def _list(group: str, title: str, args: argparse.Namespace) -> int:
             table.add_row(i.name, i.description, i.version, status)
         Console().print(table)
     return 0 if any(i.ok for i in infos) else 1
-
-
-def run_backends(args: argparse.Namespace) -> int:
-    """``swapd backends``: list the allocator backends."""
-    return _list(BACKENDS_GROUP, "allocator backends (entry points: swapd.backends)", args)
-
-
-def run_policies(args: argparse.Namespace) -> int:
-    """``swapd policies``: list the victim-selection policies."""
-    return _list(POLICIES_GROUP, "policies (entry points: swapd.policies)", args)
-
-
-add_backends_arguments = add_arguments
-add_policies_arguments = add_arguments

@@ -40,6 +40,8 @@ from swapd.errors import ConfigError, SwapdError
 
 PATCH = 64  # bytes written per page write
 
+HELP = "run the daemon with a demo client and verify its data"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``swapd demo``'s options (size, limit, socket, corpus, pool, ops, seed, output)."""

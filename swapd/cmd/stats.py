@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+HELP = "print a running daemon's counters"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``swapd stats``'s options (socket, --json)."""

@@ -29,6 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 from swapd.arena import PAGE_SIZE
+from swapd.bench.common import (
+    add_backend_arguments,
+    add_corpus_arguments,
+    backend_names,
+    load_corpus,
+    print_json,
+    print_table,
+)
 from swapd.compress import get_compressor, same_filled_value
 from swapd.errors import StoreRejected
 from swapd.layer import (
@@ -40,14 +48,6 @@ from swapd.layer import (
     TierLimits,
 )
 from swapd.plugins import make_backend
-from tests.bench.common import (
-    add_backend_arguments,
-    add_corpus_arguments,
-    backend_names,
-    load_corpus,
-    print_json,
-    print_table,
-)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

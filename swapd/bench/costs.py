@@ -129,7 +129,7 @@ def _evict(pages: list[bytes], reps: int) -> float:
 
 
 def _fault(reps: int, workdir: Path) -> float:
-    from tests.bench.faults import bare_side
+    from swapd.bench.faults import bare_side
 
     meds = []
     for r in range(reps):

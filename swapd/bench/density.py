@@ -41,10 +41,7 @@ from typing import Any
 import lz4.block
 
 from swapd.arena import PAGE_SIZE
-from swapd.compress import same_filled_value
-from swapd.corpus import Corpus
-from swapd.plugins import make_backend
-from tests.bench.common import (
+from swapd.bench.common import (
     add_backend_arguments,
     add_corpus_arguments,
     backend_names,
@@ -53,6 +50,9 @@ from tests.bench.common import (
     print_json,
     print_table,
 )
+from swapd.compress import same_filled_value
+from swapd.corpus import Corpus
+from swapd.plugins import make_backend
 
 BUCKET = 512  # histogram bucket width, bytes of compressed length
 

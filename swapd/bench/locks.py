@@ -55,7 +55,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from backends.zsmalloc import ZsPool
-from tests.bench.common import print_json, print_table
+from swapd.bench.common import print_json, print_table
 
 MODES = ("class", "pool")
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from swapd.arena import PAGE_SIZE
+from swapd.bench.common import add_corpus_arguments, load_corpus, print_json, print_table
 from swapd.errors import StoreRejected
 from swapd.layer import CompressedTier, DiskTier, LayerConfig, SwapLayer, TierLimits
 from swapd.plugins import make_backend
-from tests.bench.common import add_corpus_arguments, load_corpus, print_json, print_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

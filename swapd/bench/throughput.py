@@ -29,9 +29,7 @@ import lz4.block
 
 from swapd.arena import PAGE_SIZE
 from swapd.backend import Backend
-from swapd.compress import same_filled_value
-from swapd.plugins import make_backend
-from tests.bench.common import (
+from swapd.bench.common import (
     add_backend_arguments,
     add_corpus_arguments,
     backend_names,
@@ -40,6 +38,8 @@ from tests.bench.common import (
     print_json,
     print_table,
 )
+from swapd.compress import same_filled_value
+from swapd.plugins import make_backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

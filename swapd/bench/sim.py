@@ -42,6 +42,7 @@ def ordereddict_lru(keys: Sequence[int], cap: int) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the bench's options (trace length, capacity, repetitions, full mode)."""
     p.add_argument("--requests", type=int, default=300_000, help="policy-only trace length")
     p.add_argument("--pages", type=int, default=30_000, help="distinct pages of the zipf trace")
     p.add_argument("--capacity", type=int, default=3_000)
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run policy-only and full mode; print a table or JSON; returns 0."""
     from swapd.sim.gen import generate
     from swapd.sim.policy_only import run_policy_only
 

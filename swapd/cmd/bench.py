@@ -1,0 +1,60 @@
+"""``swapd bench NAME``: the benchmarks (one module each under ``swapd/bench/``).
+
+Targets are ratios measured side by side in one run; medians of interleaved
+repetitions are reported.  ``tests/bench/RESULTS.md`` records the figures with
+the commands that made them.  Benchmarks never run in the test suite.
+
+A module ``swapd/bench/NAME.py`` is ``swapd bench NAME`` (underscores become
+dashes) when it defines ``add_arguments(parser)`` and ``run(args) -> int``;
+its docstring's first line is the one-line help.  Helpers (``common``) define
+neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import swapd.bench
+
+HELP = "run a benchmark (code under swapd/bench/)"
+__all__ = ["HELP", "add_arguments", "bench_modules", "run"]
+
+
+def bench_modules() -> list[str]:
+    """Module names under ``swapd.bench``, sorted.  O(files)."""
+    return sorted(m.name for m in pkgutil.iter_modules(swapd.bench.__path__)
+                  if not m.name.startswith("_"))
+
+
+def _unavailable(reason: str, name: str) -> int:
+    print(f"error: bench {name} is unavailable: {reason}", file=sys.stderr)
+    return 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One subcommand per benchmark module; a module that fails to import is listed with why."""
+    bsub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for mod in bench_modules():
+        name = mod.replace("_", "-")
+        try:
+            m = importlib.import_module(f"swapd.bench.{mod}")
+        except Exception as exc:  # a broken bench must not break the others
+            reason = f"{type(exc).__name__}: {exc}"
+            q = bsub.add_parser(name, help=f"(unavailable: {reason})")
+            q.set_defaults(_run=lambda a, r=reason, n=name: _unavailable(r, n))
+            continue
+        if not (hasattr(m, "add_arguments") and hasattr(m, "run")):
+            continue
+        doc = (m.__doc__ or "").strip().splitlines()
+        q = bsub.add_parser(name, help=doc[0] if doc else name, description=m.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        m.add_arguments(q)
+        q.set_defaults(_run=m.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark (argparse set ``_run`` on the subcommand)."""
+    return int(args._run(args) or 0)
