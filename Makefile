@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test venv lint typecheck pytest clean
 
-$(BIN)/swapd: pyproject.toml
+$(BIN)/swapd: pyproject.toml .ci/debian-packages
+	bash .ci/install-debian-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
