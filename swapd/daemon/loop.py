@@ -1,0 +1,217 @@
+"""The daemon's event loop: one epoll over every descriptor the daemon serves.
+
+Design.  The loop thread waits on one epoll set holding the listening socket,
+every client's control socket and pidfd, every region's userfaultfd and a wake
+pipe.  Each ready descriptor is handled by kind: a userfaultfd by the
+:class:`~swapd.daemon.pager.Pager` (then direct reclaim if the session is over
+its limit), a control socket by :class:`~swapd.daemon.ops.Ops`, a pidfd by ending
+the session (the client exited: nothing arrives on a userfaultfd then), the
+listening socket by :class:`~swapd.daemon.admission.Admission`.  Within one
+batch of events, faults go first and departures before admissions (quotas).
+With inline reclaim (``[reclaim] inline``) the loop evicts one batch whenever it
+finds no event, and sweeps the software referenced bit and runs the layer's
+shrinker on its interval.  The loop feeds the watchdog (``WATCHDOG=1``), sends
+``STATUS=`` when the number of clients changes, and runs every invariant check
+once a second under ``--check``.  A handler's unexpected exception costs its
+client the session, never the loop (an :class:`InvariantError` stops it).
+
+Lock order: ``EventLoop.fd_lock`` (the descriptor table) is a leaf.  Only the
+loop thread reads sockets and userfaultfds; the reclaimer thread may call
+:meth:`EventLoop.forget` and :meth:`EventLoop.serve_faults_now` (a no-op off the
+loop thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from swapd.daemon.session import ManagedRegion, Session
+from swapd.errors import ClientGoneError, InvariantError
+from swapd.kernel.errors import KernelError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from swapd.daemon.server import Daemon
+
+log = logging.getLogger("swapd.daemon.server")
+
+__all__ = ["EventLoop"]
+
+_ORDER = {"uffd": 0, "pidfd": 1, "conn": 2, "wake": 3, "listen": 4}  # per epoll batch
+
+
+class EventLoop:
+    """The epoll loop of one daemon (see the module docstring)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.ep = select.epoll()
+        self.fd_lock = threading.Lock()  # leaf; guards fds and epoll registration
+        self.fds: dict[int, tuple[str, Any]] = {}  # fd -> (kind, object), under fd_lock
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.register(self._wake_r, "wake", None)
+        self._stop = False
+        self._thread: threading.Thread | None = None  # the thread running run()
+        self._yielding = False  # inside serve_faults_now: no nested reclaim
+        self._status = ""
+        self._status_n = -1  # session count of the last STATUS= (loop thread)
+
+    # --- the descriptor table ------------------------------------------------------------
+
+    def register(self, fd: int, kind: str, obj: Any) -> None:
+        """Watch ``fd`` for input; ``kind`` is uffd, conn, pidfd, listen or wake."""
+        with self.fd_lock:
+            self.fds[fd] = (kind, obj)
+            self.ep.register(fd, select.EPOLLIN)
+
+    def forget(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed).  Idempotent; any thread."""
+        if fd < 0:
+            return
+        with self.fd_lock:
+            if self.fds.pop(fd, None) is not None:
+                with contextlib.suppress(OSError):
+                    self.ep.unregister(fd)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (thread- and signal-safe)."""
+        self._stop = True
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        """Close the epoll set and the wake pipe (after :meth:`run` returned)."""
+        self.ep.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def run(self, *, ready: Callable[[], None] | None = None) -> None:
+        """Serve until :meth:`stop`.  Notifies READY=1 once the socket is being served."""
+        d = self.daemon
+        assert d.pager is not None and d.reclaimer is not None and d.layer is not None
+        self._thread = threading.current_thread()
+        cfg = d.cfg
+        wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        wd_interval = cfg.daemon.watchdog_interval_s or (wd_usec / 2e6 if wd_usec else 0)
+        next_wd = 0.0
+        next_check = 0.0
+        d.notify("READY=1\nSTATUS=serving " + str(d.socket_path))
+        if ready is not None:
+            ready()
+        ep = self.ep
+        fds = self.fds
+        reclaimer = d.reclaimer
+        layer = d.layer
+        inline = cfg.reclaim.inline
+        interval = cfg.reclaim.interval_ms / 1000.0
+        next_sweep = 0.0
+        while not self._stop:
+            busy = inline and reclaimer.needs_work()
+            events = ep.poll(0 if busy else (interval if inline else 0.5))
+            if busy and not events:
+                reclaimer.step()  # idle between faults: evict one batch
+            t0 = time.perf_counter_ns()
+            if len(events) > 1:  # departures before admissions (quota), faults first
+                events.sort(key=lambda e: _ORDER.get(fds.get(e[0], ("",))[0], 0))
+            for fd, _mask in events:
+                entry = fds.get(fd)
+                if entry is None:
+                    continue
+                try:
+                    self.on_event(entry, t0)
+                except InvariantError:
+                    raise
+                except Exception:  # a bug must cost one client, not all of them
+                    log.exception("handling %s failed", entry[0])
+                    owner = entry[1]
+                    s = getattr(owner, "session", owner)
+                    if isinstance(s, Session):
+                        d.end_session(s, "internal error (see the log)")
+            now = time.monotonic()
+            if inline and now >= next_sweep:
+                reclaimer.sweep_refbits()
+                layer.shrink_step()
+                next_sweep = now + interval
+            if wd_interval and now >= next_wd:
+                d.notify("WATCHDOG=1")
+                next_wd = now + wd_interval
+            if cfg.daemon.check_invariants and now >= next_check:
+                d.check()
+                next_check = now + 1.0
+            if len(d.sessions) != self._status_n:  # no formatting on the fault path
+                self._update_status()
+        d.notify("STOPPING=1")
+
+    def serve_faults_now(self) -> None:
+        """Eviction on the loop thread (inline reclaim, direct reclaim, ``advise cold``),
+        phase 2: serve the uffd events that are pending right now.
+
+        Other descriptors are left for the main loop (epoll is level-triggered);
+        no reclaim runs from here.
+        """
+        if self._yielding or threading.current_thread() is not self._thread:
+            return  # the reclaimer thread's batches: the loop serves faults meanwhile
+        self._yielding = True
+        try:
+            events = self.ep.poll(0)
+            if not events:
+                return
+            t0 = time.perf_counter_ns()
+            for fd, _mask in events:
+                entry = self.fds.get(fd)
+                if entry is not None and entry[0] == "uffd":
+                    self.on_event(entry, t0)
+        finally:
+            self._yielding = False
+
+    def on_event(self, entry: tuple[str, Any], t0: int) -> None:
+        """Handle one ready descriptor of the epoll table."""
+        d = self.daemon
+        pager, reclaimer = d.pager, d.reclaimer
+        assert pager is not None and reclaimer is not None
+        kind, obj = entry
+        if kind == "uffd":
+            region: ManagedRegion = obj
+            try:
+                pager.handle_events(region, t0)
+            except ClientGoneError as exc:
+                d.end_session(region.session, str(exc))
+                return
+            except KernelError as exc:
+                log.error("region %s: %s", region.id, exc)
+                with region.session.lock:
+                    pager.drop_region_locked(region, f"uffd failed: {exc}")
+                return
+            s = region.session
+            if s.resident > s.limit_pages and not s.dead and not self._yielding:
+                reclaimer.direct(s)
+        elif kind == "conn":
+            d.ops.on_conn(obj)
+        elif kind == "pidfd":
+            d.end_session(obj, "client process exited")
+        elif kind == "listen":
+            assert d.listener is not None
+            d.admission.accept(d.listener)
+        elif kind == "wake":
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+
+    def _update_status(self) -> None:
+        d = self.daemon
+        n = self._status_n = len(d.sessions)
+        status = f"STATUS=serving {n} client{'s' if n != 1 else ''}"
+        if status != self._status:
+            self._status = status
+            d.notify(status)

@@ -1,0 +1,287 @@
+"""The control requests: reading a client's frames, dispatching them, replying.
+
+Each request of docs/protocol.md is one ``_op_NAME`` method taking the session,
+the decoded object and the descriptors that came with the frame, and returning
+the reply's result fields or raising :class:`~swapd.daemon.errors.Refused` with
+a protocol error code.  Descriptors a handler does not take (it sets their slot
+to -1 when it does) are closed after it returns; an error of one request costs
+nothing but its reply, and a bug (an unexpected exception) costs that request an
+``internal`` reply.  A client that does not read its replies loses its session.
+
+Runs on the loop thread only.  Lock order: ``Session.lock`` -> ``Daemon.lock``
+-> layer locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from swapd import protocol
+from swapd.config import PAGE_SIZE
+from swapd.daemon.errors import Refused
+from swapd.daemon.procfs import check_mapping, fd_kind
+from swapd.daemon.session import ManagedRegion, Session
+from swapd.daemon.stats import all_stats, session_stats
+from swapd.errors import ProtocolError, SwapdError
+from swapd.kernel import memfd as kmemfd
+from swapd.kernel import uffd as kuffd
+from swapd.kernel.errors import KernelError
+
+if TYPE_CHECKING:
+    import socket
+
+    from swapd.daemon.server import Daemon
+
+log = logging.getLogger("swapd.daemon.server")
+
+__all__ = ["Connection", "Ops"]
+
+_REQUIRED_FEATURES = kuffd.UFFD_FEATURE_MISSING_SHMEM | kuffd.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+
+
+class Connection:
+    """A client's control socket and its frame reader (loop thread only)."""
+
+    def __init__(self, sock: socket.socket, session: Session) -> None:
+        self.sock = sock
+        self.reader = protocol.FrameReader(sock)
+        self.session = session
+        self.closed = False
+
+
+class Ops:
+    """The request handlers of one daemon (see the module docstring)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_conn(self, conn: Connection) -> None:
+        """Read what `conn` sent; answer every whole frame; end the session on EOF or error."""
+        if conn.closed:
+            return
+        try:
+            conn.reader.feed()
+        except OSError as exc:
+            self.daemon.end_session(conn.session, f"socket error: {exc}")
+            return
+        for obj, fds in conn.reader.frames():
+            try:
+                reply = self._dispatch(conn.session, obj, fds)
+            finally:
+                for fd in fds:  # whatever a handler did not take
+                    if fd >= 0:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+            if not self._reply(conn, reply):
+                return
+            if conn.session.dead:
+                return
+        if conn.reader.fatal is not None:
+            self._reply(conn, protocol.error_reply(None, "malformed", conn.reader.fatal))
+            self.daemon.end_session(conn.session, f"protocol error: {conn.reader.fatal}")
+            return
+        if conn.reader.eof:
+            self.daemon.end_session(conn.session, "control socket closed")
+
+    def _reply(self, conn: Connection, reply: dict[str, Any]) -> bool:
+        try:
+            data = protocol.encode(reply)
+        except ProtocolError as exc:
+            data = protocol.encode(protocol.error_reply(reply.get("id"), "internal", str(exc)))
+        try:
+            sent = conn.sock.send(data)
+            if sent != len(data):
+                raise BlockingIOError(errno.EAGAIN, "short send")
+        except OSError as exc:
+            # a client that does not read its replies, or has gone
+            self.daemon.end_session(conn.session, f"cannot send reply: {exc}")
+            return False
+        return True
+
+    # --- requests -------------------------------------------------------------------------
+
+    def _dispatch(self, session: Session, obj: dict[str, Any] | ProtocolError,
+                  fds: list[int]) -> dict[str, Any]:
+        if isinstance(obj, ProtocolError):
+            return protocol.error_reply(None, "malformed", str(obj).removeprefix("malformed: "))
+        req_id = obj.get("id")
+        if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int)):
+            return protocol.error_reply(None, "bad_request", "'id' must be an integer")
+        op = obj.get("op")
+        try:
+            if not isinstance(op, str):
+                raise Refused("bad_request", "missing 'op' (a string)")
+            if op not in protocol.OPS:
+                raise Refused("unknown_op", f"unknown op {op!r} (known: "
+                              f"{', '.join(protocol.OPS)})")
+            if op != "map" and fds:
+                raise Refused("bad_fd", f"op {op!r} takes no file descriptors, got {len(fds)}")
+            if op != "hello" and not session.hello:
+                raise Refused("bad_request", "the first request must be 'hello'")
+            handler = getattr(self, f"_op_{op}")
+            result: dict[str, Any] = handler(session, obj, fds)
+        except Refused as r:
+            return protocol.error_reply(req_id, r.code, r.message)
+        except (SwapdError, OSError) as exc:
+            log.exception("request %r of client %d failed", op, session.id)
+            return protocol.error_reply(req_id, "internal", f"{type(exc).__name__}: {exc}")
+        return {"id": req_id, "ok": True, **result}
+
+    @staticmethod
+    def _int(obj: dict[str, Any], key: str, *, minimum: int = 0) -> int:
+        v = obj.get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise Refused("bad_request", f"{key!r} must be an integer, got {v!r}")
+        if v < minimum:
+            raise Refused("bad_request", f"{key!r} must be >= {minimum}, got {v}")
+        return v
+
+    def _op_hello(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if session.hello:
+            raise Refused("bad_request", "hello was already done")
+        v = obj.get("version")
+        if v != protocol.PROTOCOL_VERSION:
+            raise Refused("version", f"protocol version {v!r} is not supported; this daemon "
+                          f"speaks version {protocol.PROTOCOL_VERSION}")
+        name = obj.get("name", "")
+        session.name = name[:64] if isinstance(name, str) else ""
+        session.hello = True
+        lim = self.daemon.cfg.limits
+        return {"version": protocol.PROTOCOL_VERSION, "page_size": PAGE_SIZE,
+                "pid": os.getpid(), "session": session.id,
+                "resident_bytes": session.limit_pages * PAGE_SIZE,
+                "max_managed_bytes": lim.max_managed_bytes, "max_regions": lim.max_regions}
+
+    def _op_ping(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {}
+
+    def _op_map(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        layer = self.daemon.layer
+        assert layer is not None
+        length = self._int(obj, "length", minimum=1)
+        address = self._int(obj, "address", minimum=1)
+        name = obj.get("name", "")
+        if not isinstance(name, str):
+            raise Refused("bad_request", "'name' must be a string")
+        if len(fds) != 2:
+            raise Refused("bad_fd", f"map needs 2 descriptors (memfd, userfaultfd), "
+                          f"got {len(fds)}")
+        if length % PAGE_SIZE or address % PAGE_SIZE:
+            raise Refused("bad_range", f"address {address:#x} and length {length} must be "
+                          f"multiples of the page size {PAGE_SIZE}")
+        memfd, ufd = fds
+        if not kmemfd.is_memfd(memfd):
+            raise Refused("bad_fd", f"descriptor 0 is not a memfd ({fd_kind(memfd)})")
+        if not kuffd.is_userfaultfd(ufd):
+            raise Refused("bad_fd", f"descriptor 1 is not a userfaultfd ({fd_kind(ufd)})")
+        st = os.fstat(memfd)
+        if st.st_size != length:
+            raise Refused("bad_fd", f"memfd size {st.st_size} != region length {length}")
+        npages = length // PAGE_SIZE
+        lim = self.daemon.cfg.limits
+        with session.lock:
+            if len(session.regions) + 1 > lim.max_regions:
+                raise Refused("quota", f"max_regions={lim.max_regions} regions already mapped")
+            if (session.managed_pages + npages) * PAGE_SIZE > lim.max_managed_bytes:
+                raise Refused("quota", f"{length} more bytes would exceed max_managed_bytes="
+                              f"{lim.max_managed_bytes} (mapped: "
+                              f"{session.managed_pages * PAGE_SIZE})")
+            for r in session.regions.values():
+                if address < r.end and r.start < address + length:
+                    raise Refused("bad_range", f"[{address:#x}, {address + length:#x}) "
+                                  f"overlaps region {r.id} at [{r.start:#x}, {r.end:#x})")
+        check_mapping(session.pid, address, length, st.st_ino)
+        uffd = kuffd.Userfaultfd.from_fd(ufd)
+        fds[1] = -1  # owned by uffd now
+        adopted = False
+        try:
+            feats = uffd.features or 0
+            if feats & _REQUIRED_FEATURES != _REQUIRED_FEATURES:
+                raise Refused("bad_fd", f"userfaultfd lacks features MISSING_SHMEM|"
+                              f"WP_HUGETLBFS_SHMEM (enabled: {feats:#x})")
+            if feats & kuffd.UFFD_FEATURE_EVENT_FORK:
+                raise Refused("bad_fd", "userfaultfd has EVENT_FORK enabled; swapd does not "
+                              "serve forked children: use MADV_DONTFORK instead")
+            if feats & kuffd.UFFD_FEATURE_SIGBUS:
+                raise Refused("bad_fd", "userfaultfd has FEATURE_SIGBUS: faults would never "
+                              "reach the daemon")
+            with session.lock:
+                if session.dead:
+                    raise Refused("internal", "session ended")
+                lrid = layer.add_region(session.id, npages)
+                rid = self.daemon.new_region_id()
+                region = ManagedRegion(rid, session, address, npages, memfd, uffd, lrid, name)
+                fds[0] = -1  # owned by the region now
+                adopted = True
+                session.regions[rid] = region
+                session.managed_pages += npages
+                self.daemon.loop.register(uffd.fd, "uffd", region)
+        finally:
+            if not adopted:
+                uffd.close()
+        return {"region": rid}
+
+    def _region(self, session: Session, obj: dict[str, Any]) -> ManagedRegion:
+        rid = self._int(obj, "region", minimum=0)
+        region = session.regions.get(rid)
+        if region is None or region.dropped:
+            raise Refused("not_found", f"no region {rid} in this session")
+        return region
+
+    def _op_unmap(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        pager = self.daemon.pager
+        assert pager is not None
+        with session.lock:
+            region = self._region(session, obj)
+            with contextlib.suppress(KernelError):
+                region.uffd.unregister(region.start, region.end - region.start)
+            pager.drop_region_locked(region, "unmap request")
+        return {}
+
+    def _op_set_limit(self, session: Session, obj: dict[str, Any],
+                      fds: list[int]) -> dict[str, Any]:
+        reclaimer = self.daemon.reclaimer
+        assert reclaimer is not None
+        want = self._int(obj, "resident_bytes", minimum=0)
+        eff = min(want, self.daemon.cfg.limits.global_resident_bytes) // PAGE_SIZE
+        with session.lock:
+            session.limit_pages = eff
+        reclaimer.kick()
+        return {"resident_bytes": eff * PAGE_SIZE}
+
+    def _op_advise(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        pager, reclaimer = self.daemon.pager, self.daemon.reclaimer
+        assert pager is not None and reclaimer is not None
+        offset = self._int(obj, "offset")
+        length = self._int(obj, "length", minimum=1)
+        advice = obj.get("advice")
+        if advice not in protocol.ADVICE:
+            raise Refused("bad_request", f"advice {advice!r} is not one of "
+                          f"{', '.join(protocol.ADVICE)}")
+        with session.lock:
+            region = self._region(session, obj)
+            if offset % PAGE_SIZE or length % PAGE_SIZE:
+                raise Refused("bad_range", f"offset {offset} and length {length} must be "
+                              f"multiples of {PAGE_SIZE}")
+            if offset + length > region.npages * PAGE_SIZE:
+                raise Refused("bad_range", f"[{offset}, {offset + length}) is beyond the "
+                              f"region's {region.npages * PAGE_SIZE} bytes")
+            i0, n = offset // PAGE_SIZE, length // PAGE_SIZE
+            if advice == "dontneed":
+                return {"pages": pager.discard_locked(region, i0, n)}
+            if advice == "willneed":
+                budget = max(0, session.limit_pages - session.resident)
+                return {"pages": pager.prefetch_locked(region, i0, n, budget)}
+        return {"pages": reclaimer.evict_range(session, region, i0, n)}
+
+    def _op_stats(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        scope = obj.get("scope", "client")
+        if scope == "client":
+            return {"stats": session_stats(self.daemon, session)}
+        if scope == "all":
+            return {"stats": all_stats(self.daemon)}
+        raise Refused("bad_request", f"scope {scope!r} is not 'client' or 'all'")
