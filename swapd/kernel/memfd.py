@@ -28,8 +28,9 @@ from swapd.errors import InvariantError
 from swapd.kernel import _libc
 from swapd.kernel.errors import kernel_error
 from swapd.kernel.mm import address_of
+from swapd.pages import PAGE_SIZE as _PAGE_SIZE
 
-PAGE_SIZE: Final = _libc.PAGE_SIZE
+PAGE_SIZE: Final = _PAGE_SIZE
 FALLOC_FL_KEEP_SIZE: Final = 0x01  # include/uapi/linux/falloc.h
 FALLOC_FL_PUNCH_HOLE: Final = 0x02  # 2.6.38; shmem since 3.5
 MFD_CLOEXEC: Final = 0x0001  # include/uapi/linux/memfd.h, 3.17
@@ -72,6 +73,58 @@ def seek_hole(fd: int, offset: int) -> int:
         return os.lseek(fd, offset, os.SEEK_HOLE)
     except OSError as exc:
         raise kernel_error(exc.errno or _errno.EIO, "lseek(SEEK_HOLE)") from exc
+
+
+def file_size(fd: int) -> int:
+    """The file's size in bytes (``fstat``)."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise kernel_error(exc.errno or _errno.EIO, "fstat") from exc
+
+
+def allocated_bytes(fd: int) -> int:
+    """Bytes of memory (or disk) the file really holds: ``st_blocks`` * 512."""
+    try:
+        return os.fstat(fd).st_blocks * 512
+    except OSError as exc:
+        raise kernel_error(exc.errno or _errno.EIO, "fstat") from exc
+
+
+def resize(fd: int, size: int) -> None:
+    """``ftruncate(fd, size)``: grow (the new range reads as zeros, costs nothing) or cut."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        raise kernel_error(exc.errno or _errno.EIO, "ftruncate") from exc
+
+
+def map_reserved(fd: int, reserve: int, *, writable: bool = True) -> mmap.mmap:
+    """Map ``reserve`` bytes of ``fd`` MAP_SHARED, however long the file is now.
+
+    The mapping is made once at its largest size so that views of it never move;
+    the file is then grown with :func:`resize` as it fills.  Touching the mapping
+    beyond the end of the file raises SIGBUS (``mm/shmem.c``: a fault past
+    ``i_size`` is VM_FAULT_SIGBUS), so owners grow the file before they use a
+    range.  Python's ``mmap`` refuses a length beyond the file's size, so the file
+    is briefly extended to ``reserve`` and cut back: call this only while no other
+    process writes the file (at creation, or when adopting it as its only owner).
+    A read-only mapping (``writable=False``) leaves the file alone and maps its
+    current size (KernelError EINVAL for an empty file), which is all a reader may touch.
+    """
+    size = file_size(fd)
+    if not writable:
+        if size == 0:
+            raise kernel_error(_errno.EINVAL, "mmap of an empty file")
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    if size < reserve:
+        resize(fd, reserve)
+    try:
+        return mmap.mmap(fd, reserve, flags=mmap.MAP_SHARED,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        if size < reserve:
+            resize(fd, size)
 
 
 def is_memfd(fd: int) -> bool:
