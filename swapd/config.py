@@ -170,6 +170,7 @@ class LayerSection:
     disk: bool = True
     disk_path: str = ""  # "" = <state_dir>/swapd-<pid>.disk
     disk_bytes: int = 4 << 30
+    disk_seal: bool = True  # AES-GCM with a key held only in memory (swapd/layer/seal.py)
     demotion_policy: str = "lru"
     pool_limit_bytes: int | None = None
     pool_limit_percent: float = 20.0
@@ -183,7 +184,8 @@ class LayerSection:
 
     def layer_options(self) -> dict[str, Any]:
         """The fields that are LayerConfig's (everything except tier construction)."""
-        skip = {"backend", "compressor", "disk", "disk_path", "disk_bytes", "demotion_policy"}
+        skip = {"backend", "compressor", "disk", "disk_path", "disk_bytes", "disk_seal",
+                "demotion_policy"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip}
 

@@ -66,11 +66,12 @@ class Clock:
 
 
 def make_layer(backend: str, tmp: Path | None, *, disk_pages: int = 4096,
-               clock: Clock | None = None, policy: str = "lru", **cfg: Any) -> SwapLayer:
+               clock: Clock | None = None, policy: str = "lru", preallocate: bool = True,
+               seal: bool = False, **cfg: Any) -> SwapLayer:
     tier = CompressedTier("lz4", make_backend(backend, max_pages=8192), LIMITS)
     tiers: list[Any] = [tier]
     if tmp is not None:
-        tiers.append(DiskTier(tmp, disk_pages * PAGE_SIZE))
+        tiers.append(DiskTier(tmp, disk_pages * PAGE_SIZE, preallocate=preallocate, seal=seal))
     return SwapLayer(tiers, config=LayerConfig(**cfg), clock=clock or Clock(),
                      demotion_policy=policy)
 
@@ -580,9 +581,10 @@ def test_disk_tier_file_batches_and_checksums(tmp_path: Path) -> None:
     assert not os.path.exists(dt.path)
 
 
-def test_corrupt_disk_page_is_never_served(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("seal", [False, True], ids=["crc", "sealed"])
+def test_corrupt_disk_page_is_never_served(backend: str, tmp_path: Path, seal: bool) -> None:
     rng = random.Random(15)
-    lay = make_layer(backend, tmp_path)
+    lay = make_layer(backend, tmp_path, seal=seal)
     try:
         r = lay.add_region("a", 4)
         _fill(lay, r, [text_page(rng) for _ in range(4)])
@@ -618,8 +620,12 @@ def test_disk_io_error_leaves_entries(backend: str, tmp_path: Path) -> None:
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs (needs root)")
     try:
+        with pytest.raises(ConfigError, match="cannot allocate 1048576 bytes"):
+            DiskTier(mnt, 256 * PAGE_SIZE)  # preallocated: no room is found at start
+        assert not list(mnt.iterdir())
         rng = random.Random(16)
-        lay = make_layer(backend, mnt, disk_pages=256)
+        clock = Clock()
+        lay = make_layer(backend, mnt, disk_pages=256, preallocate=False, clock=clock)
         try:
             r = lay.add_region("a", 64)
             pages = [text_page(rng) for _ in range(64)]
@@ -627,6 +633,14 @@ def test_disk_io_error_leaves_entries(backend: str, tmp_path: Path) -> None:
             written = sum(lay.writeback(8) for _ in range(8))
             st = lay.stats()
             assert written < 64 and st.reject_reclaim_fail > 0
+            # the full disk stopped writeback: one failed batch, then skips until the back-off
+            assert st.writeback_disk_full == 1 and st.writeback_backoffs > 0
+            disk = lay._tiers[1]
+            assert isinstance(disk, DiskTier)
+            errors = disk.io_errors
+            assert lay.writeback(8) == 0 and disk.io_errors == errors  # no I/O while stopped
+            clock.now += 10.0
+            assert lay.writeback(8) == 0 and disk.io_errors == errors + 1  # retried once
             lay._check()
             assert [lay.load(r, i) for i in range(64)] == pages
             lay._check()

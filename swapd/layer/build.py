@@ -54,7 +54,7 @@ def build_layer(section: LayerSection, state_path: Path, *,
             else:
                 state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
                 disk = str(state_path)
-            tiers.append(DiskTier(disk, section.disk_bytes))
+            tiers.append(DiskTier(disk, section.disk_bytes, seal=section.disk_seal))
         if clock is None:
             return SwapLayer(tiers, config=layer_cfg, demotion_policy=section.demotion_policy)
         return SwapLayer(tiers, config=layer_cfg, clock=clock,

@@ -43,6 +43,15 @@
 # back less than ``shrinker_refault_window`` seconds ago makes the shrinker back off exponentially
 # (the workingset refault-distance idea, with an injected clock).
 #
+# Disk faults (writeback).  A batch whose write fails (TierIOError) or finds the next tier full
+# (TierFullError, or ENOSPC/EDQUOT from the file system) leaves its entries in the faster tier and
+# stops writeback for a back-off interval that doubles on each failure (``shrinker_backoff_min``
+# .. ``shrinker_backoff_max`` seconds on the injected clock) and resets on the first success, so
+# a failing disk costs one write attempt per interval, never a busy loop.  A full disk is counted
+# (``writeback_disk_full``) and logged once when writeback stops and once when it resumes; I/O
+# errors are counted (``writeback_io_errors``).  A failed read raises from ``load`` for that page
+# only (the daemon poisons it); the entry stays, so the page is never served as zeros.
+#
 # Concurrency.  One layer lock protects the swap table, the lists, the clients and the counters.
 # Compression (store) runs outside it; the I/O of a writeback or of a direct disk store runs
 # outside it too: the victims are marked WB and taken off the lists under the lock, written out
@@ -63,6 +72,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -105,7 +116,10 @@ from swapd.layer.tier import CompressedTier, Tier
 
 __all__ = ["LayerConfig", "LayerStats", "SwapLayer"]
 
+log = logging.getLogger(__name__)
+
 Page = bytes | bytearray | memoryview
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a disk tier without room
 
 
 @dataclass(frozen=True)
@@ -167,7 +181,9 @@ class LayerStats:
     the accept threshold after hitting it; the kernel counts only the former),
     ``written_back_pages``, ``zswpin``, ``zswpout``, ``zswpwb``, ``pswpin`` / ``pswpout``
     (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``, ``shrinker_backoffs``,
-    ``refaults_soon``.
+    ``refaults_soon``; disk faults of writeback: ``writeback_io_errors`` (batches whose write
+    failed), ``writeback_disk_full`` (batches that found the disk full), ``writeback_backoffs``
+    (times writeback was skipped while backing off after either).
     """
 
     stored_pages: int = 0
@@ -195,6 +211,9 @@ class LayerStats:
     mem_used_total: int = 0
     disk_slots_used: int = 0
     disk_pages: int = 0
+    writeback_io_errors: int = 0
+    writeback_disk_full: int = 0
+    writeback_backoffs: int = 0
 
     @property
     def mm_stat(self) -> str:
@@ -298,6 +317,12 @@ class SwapLayer:
         self._backoff = 0.0                          # under _lock: current back-off interval
         self._backoff_until = -1.0                   # under _lock
         self._backoffs = 0                           # under _lock
+        self._wb_backoff = 0.0                       # under _lock: writeback back-off interval
+        self._wb_until = -1.0                        # under _lock: no writeback before this
+        self._wb_stopped = False                     # under _lock: stopped by a full disk
+        self._wb_io_errors = 0                       # under _lock
+        self._wb_full = 0                            # under _lock
+        self._wb_skipped = 0                         # under _lock
         self._closed = False
         t0 = self._tiers[0]
         self._t0c: CompressedTier | None = t0 if isinstance(t0, CompressedTier) else None
@@ -943,13 +968,20 @@ class SwapLayer:
         fastest tier into the next one.  Returns the pages written back.
 
         The I/O runs outside the layer lock (see the module comment).  A full or failing next
-        tier leaves the entries where they were (at the cold end) and counts
-        reject_reclaim_fail.  O(max_pages) plus the I/O.
+        tier leaves the entries where they were (at the cold end), counts
+        reject_reclaim_fail, and stops writeback for a back-off interval (the module comment);
+        meanwhile this returns 0 at once.  O(max_pages) plus the I/O.
         """
         if self._ntiers < 2 or max_pages <= 0:
             return 0
         t0, t1 = self._tiers[0], self._tiers[1]
         done = 0
+        if self._wb_until >= 0:
+            now = self._clock()
+            with self._lock:
+                if now < self._wb_until:
+                    self._wb_skipped += 1
+                    return 0
         while done < max_pages:
             batch = min(max_pages - done, self._config.writeback_batch)
             with self._lock:
@@ -974,8 +1006,12 @@ class SwapLayer:
                 if pages:
                     try:
                         keys = t1.store_batch(pages)
-                    except (TierFullError, TierIOError):
+                    except (TierFullError, TierIOError) as exc:
                         keys = []
+                        self._writeback_failed(t1, exc)
+                    else:
+                        if self._wb_until >= 0:
+                            self._writeback_resumed()
                 n = self._commit_writeback(victims, keys, ok)
             finally:
                 with self._lock:
@@ -984,6 +1020,37 @@ class SwapLayer:
             if n < len(victims):
                 return done
         return done
+
+    def _writeback_failed(self, tier: Tier, exc: BaseException) -> None:
+        """Count a failed writeback batch and back off (see the module comment)."""
+        full = isinstance(exc, TierFullError) or getattr(exc, "errno", None) in _FULL_ERRNOS
+        cfg = self._config
+        now = self._clock()
+        with self._lock:
+            self._wb_backoff = min(cfg.shrinker_backoff_max,
+                                   max(cfg.shrinker_backoff_min, self._wb_backoff * 2))
+            self._wb_until = now + self._wb_backoff
+            if full:
+                self._wb_full += 1
+                stop = not self._wb_stopped
+                self._wb_stopped = True
+            else:
+                self._wb_io_errors += 1
+                stop = False
+        if stop:
+            log.warning("disk tier full: writeback stopped, retried every %.1f s at most (%s)",
+                        cfg.shrinker_backoff_max, exc)
+        elif not full:
+            log.error("disk tier write failed, writeback paused %.2f s: %s", self._wb_backoff, exc)
+
+    def _writeback_resumed(self) -> None:
+        with self._lock:
+            was_stopped = self._wb_stopped
+            self._wb_backoff = 0.0
+            self._wb_until = -1.0
+            self._wb_stopped = False
+        if was_stopped:
+            log.warning("disk tier has room again: writeback resumed")
 
     def _commit_writeback(self, victims: list[tuple[int, _Client, int]], keys: list[int],
                           ok: int) -> int:
@@ -1125,6 +1192,9 @@ class SwapLayer:
                 disk_pages=disk_pages,
                 shrinker_backoffs=self._backoffs,
                 refaults_soon=self._soon,
+                writeback_io_errors=self._wb_io_errors,
+                writeback_disk_full=self._wb_full,
+                writeback_backoffs=self._wb_skipped,
                 **ev,
             )
 

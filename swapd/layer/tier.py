@@ -19,8 +19,14 @@
 # in one pwritev(2) per run, as the kernel's swap allocator hands out clusters
 # (mm/swapfile.c: scan_swap_map_try_ssd_cluster) and writes them with one bio.  Each slot carries
 # a CRC-32 (zlib) checked on every load: a mismatch is CorruptPageError and the data is never
-# returned.  Pages go to disk uncompressed, as zswap_writeback_entry() decompresses into the swap
-# cache before __swap_writepage().
+# returned.  With a ``Sealer`` (swapd/layer/seal.py; the daemon's default) the slot's bytes are
+# AES-GCM ciphertext instead and the per-slot GCM tag replaces the CRC: the file reveals nothing,
+# and a changed, moved or stale slot fails as CorruptPageError the same way.  Pages go to disk
+# uncompressed (before sealing), as zswap_writeback_entry() decompresses into the swap cache
+# before __swap_writepage().  The file is allocated up front (fallocate, as swapon(8) wants a
+# swap file without holes), so a file system without room fails at start, not mid-run; where
+# fallocate is not supported the file stays sparse and a full file system shows up as ENOSPC on
+# a write (TierIOError with that errno; the layer then stops writeback, swapd/layer/core.py).
 #
 # Invariants: DiskTier -- free extents are disjoint, coalesced, inside [0, nslots), and the two
 # sorted views hold the same extents; used slots = nslots - free slots.
@@ -30,6 +36,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import threading
@@ -52,6 +59,8 @@ from swapd.errors import (
     TierFullError,
     TierIOError,
 )
+from swapd.kernel import _libc
+from swapd.layer.seal import Sealer
 from swapd.layer.table import EntryState
 
 __all__ = [
@@ -299,17 +308,28 @@ class SlotAllocator:
 _disk_serial = itertools.count()
 
 
+def _fallocate(fd: int, length: int) -> int:
+    """fallocate(fd, 0, 0, length): 0, or the errno (EOPNOTSUPP where unsupported)."""
+    if _libc.fallocate(fd, 0, 0, length) == 0:
+        return 0
+    return _libc.get_errno()
+
+
 class DiskTier(Tier):
-    """Uncompressed pages in 4 KiB slots of a file, each with a CRC-32.
+    """Uncompressed pages in 4 KiB slots of a file, each with a CRC-32 -- or, with ``seal``,
+    sealed by a :class:`~swapd.layer.seal.Sealer` (``True``: a new random key).
 
     ``path`` is a directory (a new file ``swapd-<pid>-<n>.swap`` is created in it and removed on
     close) or a file path that must not exist yet (removed on close unless ``keep``).
+    ``preallocate``: fallocate the whole file now (ConfigError when the file system has no
+    room; silently sparse where fallocate is not supported).
     """
 
     state = EntryState.DISK
 
     def __init__(self, path: str | os.PathLike[str], size_bytes: int, *,
-                 keep: bool = False) -> None:
+                 keep: bool = False, seal: Sealer | bool = False,
+                 preallocate: bool = True) -> None:
         nslots = size_bytes >> PAGE_SHIFT
         if nslots <= 0:
             raise ConfigError(f"disk tier: size {size_bytes} is below one page")
@@ -328,6 +348,21 @@ class DiskTier(Tier):
             os.close(self.fd)
             os.unlink(p)
             raise ConfigError(f"disk tier: cannot size {p}: {exc.strerror}") from exc
+        self.preallocated = False
+        if preallocate:
+            err = _fallocate(self.fd, nslots << PAGE_SHIFT)
+            if err == 0:
+                self.preallocated = True
+            elif err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(self.fd)
+                os.unlink(p)
+                raise ConfigError(f"disk tier: cannot allocate {nslots << PAGE_SHIFT} bytes for "
+                                  f"{p}: {os.strerror(err)}")
+        if seal is True:
+            seal = Sealer(nslots)
+        if seal is not False and seal.nslots != nslots:
+            raise ConfigError(f"disk tier: sealer of {seal.nslots} slots for {nslots} slots")
+        self.sealer: Sealer | None = seal or None
         self.nslots = nslots
         self._lock = threading.Lock()
         self._alloc = SlotAllocator(nslots)  # under _lock
@@ -359,16 +394,23 @@ class DiskTier(Tier):
                 for pg in chunk:
                     if len(pg) != PAGE_SIZE:
                         raise ValueError(f"disk tier: page of {len(pg)} bytes")
+                if self.sealer is not None:
+                    seal = self.sealer.seal
+                    chunk = [seal(start + j, pg) for j, pg in enumerate(chunk)]
                 done = os.pwritev(self.fd, chunk, start << PAGE_SHIFT)
                 if done != n << PAGE_SHIFT:
                     raise OSError(0, f"short write of {done} bytes")
                 keys.extend(range(start, start + n))
-                crcs.extend(zlib.crc32(pg) for pg in chunk)
+                if self.sealer is None:
+                    crcs.extend(zlib.crc32(pg) for pg in chunk)
                 i += n
         except OSError as exc:
             with self._lock:
                 for start, n in runs:
                     self._alloc.free(start, n)
+                    if self.sealer is not None:
+                        for k in range(start, start + n):
+                            self.sealer.forget(k)
                 self.io_errors += 1
             raise TierIOError(exc.errno or 0, f"disk tier {self.path}: write failed: "
                               f"{exc.strerror or exc}") from exc
@@ -390,6 +432,11 @@ class DiskTier(Tier):
                               f"{exc.strerror}") from exc
         if len(data) != PAGE_SIZE:
             raise TierIOError(0, f"disk tier {self.path}: short read of slot {key}")
+        if self.sealer is not None:
+            try:
+                return self.sealer.open(key, data)
+            except CorruptPageError as exc:
+                raise CorruptPageError(f"disk tier {self.path}: {exc}") from exc
         if zlib.crc32(data) != self._crc[key]:
             raise CorruptPageError(f"disk tier {self.path}: slot {key} fails its checksum")
         return data
@@ -398,6 +445,8 @@ class DiskTier(Tier):
         with self._lock:
             self._alloc.free(key)
             self._crc[key] = 0
+            if self.sealer is not None:
+                self.sealer.forget(key)
 
     def is_used(self, key: int) -> bool:
         with self._lock:
@@ -406,6 +455,8 @@ class DiskTier(Tier):
     def _check(self) -> None:
         with self._lock:
             self._alloc._check()
+        if self.sealer is not None:
+            self.sealer._check()
 
     def close(self) -> None:
         if self.fd >= 0:
