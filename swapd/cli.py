@@ -39,6 +39,15 @@ def command_modules() -> list[str]:
                   if not m.name.startswith("_"))
 
 
+def _impl_line() -> str:
+    """Which implementation runs (swapd/impl.py), or why none could be chosen."""
+    try:
+        from swapd.impl import describe
+    except SwapdError as exc:
+        return f"error: {exc}"
+    return describe()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``swapd`` parser with every command module that imports."""
     from swapd import __version__
@@ -47,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="swapd",
         description="A userspace swap daemon with a generalized swap-LRU layer.",
     )
-    parser.add_argument("--version", action="version", version=f"swapd {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"swapd {__version__} (impl: {_impl_line()})")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (repeat for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -69,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``swapd`` command line; return the exit status."""
+    try:
+        import swapd.impl  # noqa: F401  (SWAPD_IMPL is checked once, here, before any command)
+    except SwapdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -20,17 +20,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def list_group(group: str, title: str, args: argparse.Namespace) -> int:
-    """Print the plugins of ``group`` (table or JSON); 0 when at least one loaded."""
+def list_group(group: str, title: str, args: argparse.Namespace,
+               extra: dict[str, str] | None = None) -> int:
+    """Print the plugins of ``group`` (table or JSON); 0 when at least one loaded.
+
+    ``extra``: fields added to every JSON entry and shown as the table's caption."""
     infos = discover(group)
+    more = extra or {}
     if args.json:
         print(json.dumps([
             {"name": i.name, "description": i.description, "version": i.version,
-             "target": i.target, "distribution": i.distribution, "ok": i.ok, "error": i.error}
+             "target": i.target, "distribution": i.distribution, "ok": i.ok, "error": i.error,
+             **more}
             for i in infos
         ], indent=2))
     else:
-        table = Table(title=title)
+        caption = "  ".join(f"{k}: {v}" for k, v in more.items()) or None
+        table = Table(title=title, caption=caption)
         for col in ("name", "description", "version", "status"):
             table.add_column(col)
         for i in infos:

@@ -33,7 +33,8 @@ def render(stats: dict[str, Any]) -> str:
     d = stats["daemon"]
     t = stats["total"]
     lines = [f"swapd pid {d['pid']} on {d['socket']}: {d['clients']} client(s), "
-             f"up {d['uptime_s']:.0f}s, global limit {d['global_limit_pages']} pages"]
+             f"up {d['uptime_s']:.0f}s, global limit {d['global_limit_pages']} pages, "
+             f"impl {d.get('impl', '?')}"]
 
     def block(title: str, s: dict[str, Any]) -> None:
         lat = s["latency"]

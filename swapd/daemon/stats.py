@@ -14,6 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import swapd.impl as swapd_impl
 from swapd.config import PAGE_SIZE
 from swapd.daemon.session import (
     EVICTING,
@@ -80,7 +81,8 @@ def all_stats(daemon: Daemon) -> dict[str, Any]:
                    "socket": str(daemon.socket_path), "clients": len(clients),
                    "clients_total": daemon.clients_total,
                    "global_limit_pages": daemon.cfg.limits.global_resident_bytes // PAGE_SIZE,
-                   "reclaimer_errors": daemon.reclaimer.errors if daemon.reclaimer else 0},
+                   "reclaimer_errors": daemon.reclaimer.errors if daemon.reclaimer else 0,
+                   "impl": swapd_impl.describe()},
         "total": {"resident_pages": sum(c["resident_pages"] for c in clients),
                   "managed_pages": sum(c["managed_pages"] for c in clients),
                   "counters": counters,

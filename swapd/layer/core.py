@@ -75,11 +75,13 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import swapd.impl as _impl
 from swapd.arena import PAGE_SHIFT, PAGE_SIZE
 from swapd.compress import fill_page, same_filled_value
 from swapd.errors import (
@@ -113,6 +115,9 @@ from swapd.layer.table import (
     encode_value,
 )
 from swapd.layer.tier import CompressedTier, Tier
+
+# The compiled implementation of the batch operations, or None (swapd/impl.py chose, once).
+_NATIVE = _impl.native()
 
 __all__ = ["LayerConfig", "LayerStats", "SwapLayer"]
 
@@ -848,6 +853,264 @@ class SwapLayer:
         with self._lock:
             g, cl = self._lookup_locked(region, index)
             self._drop_locked(g, cl)
+
+    # -- batch operations (the reclaimer's eviction runs, the pager's readahead runs) ---------
+    #
+    # Each batch operation is specified by the loop of single-page operations it replaces (the
+    # pure-Python reference below is exactly that loop), and the compiled implementation
+    # (swapd/impl.py) must leave the same state: tests/test_native_differential.py compares
+    # the table, the counters and the pool byte for byte.  The compiled variants compress (or
+    # decompress) the whole run in one call with the GIL released, then do the bookkeeping of
+    # the whole run under one acquisition of the layer lock; whatever a run meets that the
+    # batch does not take (a full pool, a page for the next tier, a disk-tier page) goes
+    # through the single-page operation, in order, so the order of effects is the loop's.
+
+    def _run_view(self, region: int, start: int, n: int, buf: Page) -> memoryview:
+        """A byte view of ``buf`` holding ``n`` pages, after checking the run is in the region."""
+        view = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+        if view.nbytes < n * PAGE_SIZE:
+            raise ObjectSizeError(f"a run of {n} pages needs {n * PAGE_SIZE} bytes, "
+                                  f"the buffer has {view.nbytes}")
+        with self._lock:
+            reg = self._regions.get(region)
+            if reg is None or start < 0 or n < 0 or start + n > reg.npages:
+                raise self._not_found(region, reg, start + n - 1 if reg else start)
+        return view
+
+    def store_batch(self, region: int, start: int, pages: Page) -> list[bool]:
+        """Store the run of pages ``start .. start+n-1`` of ``region`` from ``pages`` (n whole
+        pages, back to back): ``store`` of each page in order; entry j of the result is False
+        where that store was refused (StoreRejected, counted as ``store`` counts it).
+
+        Raises ObjectSizeError when ``pages`` is not whole pages, EntryNotFoundError when the
+        run is not inside the region; a region removed meanwhile refuses the rest.  O(n)
+        compressions plus O(n) under the lock (more when the pool is full: see ``store``).
+        """
+        view = memoryview(pages).cast("B") if isinstance(pages, memoryview) else memoryview(pages)
+        n, rem = divmod(view.nbytes, PAGE_SIZE)
+        if rem:
+            raise ObjectSizeError(f"store_batch: {view.nbytes} bytes is not whole pages")
+        view = self._run_view(region, start, n, view)
+        nat = _NATIVE
+        if (nat is not None and self._fast_ok and self._t0c is not None
+                and self._t0c.compressor.name == "lz4"):
+            return self._store_batch_native(nat, region, start, n, view)
+        out = [False] * n
+        for j in range(n):
+            try:
+                self.store(region, start + j, view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE])
+            except StoreRejected:
+                continue
+            except EntryNotFoundError:
+                break
+            out[j] = True
+        return out
+
+    def _store_batch_native(self, nat: Any, region: int, start: int, n: int,
+                            view: memoryview) -> list[bool]:
+        """store_batch with one compiled compression pass and one lock hold (see above)."""
+        cfg = self._config
+        comp = bytearray(n * PAGE_SIZE)
+        lens = array("i", bytes(4 * n))
+        vals = array("Q", bytes(8 * n))
+        nat.compress_pages(view, n, comp, lens, vals, cfg.same_filled)
+        t0 = self._t0c
+        assert t0 is not None
+        be = t0.backend
+        maxobj = t0.max_object
+        lower = cfg.store_incompressible and self._ntiers > 1  # a raw page or a bypass
+        cview = memoryview(comp)
+        out = [False] * n
+        j = 0
+        with self._lock:
+            reg = self._regions.get(region)
+            if reg is None or start + n > reg.npages:
+                return out
+            cl = reg.client
+            words = self._words
+            nxt = self._next
+            prv = self._prev
+            side = self._table.side
+            s = cl.lists[0]
+            ref = self._ref_bit
+            drop = self._drop_locked
+            g = reg.base + start
+            while j < n:
+                length = lens[j]
+                if words[g]:
+                    drop(g, cl)
+                if length < 0:  # same-filled: the value goes into the word
+                    value = vals[j]
+                    payload = encode_value(value)
+                    if payload is None:
+                        side[g] = value
+                        words[g] = TAG_SAME | SIDE
+                    else:
+                        words[g] = TAG_SAME | payload
+                    cl.same += 1
+                    cl.stored += 1
+                    cl.zswpout += 1
+                    out[j] = True
+                    j += 1
+                    g += 1
+                    continue
+                o = j * PAGE_SIZE
+                if length and length <= maxobj:
+                    data = cview[o:o + length]
+                elif lower and maxobj >= PAGE_SIZE:
+                    data = view[o:o + PAGE_SIZE]
+                    length = PAGE_SIZE
+                elif lower:
+                    break  # for the next tier: the single-page path does it
+                else:
+                    cl.reject_compress_poor += 1
+                    j += 1
+                    g += 1
+                    continue
+                if be.total_pages() >= self.limit_pages or self._reached_full:
+                    break  # admission and writeback: the single-page path
+                try:
+                    h = be.malloc(length)
+                except (PoolExhaustedError, ObjectSizeError):
+                    break
+                try:
+                    be.write(h, data)
+                except BaseException:
+                    be.free(h)
+                    raise
+                if h > KEY_MAX:
+                    side[g] = h
+                    w = TAG_TIER0 | (length << LEN_SHIFT) | SIDE
+                else:
+                    w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
+                words[g] = w | ref
+                head = nxt[s]
+                nxt[g] = head
+                prv[g] = s
+                prv[head] = g
+                nxt[s] = g
+                cl.counts[0] += 1
+                cl.stored += 1
+                cl.compr_bytes += length
+                if length == PAGE_SIZE:
+                    cl.incompressible += 1
+                cl.zswpout += 1
+                out[j] = True
+                j += 1
+                g += 1
+        for k in range(j, n):
+            try:
+                self.store(region, start + k, view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+            except StoreRejected:
+                continue
+            except EntryNotFoundError:
+                break
+            out[k] = True
+        return out
+
+    def load_run(self, region: int, start: int, n: int, into: Page) -> int:
+        """Load the run of pages ``start .. start+n-1`` of ``region`` into ``into`` (page j at
+        byte j * PAGE_SIZE), as ``load`` of each page in order; return how many were loaded.
+
+        Stops before the first page that is not swapped out or cannot be loaded (its entry
+        stays; ``load`` of it raises the reason) -- so a caller places the prefix and asks
+        ``load`` about the rest.  Raises ObjectSizeError when ``into`` is too small,
+        EntryNotFoundError when the run is not inside the region.  O(n) decompressions.
+        """
+        view = self._run_view(region, start, n, into)
+        nat = _NATIVE
+        if nat is not None and self._fast_ok and self._exclusive:
+            return self._load_run_native(nat, region, start, n, view)
+        for j in range(n):
+            try:
+                page = self.load(region, start + j)
+            except (CorruptPageError, TierIOError, EntryNotFoundError):
+                return j
+            view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE] = page
+        return n
+
+    def _load_run_native(self, nat: Any, region: int, start: int, n: int,
+                         view: memoryview) -> int:
+        """load_run with the run's objects decoded in one compiled call (see above)."""
+        t0 = self._t0c
+        assert t0 is not None
+        be = t0.backend
+        done = 0
+        while done < n:
+            with self._lock:
+                reg = self._regions.get(region)
+                if reg is None or start + n > reg.npages:
+                    return done
+                cl = reg.client
+                words = self._words
+                side = self._table.side
+                base = reg.base + start
+                items: list[bytes | int] = []
+                j = done
+                while j < n:
+                    w = words[base + j]
+                    tag = w & TAG_MASK
+                    if tag == TAG_TIER0 and not w & (SIDE | WB | CLEAN):
+                        items.append(be.read(w >> KEY_SHIFT))
+                    elif tag == TAG_SAME and not w & CLEAN:
+                        items.append(side[base + j] if w & SIDE else decode_value(w))
+                    else:
+                        break
+                    j += 1
+                k = nat.decode_pages(items, view, done * PAGE_SIZE) if items else 0
+                prv = self._prev
+                nxt = self._next
+                pol = self._policy
+                for g in range(base + done, base + done + k):
+                    w = words[g]
+                    if w & TAG_MASK == TAG_SAME:
+                        self._drop_locked(g, cl)
+                        cl.zswpin += 1
+                        continue
+                    length = (w >> LEN_SHIFT) & LEN_MASK
+                    be.free(w >> KEY_SHIFT)
+                    p = prv[g]
+                    nx = nxt[g]
+                    nxt[p] = nx
+                    prv[nx] = p
+                    prv[g] = nxt[g] = NIL
+                    words[g] = 0
+                    cl.counts[0] -= 1
+                    cl.stored -= 1
+                    cl.compr_bytes -= length
+                    if length == PAGE_SIZE:
+                        cl.incompressible -= 1
+                    if pol is not None:
+                        pol.remove(g)
+                    cl.zswpin += 1
+                done += k
+                if k < len(items):
+                    return done  # an object that does not decode: ``load`` reports it
+            if done < n:  # a page the batch does not take: the single-page path
+                try:
+                    page = self.load(region, start + done)
+                except (CorruptPageError, TierIOError, EntryNotFoundError):
+                    return done
+                view[done * PAGE_SIZE:(done + 1) * PAGE_SIZE] = page
+                done += 1
+        return done
+
+    def free_batch(self, region: int, start: int, n: int) -> int:
+        """``invalidate`` pages ``start .. start+n-1`` of ``region`` under one lock hold;
+        return how many had a copy.  EntryNotFoundError when the run is not inside the
+        region.  O(n)."""
+        with self._lock:
+            reg = self._regions.get(region)
+            if reg is None or start < 0 or n < 0 or start + n > reg.npages:
+                raise self._not_found(region, reg, start + n - 1 if reg else start)
+            cl = reg.client
+            words = self._words
+            freed = 0
+            for g in range(reg.base + start, reg.base + start + n):
+                if words[g]:
+                    self._drop_locked(g, cl)
+                    freed += 1
+            return freed
 
     # -- queries ------------------------------------------------------------------------------
 

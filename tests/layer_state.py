@@ -1,0 +1,61 @@
+"""Helpers shared by the batch and differential tests: run a layer under one implementation,
+and take its whole state as bytes so two layers can be compared byte for byte."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import swapd.impl as impl
+import swapd.layer.core as core
+from swapd.arena import PAGE_SHIFT
+from swapd.layer import CompressedTier, SwapLayer
+
+IMPLS = ["python", "compiled"]
+
+
+def native_or_skip() -> Any:
+    """The compiled module; skips (naming the reason) where it did not build."""
+    mod = impl.native()
+    if mod is None:
+        try:
+            mod = impl.select("compiled").module
+        except impl.ImplError as exc:
+            pytest.skip(f"compiled implementation unavailable: {exc}")
+    return mod
+
+
+@contextlib.contextmanager
+def running(which: str) -> Iterator[None]:
+    """Run the layer's batch operations with ``which`` implementation inside the block."""
+    old = core._NATIVE
+    core._NATIVE = native_or_skip() if which == "compiled" else None
+    try:
+        yield
+    finally:
+        core._NATIVE = old
+
+
+def state_bytes(lay: SwapLayer) -> dict[str, Any]:
+    """Everything a layer and its compressed tier hold, as comparable values: the swap table's
+    words and links, the side table, every counter, and the pool's bytes and accounting."""
+    with lay._lock:
+        t = lay._table
+        out: dict[str, Any] = {
+            "words": bytes(memoryview(t.words).cast("B")),
+            "next": bytes(memoryview(t.next).cast("B")),
+            "prev": bytes(memoryview(t.prev).cast("B")),
+            "side": dict(t.side),
+        }
+    out["stats"] = lay.stats().as_dict()
+    for k, tier in enumerate(lay._tiers):
+        if isinstance(tier, CompressedTier):
+            be = tier.backend
+            arena = be.arena
+            top = arena._top
+            out[f"tier{k}.pool"] = bytes(arena.buf[:top << PAGE_SHIFT])
+            out[f"tier{k}.stats"] = be.stats()
+    return out
