@@ -66,7 +66,7 @@ def test_compiled_loads_when_built() -> None:
 def test_process_choice_follows_the_environment() -> None:
     want = os.environ.get(impl.ENV, "auto")
     if want in ("compiled", "python"):
-        assert impl.IMPL == want
+        assert want == impl.IMPL
     assert (impl.native() is not None) == (impl.IMPL == "compiled")
 
 

@@ -483,6 +483,7 @@ class Pager:
         """
         session = region.session
         load = self.layer.load
+        load_run = self.layer.load_run
         rid = region.layer_region
         view = self.buf.view
         end = start + k
@@ -490,9 +491,15 @@ class Pager:
         off = PAGE_SIZE
         try:
             while i < end:
-                view[off:off + PAGE_SIZE] = load(rid, i)
-                off += PAGE_SIZE
-                i += 1
+                # the run is decompressed straight into the buffer; load() then tells why it
+                # stopped (raising), or takes the one page the batch did not (a disk page)
+                n = load_run(rid, i, end - i, view[off:off + ((end - i) << PAGE_SHIFT)])
+                i += n
+                off += n << PAGE_SHIFT
+                if i < end:
+                    view[off:off + PAGE_SIZE] = load(rid, i)
+                    off += PAGE_SIZE
+                    i += 1
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
             self._poison_locked(region, i, exc)
         loaded = i - start

@@ -15,12 +15,11 @@ An eviction batch has three phases (MECHANISMS.md 2.3):
    pages EVICTING and ``preadv`` them into a reused page-aligned buffer.  Never
    a daemon mapping of the memfd (a read through it would allocate a zero page
    the client then reads silently), never a page that is not RESIDENT.
-2. without the lock: ``layer.store`` each page (compression happens here, so the
+2. without the lock: ``layer.store_batch`` each run (compression happens here, so the
    pager keeps serving faults meanwhile: from its own thread, or -- when the
    batch runs on the event loop's thread (inline or direct reclaim, ``advise
    cold``) -- through ``between_stores``, which serves pending faults every 8
-   stores).  A refused page (StoreRejected) is
-   noted.
+   stores).  A refused page (False in ``store_batch``'s result) is noted.
 3. under ``Session.lock``: a page still EVICTING becomes SWAPPED and its run is
    punched out of the memfd (``fallocate(PUNCH_HOLE)``); a refused page becomes
    RESIDENT again and is un-protected -- nothing is lost.  A page whose state
@@ -53,7 +52,6 @@ from dataclasses import dataclass
 from swapd.daemon.session import (
     EVICTING,
     PAGE_SHIFT,
-    PAGE_SIZE,
     RESIDENT,
     SWAPPED,
     LayerLike,
@@ -61,7 +59,7 @@ from swapd.daemon.session import (
     Session,
     page_key,
 )
-from swapd.errors import EntryNotFoundError, StoreRejected, SwapdError
+from swapd.errors import EntryNotFoundError, SwapdError
 from swapd.kernel import memfd as kmemfd
 from swapd.kernel.errors import (
     KernelError,
@@ -356,26 +354,24 @@ class Reclaimer:
         return self._commit_locked(session, runs)
 
     def _store_runs(self, buf: kmemfd.PageBuffer, runs: list[_Run]) -> None:
-        """Phase 2: compress and store (no lock held)."""
-        store = self.layer.store
+        """Phase 2: compress and store (no lock held), one ``store_batch`` per run -- per 8
+        pages when ``between_stores`` must serve faults in between."""
+        store_batch = self.layer.store_batch
         view = buf.view
         yield_ = self.between_stores
-        done = 0
+        step = 8 if yield_ is not None else 1 << 30
         for run in runs:
             lrid = run.region.layer_region
-            base = run.offset
-            for j in range(run.count):
-                done += 1
-                if yield_ is not None and done % 8 == 0:
-                    yield_()
-                o = (base + j) << PAGE_SHIFT
+            for j in range(0, run.count, step):
+                k = min(step, run.count - j)
+                o = (run.offset + j) << PAGE_SHIFT
                 try:
-                    store(lrid, run.start + j, view[o:o + PAGE_SIZE])
-                    run.stored[j] = True
-                except StoreRejected:
-                    pass
+                    run.stored[j:j + k] = store_batch(lrid, run.start + j,
+                                                      view[o:o + (k << PAGE_SHIFT)])
                 except (KeyError, SwapdError) as exc:  # region removed meanwhile
-                    log.debug("store %s/%s failed: %s", lrid, run.start + j, exc)
+                    log.debug("store %s/%s+%s failed: %s", lrid, run.start + j, k, exc)
+                if yield_ is not None:
+                    yield_()
 
     def _commit_locked(self, session: Session, runs: list[_Run]) -> int:
         """Phase 3 (Session.lock held): punch stored pages, restore refused ones."""

@@ -930,7 +930,6 @@ class SwapLayer:
             words = self._words
             nxt = self._next
             prv = self._prev
-            side = self._table.side
             s = cl.lists[0]
             ref = self._ref_bit
             drop = self._drop_locked
@@ -940,13 +939,10 @@ class SwapLayer:
                 if words[g]:
                     drop(g, cl)
                 if length < 0:  # same-filled: the value goes into the word
-                    value = vals[j]
-                    payload = encode_value(value)
+                    payload = encode_value(vals[j])
                     if payload is None:
-                        side[g] = value
-                        words[g] = TAG_SAME | SIDE
-                    else:
-                        words[g] = TAG_SAME | payload
+                        break  # a side-table value: the single-page path
+                    words[g] = TAG_SAME | payload
                     cl.same += 1
                     cl.stored += 1
                     cl.zswpout += 1
@@ -979,8 +975,7 @@ class SwapLayer:
                     be.free(h)
                     raise
                 if h > KEY_MAX:
-                    side[g] = h
-                    w = TAG_TIER0 | (length << LEN_SHIFT) | SIDE
+                    w = self._make_word(g, 0, h, length)
                 else:
                     w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
                 words[g] = w | ref
@@ -1043,7 +1038,6 @@ class SwapLayer:
                     return done
                 cl = reg.client
                 words = self._words
-                side = self._table.side
                 base = reg.base + start
                 items: list[bytes | int] = []
                 j = done
@@ -1052,8 +1046,8 @@ class SwapLayer:
                     tag = w & TAG_MASK
                     if tag == TAG_TIER0 and not w & (SIDE | WB | CLEAN):
                         items.append(be.read(w >> KEY_SHIFT))
-                    elif tag == TAG_SAME and not w & CLEAN:
-                        items.append(side[base + j] if w & SIDE else decode_value(w))
+                    elif tag == TAG_SAME and not w & (SIDE | CLEAN):
+                        items.append(decode_value(w))
                     else:
                         break
                     j += 1
