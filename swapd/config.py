@@ -172,6 +172,10 @@ class LayerSection:
     disk_bytes: int = 4 << 30
     disk_seal: bool = True  # AES-GCM with a key held only in memory (swapd/layer/seal.py)
     demotion_policy: str = "lru"
+    # The chain of tiers, fastest first: names of the entry-point group swapd.tiers (built-in:
+    # compressed, disk; also redis).  Each may have a table [tier.NAME] of its options.
+    # ``disk = false`` removes "disk" from the chain.
+    tiers: tuple[str, ...] = ("compressed", "disk")
     pool_limit_bytes: int | None = None
     pool_limit_percent: float = 20.0
     accept_threshold_percent: float = 90.0
@@ -185,7 +189,7 @@ class LayerSection:
     def layer_options(self) -> dict[str, Any]:
         """The fields that are LayerConfig's (everything except tier construction)."""
         skip = {"backend", "compressor", "disk", "disk_path", "disk_bytes", "disk_seal",
-                "demotion_policy"}
+                "demotion_policy", "tiers"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip}
 
@@ -199,6 +203,13 @@ class Config:
     pager: PagerConfig = field(default_factory=PagerConfig)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
     layer: LayerSection = field(default_factory=LayerSection)
+    #: ``[tier.NAME]`` tables: the options of each tier of ``[layer] tiers`` (checked by the
+    #: tier's ``from_config`` when the layer is built).
+    tier: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def tier_chain(self) -> tuple[str, ...]:
+        """The names of the tiers of the chain, fastest first."""
+        return tuple(t for t in self.layer.tiers if self.layer.disk or t != "disk")
 
     def socket_path(self) -> Path:
         return Path(self.daemon.socket) if self.daemon.socket else default_socket_path()
@@ -288,6 +299,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[daemon] socket_mode: not a file mode: {cfg.daemon.socket_mode:o}")
     if cfg.daemon.watchdog_interval_s < 0:
         raise ConfigError("[daemon] watchdog_interval_s: must not be negative")
+    chain = cfg.tier_chain()
+    if not chain or len(set(chain)) != len(chain):
+        raise ConfigError(f"[layer] tiers: a non-empty list of distinct tier names, got "
+                          f"{list(cfg.layer.tiers)}")
+    stray = set(cfg.tier) - set(cfg.layer.tiers)
+    if stray:
+        raise ConfigError(f"[tier.{sorted(stray)[0]}]: not a tier of [layer] tiers = "
+                          f"{list(cfg.layer.tiers)}")
     if cfg.layer.disk and cfg.layer.disk_bytes < PAGE_SIZE:
         raise ConfigError("[layer] disk_bytes: at least one page when disk = true")
 
@@ -296,6 +315,11 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a validated Config from parsed TOML; unknown tables/keys are rejected by name."""
     sections: dict[str, Any] = {}
     for tname, tval in data.items():
+        if tname == "tier":
+            if not isinstance(tval, dict) or not all(isinstance(v, dict) for v in tval.values()):
+                raise ConfigError(f"{source}: [tier.NAME] tables hold the options of each tier")
+            sections["tier"] = {str(k): dict(v) for k, v in tval.items()}
+            continue
         if tname not in _TABLES:
             raise ConfigError(f"{source}: unknown table [{tname}] "
                               f"(known: {', '.join(sorted(_TABLES))})")

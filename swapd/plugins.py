@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS_GROUP = "swapd.backends"
 POLICIES_GROUP = "swapd.policies"
+TIERS_GROUP = "swapd.tiers"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ def _base_for(group: str) -> type[Any]:
         from swapd.policy import Policy
 
         return Policy
+    if group == TIERS_GROUP:
+        from swapd.layer.tier import Tier
+
+        return Tier
     raise PluginError(f"unknown plugin group {group!r}")
 
 
@@ -131,3 +136,13 @@ def make_backend(name: str, **options: Any) -> Any:
 def make_policy(name: str, capacity: int | None = None, **params: Any) -> Any:
     """Instantiate policy ``name`` (ConfigError on bad parameters)."""
     return load(POLICIES_GROUP, name)(capacity, **params)
+
+
+def available_tiers() -> dict[str, type[Any]]:
+    """Tiers that loaded: name -> class (entry points ``swapd.tiers``)."""
+    return available(TIERS_GROUP)
+
+
+def make_tier(name: str, ctx: Any, options: Any = None) -> Any:
+    """Build tier ``name`` with ``cls.from_config(ctx, options)`` (ConfigError on bad options)."""
+    return load(TIERS_GROUP, name).from_config(ctx, dict(options or {}))

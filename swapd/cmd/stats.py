@@ -49,6 +49,13 @@ def render(stats: dict[str, Any]) -> str:
             lines.append("  layer: " + "  ".join(f"{k} {_fmt(v)}" for k, v in layer.items()))
 
     block("total", t)
+    for ts in t.get("tiers", []):
+        cap = ts.get("capacity_bytes")
+        lines.append(f"  tier {ts['tier']} {ts['name']}: {ts['entries']} entries, "
+                     f"{ts['used_bytes']} bytes" + (f" of {cap}" if cap else "")
+                     + ("" if ts.get("available", True) else " (unavailable)")
+                     + f", demoted in {ts.get('demoted_in', 0)} out {ts.get('demoted_out', 0)}"
+                     + f", load errors {ts.get('load_errors', 0)}")
     for c in stats["clients"]:
         block(f"client {c['session']} pid {c['pid']} {c['name']}", c)
     return "\n".join(lines)

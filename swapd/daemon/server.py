@@ -68,7 +68,8 @@ def build_layer(cfg: Config, state_path: Path, *, clock: Callable[[], float] | N
     """The daemon's layer from ``cfg.layer`` (see :func:`swapd.layer.build.build_layer`)."""
     from swapd.layer.build import build_layer as build
 
-    return build(cfg.layer, state_path, clock=clock, max_pages=max_pages, options=options)
+    return build(cfg.layer, state_path, clock=clock, max_pages=max_pages, options=options,
+                 tiers=cfg.tier_chain(), tier_options=cfg.tier)
 
 
 class Daemon:

@@ -87,6 +87,7 @@ def all_stats(daemon: Daemon) -> dict[str, Any]:
                   "managed_pages": sum(c["managed_pages"] for c in clients),
                   "counters": counters,
                   "latency": LatencySummary.of(samples).as_dict(),
-                  "layer": as_dict(daemon.layer.stats())},
+                  "layer": as_dict(daemon.layer.stats()),
+                  "tiers": daemon.layer.tier_stats()},
         "clients": clients,
     }

@@ -10,7 +10,7 @@ other.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,26 @@ from swapd.compress import get_compressor
 from swapd.config import LayerSection
 from swapd.errors import ConfigError
 from swapd.layer.core import LayerConfig, SwapLayer
-from swapd.layer.tier import CompressedTier, DiskTier, Tier
-from swapd.plugins import make_backend
+from swapd.layer.tier import Tier, TierContext
+from swapd.plugins import make_tier
 
 
 def build_layer(section: LayerSection, state_path: Path, *,
                 clock: Callable[[], float] | None = None, max_pages: int | None = None,
-                options: Mapping[str, Any] | None = None) -> SwapLayer:
-    """A compressed tier (``section.backend`` + ``section.compressor``), then a disk tier.
+                options: Mapping[str, Any] | None = None,
+                tiers: Sequence[str] | None = None,
+                tier_options: Mapping[str, Mapping[str, Any]] | None = None,
+                instance: str = "swapd") -> SwapLayer:
+    """The chain of tiers named by ``tiers`` (default ``section.tiers``, without "disk" when
+    ``section.disk`` is false), each built by its plugin's ``from_config`` with its
+    ``tier_options``, under one :class:`SwapLayer`.
 
     ``clock`` is the layer's clock (default: the layer's own, ``time.monotonic``);
-    ``max_pages`` caps the backend's arena (default: the backend's); ``options``
+    ``max_pages`` caps the compressed tiers' arenas (default: the backend's); ``options``
     overrides :class:`LayerConfig` fields after the section (ConfigError if one is
-    not a field).  The disk tier's file is created in ``state_path`` unless
-    ``section.disk_path`` names one, and is removed when the layer closes.  On
-    failure, the tiers built so far are closed.
+    not a field); ``instance`` names this daemon instance (files, remote keys).  A disk
+    tier's file is created in ``state_path`` unless ``section.disk_path`` names one, and is
+    removed when the layer closes.  On failure, the tiers built so far are closed.
     """
     opts = section.layer_options()
     if options:
@@ -43,25 +48,22 @@ def build_layer(section: LayerSection, state_path: Path, *,
                                   f"{', '.join(sorted(names))}")
             opts[k] = v
     layer_cfg = LayerConfig(**opts)
-    backend = (make_backend(section.backend) if max_pages is None
-               else make_backend(section.backend, max_pages=max_pages))
-    tiers: list[Tier] = []
+    chain = list(tiers) if tiers is not None else [
+        t for t in section.tiers if section.disk or t != "disk"]
+    ctx = TierContext(state_path=state_path, instance=instance,
+                      compressor=get_compressor(section.compressor).name,
+                      backend=section.backend, max_pages=max_pages,
+                      disk_path=section.disk_path, disk_bytes=section.disk_bytes,
+                      disk_seal=section.disk_seal)
+    built: list[Tier] = []
     try:
-        tiers.append(CompressedTier(get_compressor(section.compressor), backend))
-        if section.disk:
-            if section.disk_path:
-                disk = section.disk_path
-            else:
-                state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-                disk = str(state_path)
-            tiers.append(DiskTier(disk, section.disk_bytes, seal=section.disk_seal))
+        for name in chain:
+            built.append(make_tier(name, ctx, (tier_options or {}).get(name)))
         if clock is None:
-            return SwapLayer(tiers, config=layer_cfg, demotion_policy=section.demotion_policy)
-        return SwapLayer(tiers, config=layer_cfg, clock=clock,
+            return SwapLayer(built, config=layer_cfg, demotion_policy=section.demotion_policy)
+        return SwapLayer(built, config=layer_cfg, clock=clock,
                          demotion_policy=section.demotion_policy)
     except BaseException:
-        if not tiers:
-            backend.close()
-        for t in tiers:
+        for t in built:
             t.close()
         raise

@@ -79,7 +79,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import swapd.impl as _impl
 from swapd.arena import PAGE_SHIFT, PAGE_SIZE
@@ -114,7 +114,7 @@ from swapd.layer.table import (
     decode_value,
     encode_value,
 )
-from swapd.layer.tier import CompressedTier, Tier
+from swapd.layer.tier import CompressedTier, Tier  # CompressedTier: the compressed contract
 
 # The compiled implementation of the batch operations, or None (swapd/impl.py chose, once).
 _NATIVE = _impl.native()
@@ -236,6 +236,10 @@ _EVENTS = ("written_back_pages", "reject_compress_poor", "reject_compress_fail",
            "clean_dropped")
 
 
+_TIER_EVENTS = ("demoted_in", "demoted_out", "loads", "load_errors", "store_errors",
+                "unavailable_skips")
+
+
 class _Client:
     """Per-client lists and counters.  Every field is under SwapLayer._lock."""
 
@@ -309,7 +313,6 @@ class SwapLayer:
         self._regions: dict[int, _Region] = {}       # under _lock
         self._clients: dict[Hashable, _Client] = {}  # under _lock
         self._rr: list[Hashable] = []                # under _lock: round-robin order of clients
-        self._rr_pos = 0                             # under _lock
         self._next_region = 1                        # under _lock
         self._departed = {name: 0 for name in _EVENTS}  # under _lock: events of removed clients
         self._reached_full = False                   # under _lock: zswap_pool_reached_full
@@ -330,7 +333,9 @@ class SwapLayer:
         self._wb_skipped = 0                         # under _lock
         self._closed = False
         t0 = self._tiers[0]
-        self._t0c: CompressedTier | None = t0 if isinstance(t0, CompressedTier) else None
+        # the admission of zswap applies to a compressed tier 0 (any tier with compressed=True
+        # offers CompressedTier's methods; no tier is special-cased by its type)
+        self._t0c: CompressedTier | None = cast(CompressedTier, t0) if t0.compressed else None
         if self._t0c is not None:
             lim = self._t0c.limits
             if cfg.pool_limit_bytes is not None:
@@ -353,6 +358,12 @@ class SwapLayer:
         self._fast_ok = self._t0c is not None and self._policy is None
         self._ref_bit = REF if cfg.second_chance and self._policy is None else 0
         self._exclusive = cfg.exclusive_loads
+        # Entries of slow tiers whose I/O runs outside the lock (a demotion's read, a load):
+        # g -> -1 while in flight, or the key to free when the I/O ends if the entry was dropped
+        # meanwhile (its key must not be reused under the reader).  Under _lock.
+        self._busy: dict[int, int] = {}
+        self._rr_tier = [0] * self._ntiers  # under _lock: round-robin position per source tier
+        self._tier_events = [dict.fromkeys(_TIER_EVENTS, 0) for _ in self._tiers]  # under _lock
 
     # -- regions and clients ------------------------------------------------------------
 
@@ -443,7 +454,10 @@ class SwapLayer:
                 pol = self._policy
                 if t == 0 and pol is not None and g in pol:
                     pol.remove(g)
-            self._tiers[t].free(key)
+            if w & WB and self._busy.get(g, 0) == -1:
+                self._busy[g] = key  # a slow tier's I/O is reading it: freed when that ends
+            else:
+                self._tiers[t].free(key)
             self._uncount_locked(cl, t, w)
             if t:
                 self._recent_wb.pop(g, None)
@@ -796,28 +810,160 @@ class SwapLayer:
                 return fill_page(value)
             t = tag - TAG_TIER0
             tier = self._tiers[t]
-            page = tier.load(self._key_locked(g, w))
-            if tier.compressed:
-                cl.zswpin += 1
+            key = self._key_locked(g, w)
+            if not (tier.slow and not w & WB and g not in self._busy):
+                try:
+                    page = tier.load(key)
+                except (CorruptPageError, TierIOError):
+                    self._tier_events[t]["load_errors"] += 1
+                    raise
+                self._loaded_locked(g, cl, t, w)
+                return page
+            self._begin_io_locked(g, cl, t, w)
+        # A slow tier: the read runs outside the lock (the entry is busy, off its list).
+        return self._end_load(region, g, cl, t, w, tier.load_batch([key]))[0]
+
+    def load_many(self, region: int, index: int, n: int) -> list[bytes]:
+        """The pages of the swapped-out run from ``index`` (at most ``n``), loaded in order.
+
+        For readahead: consecutive entries of one slow tier are fetched with one
+        ``load_batch`` (one round trip to a remote tier) outside the lock; other entries as
+        :meth:`load`.  Stops at the first page that is not swapped out or fails to load (a
+        failure of the first page raises as :meth:`load` does).  O(n) plus the I/O.
+        """
+        out: list[bytes] = []
+        while len(out) < n:
+            i = index + len(out)
+            with self._lock:
+                reg = self._regions.get(region)
+                if reg is None or not 0 <= i < reg.npages:
+                    if out:
+                        return out
+                    raise self._not_found(region, reg, i)
+                g0 = reg.base + i
+                cl = reg.client
+                words = self._words
+                w0 = words[g0]
+                tag = w0 & TAG_MASK
+                if not tag or w0 & CLEAN:
+                    if out:
+                        return out
+                    raise EntryNotFoundError(f"page {i} of region {region} is not swapped out")
+                t = tag - TAG_TIER0
+                run: list[tuple[int, int]] = []  # (g, word) of a run in one slow tier
+                if tag >= TAG_TIER0 and self._tiers[t].slow:
+                    end = min(reg.base + reg.npages, g0 + n - len(out))
+                    g = g0
+                    while g < end:
+                        w = words[g]
+                        if (w & TAG_MASK != tag or w & (CLEAN | WB)) or g in self._busy:
+                            break
+                        run.append((g, w))
+                        g += 1
+                if run:
+                    keys = [self._key_locked(g, w) for g, w in run]
+                    for g, w in run:
+                        self._begin_io_locked(g, cl, t, w)
+            if not run:
+                try:
+                    out.append(self.load(region, i))
+                except (CorruptPageError, TierIOError):
+                    if out:
+                        return out
+                    raise
+                continue
+            try:
+                pages = self._tiers[t].load_batch(keys)
+            except (CorruptPageError, TierIOError):
+                pages = []
+            for j, (g, w) in enumerate(run):
+                try:
+                    got = self._end_load(region, g, cl, t, w, pages[j:j + 1])
+                except (CorruptPageError, TierIOError, EntryNotFoundError):
+                    if out or j:
+                        # the rest of the run stays swapped out (already ended above)
+                        for g2, w2 in run[j + 1:]:
+                            self._end_load(region, g2, cl, t, w2, None)
+                        return out
+                    for g2, w2 in run[1:]:
+                        self._end_load(region, g2, cl, t, w2, None)
+                    raise
+                out.append(got[0])
+            if len(pages) < len(run):
+                return out
+        return out
+
+    def _begin_io_locked(self, g: int, cl: _Client, t: int, w: int) -> None:
+        """Mark entry ``g`` of slow tier ``t`` busy for I/O outside the lock: off its list,
+        WB set (a demotion skips it), its key's free deferred.  O(1)."""
+        self._table.unlink(g)
+        cl.counts[t] -= 1
+        self._words[g] = w | WB
+        self._busy[g] = -1
+        self._io_inflight += 1
+
+    def _end_load(self, region: int, g: int, cl: _Client, t: int, w: int,
+                  pages: list[bytes] | None) -> list[bytes]:
+        """Finish a slow load begun by :meth:`_begin_io_locked`.
+
+        ``pages`` is ``[page]`` on success, ``[]`` when the read failed (the error is read
+        again under the lock to be raised), None to just put the entry back untouched.
+        """
+        tier = self._tiers[t]
+        err: Exception | None = None
+        if pages is not None and not pages:
+            try:  # the batch failed somewhere: get this key's own error (or its page)
+                pages = [tier.load(self._key_for(g, w))]
+            except (CorruptPageError, TierIOError) as exc:
+                err = exc
+        with self._lock:
+            self._io_inflight -= 1
+            orphan = self._busy.pop(g, -1)
+            if orphan >= 0 or self._words[g] != w | WB or self._clients.get(cl.key) is not cl:
+                # dropped while the read ran (region or client removed): the key is ours
+                if orphan >= 0:
+                    tier.free(orphan)
+                raise EntryNotFoundError(f"entry {g} of region {region} was dropped meanwhile")
+            if pages is None or err is not None:
+                self._words[g] = w  # the entry stays (every later load fails the same way)
+                self._link_new_locked(g, cl, t)
+                if err is not None:
+                    self._tier_events[t]["load_errors"] += 1
+                    raise err
+                return []
+            self._words[g] = w | WB  # _loaded_locked sees an entry off its list
+            self._loaded_locked(g, cl, t, w | WB)
+            return pages
+
+    def _key_for(self, g: int, w: int) -> int:
+        with self._lock:
+            return self._key_locked(g, w)
+
+    def _loaded_locked(self, g: int, cl: _Client, t: int, w: int) -> None:
+        """Account a load of entry ``g`` from tier ``t``; drop the copy or keep it CLEAN."""
+        tier = self._tiers[t]
+        table = self._table
+        self._tier_events[t]["loads"] += 1
+        if tier.compressed:
+            cl.zswpin += 1
+        else:
+            cl.pswpin += 1
+            self._disk_swapins += 1
+            wb_at = self._recent_wb.pop(g, None)
+            if (wb_at is not None
+                    and self._clock() - wb_at <= self._config.shrinker_refault_window):
+                self._soon += 1
+        if self._exclusive:
+            self._drop_locked(g, cl)
+        else:
+            table.words[g] = (w | CLEAN) & ~(REF | WB)
+            if w & WB:  # off its list (I/O, or a writeback that will see the change)
+                self._link_new_locked(g, cl, t)
             else:
-                cl.pswpin += 1
-                self._disk_swapins += 1
-                wb_at = self._recent_wb.pop(g, None)
-                if (wb_at is not None
-                        and self._clock() - wb_at <= self._config.shrinker_refault_window):
-                    self._soon += 1
-            if exclusive:
-                self._drop_locked(g, cl)
-            else:
-                table.words[g] = (w | CLEAN) & ~(REF | WB)
-                if w & WB:  # the writeback in flight will see the change and keep the copy
-                    self._link_new_locked(g, cl, t)
-                else:
-                    table.unlink(g)
-                    table.push_head(cl.lists[t], g)
-                    if t == 0 and self._policy is not None:
-                        self._policy.access(g)
-            return page
+                table.unlink(g)
+                table.push_head(cl.lists[t], g)
+                if t == 0 and self._policy is not None:
+                    self._policy.access(g)
 
     def store_clean(self, region: int, index: int) -> bool:
         """Swap the page out again by reusing its clean copy, without data or compression.
@@ -1156,33 +1302,34 @@ class SwapLayer:
 
     # -- writeback ----------------------------------------------------------------------------
 
-    def _pick_locked(self, n: int) -> list[tuple[int, _Client, int]]:
-        """Choose up to ``n`` demotion victims from tier 0; mark them WB, off the lists.
+    def _pick_locked(self, n: int, src: int = 0) -> list[tuple[int, _Client, int]]:
+        """Choose up to ``n`` demotion victims from tier ``src``; mark them WB, off the lists.
 
         Returns (g, client, word before WB) coldest first.  CLEAN victims are dropped here
         instead (the page is resident; its copy need not go anywhere).  Counts inversions.
-        O(n + rotations).
+        Tier 0 uses the demotion policy when one is set, and the second-chance bit; slower
+        tiers take the tails of their lists.  O(n + rotations).
         """
         table = self._table
         words = table.words
         prv = table.prev
         out: list[tuple[int, _Client, int]] = []
-        if self._policy is not None:
+        if src == 0 and self._policy is not None:
             for g in self._policy.victims(n):
                 cl = self._client_of_locked(g)
                 s = cl.lists[0]
                 if prv[s] != g:
                     cl.lru_inversions += 1
-                self._take_locked(g, cl, out)
+                self._take_locked(g, cl, out, 0)
             return out
         nclients = len(self._rr)
         tried = 0
-        second = self._config.second_chance
+        second = self._config.second_chance and src == 0
         while len(out) < n and tried < nclients:
-            self._rr_pos %= nclients
-            cl = self._clients[self._rr[self._rr_pos]]
-            s = cl.lists[0]
-            budget = cl.counts[0] + n  # rotations are bounded by one pass over the list
+            pos = self._rr_tier[src] % nclients
+            cl = self._clients[self._rr[pos]]
+            s = cl.lists[src]
+            budget = cl.counts[src] + n  # rotations are bounded by one pass over the list
             while len(out) < n and budget > 0:
                 g = prv[s]
                 if g == s:
@@ -1194,15 +1341,14 @@ class SwapLayer:
                     table.unlink(g)
                     table.push_head(s, g)
                     continue
-                self._take_locked(g, cl, out)
+                self._take_locked(g, cl, out, src)
             if len(out) < n:
-                self._rr_pos += 1
                 tried += 1
-            else:
-                self._rr_pos += 1  # next batch starts with the next client
+            self._rr_tier[src] = pos + 1  # the next batch starts with the next client
         return out
 
-    def _take_locked(self, g: int, cl: _Client, out: list[tuple[int, _Client, int]]) -> None:
+    def _take_locked(self, g: int, cl: _Client, out: list[tuple[int, _Client, int]],
+                     src: int = 0) -> None:
         table = self._table
         w = table.words[g]
         if w & CLEAN:
@@ -1210,7 +1356,7 @@ class SwapLayer:
             cl.clean_dropped += 1
             return
         table.unlink(g)
-        cl.counts[0] -= 1
+        cl.counts[src] -= 1
         table.words[g] = w | WB
         out.append((g, cl, w))
 
@@ -1220,18 +1366,29 @@ class SwapLayer:
                 return reg.client
         raise InvariantError(f"entry {g} belongs to no region")
 
-    def writeback(self, max_pages: int) -> int:
-        """zswap_writeback_entry() in batches: demote up to ``max_pages`` coldest entries of the
-        fastest tier into the next one.  Returns the pages written back.
+    def _room_pages(self, t: int) -> int | None:
+        """Pages tier ``t`` can still take (None: unbounded).  O(1)."""
+        tier = self._tiers[t]
+        cap = tier.capacity_bytes()
+        if cap is None:
+            return None
+        return max(0, (cap - tier.used_bytes()) >> PAGE_SHIFT)
 
-        The I/O runs outside the layer lock (see the module comment).  A full or failing next
-        tier leaves the entries where they were (at the cold end), counts
-        reject_reclaim_fail, and stops writeback for a back-off interval (the module comment);
-        meanwhile this returns 0 at once.  O(max_pages) plus the I/O.
+    def writeback(self, max_pages: int, src: int = 0) -> int:
+        """zswap_writeback_entry() in batches: demote up to ``max_pages`` coldest entries of tier
+        ``src`` (the fastest by default) into tier ``src + 1``.  Returns the pages demoted.
+
+        When the next tier lacks room and a tier follows it, its coldest entries are demoted
+        first (the chain moves in LRU order, so no inversion arises anywhere in it).  A tier
+        that is not ``available()`` takes nothing: demotion stops there.  Reads from a slow
+        source tier and the store into the next tier run outside the layer lock (see the module
+        comment).  A full or failing next tier leaves the entries where they were (at the cold
+        end), counts reject_reclaim_fail, and stops writeback for a back-off interval (the module
+        comment); meanwhile this returns 0 at once.  O(max_pages) plus the I/O.
         """
-        if self._ntiers < 2 or max_pages <= 0:
+        if src + 1 >= self._ntiers or max_pages <= 0:
             return 0
-        t0, t1 = self._tiers[0], self._tiers[1]
+        ts, td = self._tiers[src], self._tiers[src + 1]
         done = 0
         if self._wb_until >= 0:
             now = self._clock()
@@ -1240,36 +1397,62 @@ class SwapLayer:
                     self._wb_skipped += 1
                     return 0
         while done < max_pages:
+            if not td.available():
+                with self._lock:
+                    self._tier_events[src + 1]["unavailable_skips"] += 1
+                return done
             batch = min(max_pages - done, self._config.writeback_batch)
+            room = self._room_pages(src + 1)
+            if room is not None and room < batch and src + 2 < self._ntiers:
+                self.writeback(batch - room, src + 1)  # cascade down the chain first
             with self._lock:
-                victims = self._pick_locked(batch)
+                victims = self._pick_locked(batch, src)
                 if not victims:
                     return done
-                blobs = []
-                for g, _cl, w in victims:
-                    key = self._key_locked(g, w)
-                    blobs.append(t0.get(key) if isinstance(t0, CompressedTier) else t0.load(key))
+                keys_src = [self._key_locked(g, w) for g, _cl, w in victims]
+                blobs: list[bytes] | None = None
+                if ts.slow:
+                    for g, _cl, _w in victims:
+                        self._busy[g] = -1
+                elif ts.compressed:
+                    get = cast(CompressedTier, ts).get
+                    blobs = [get(k) for k in keys_src]
+                else:
+                    blobs = [ts.load(k) for k in keys_src]
                 self._io_inflight += 1
+            n = 0
             try:
                 pages: list[bytes] = []
                 ok = len(victims)
-                for i, b in enumerate(blobs):
+                if blobs is None:
                     try:
-                        pages.append(t0.decode(b) if isinstance(t0, CompressedTier) else b)
-                    except CorruptPageError:
-                        ok = i
-                        break
+                        pages = ts.load_batch(keys_src)
+                    except (CorruptPageError, TierIOError):
+                        pages = []
+                    ok = len(pages)
+                elif ts.compressed:
+                    decode = cast(CompressedTier, ts).decode
+                    for i, b in enumerate(blobs):
+                        try:
+                            pages.append(decode(b))
+                        except CorruptPageError:
+                            ok = i
+                            break
+                else:
+                    pages = blobs
                 keys: list[int] = []
                 if pages:
                     try:
-                        keys = t1.store_batch(pages)
+                        keys = td.store_batch(pages)
                     except (TierFullError, TierIOError) as exc:
                         keys = []
-                        self._writeback_failed(t1, exc)
+                        with self._lock:
+                            self._tier_events[src + 1]["store_errors"] += 1
+                        self._writeback_failed(td, exc)
                     else:
                         if self._wb_until >= 0:
                             self._writeback_resumed()
-                n = self._commit_writeback(victims, keys, ok)
+                n = self._commit_writeback(victims, keys, ok, src)
             finally:
                 with self._lock:
                     self._io_inflight -= 1
@@ -1310,8 +1493,9 @@ class SwapLayer:
             log.warning("disk tier has room again: writeback resumed")
 
     def _commit_writeback(self, victims: list[tuple[int, _Client, int]], keys: list[int],
-                          ok: int) -> int:
-        t0, t1 = self._tiers[0], self._tiers[1]
+                          ok: int, src: int = 0) -> int:
+        ts, td = self._tiers[src], self._tiers[src + 1]
+        dst = src + 1
         now = self._clock()
         written = 0
         with self._lock:
@@ -1319,25 +1503,35 @@ class SwapLayer:
             words = table.words
             recent = self._recent_wb
             keep = self._config.shrinker_recent
+            busy = self._busy
+            ev_out = self._tier_events[src]
+            ev_in = self._tier_events[dst]
             back: list[tuple[int, int, _Client, int]] = []
             for i, (g, cl, w) in enumerate(victims):
+                orphan = busy.pop(g, -1) if ts.slow else -1
+                if orphan >= 0:
+                    ts.free(orphan)  # dropped while its read ran
                 cur = words[g] if g < len(words) else 0
                 alive = cur == (w | WB) and self._clients.get(cl.key) is cl
                 if i < len(keys):
                     if not alive:  # loaded, invalidated or replaced meanwhile
-                        t1.free(keys[i])
+                        td.free(keys[i])
                         continue
                     old_key = self._key_locked(g, w)
                     if w & SIDE:
                         del table.side[g]
-                    words[g] = self._make_word(g, 1, keys[i], 0)
-                    t0.free(old_key)
-                    self._uncount_locked(cl, 0, w)
-                    self._count_locked(cl, 1, 0)
-                    self._link_new_locked(g, cl, 1)
+                    words[g] = self._make_word(g, dst, keys[i], 0)
+                    ts.free(old_key)
+                    self._uncount_locked(cl, src, w)
+                    self._count_locked(cl, dst, 0)
+                    self._link_new_locked(g, cl, dst)
                     cl.written_back_pages += 1
-                    cl.zswpwb += 1
-                    cl.pswpout += 1
+                    if src == 0:
+                        cl.zswpwb += 1
+                    if not td.compressed:
+                        cl.pswpout += 1
+                    ev_out["demoted_out"] += 1
+                    ev_in["demoted_in"] += 1
                     written += 1
                     if keep:
                         recent[g] = now
@@ -1351,7 +1545,7 @@ class SwapLayer:
             # Unwritten entries go back to the cold end, warmest first so the coldest ends last;
             # an entry that failed to decode goes to the hot end so it is not retried at once.
             for i, g, cl, _w in reversed(back):
-                self._link_new_locked(g, cl, 0, head=(i == ok))
+                self._link_new_locked(g, cl, src, head=(i == ok))
         return written
 
     # -- shrinker ------------------------------------------------------------------------------
@@ -1367,8 +1561,11 @@ class SwapLayer:
         """
         cfg = self._config
         t0 = self._t0c
-        if t0 is None or self._ntiers < 2:
+        if self._ntiers < 2:
             return 0
+        lower = self._shrink_lower_tiers()
+        if t0 is None:
+            return lower
         now = self._clock()
         with self._lock:
             if now < self._backoff_until:
@@ -1393,8 +1590,20 @@ class SwapLayer:
             self._disk_swapins -= consumed
             n = min(cfg.shrinker_batch, freeable - consumed)
         if n <= 0:
-            return 0
-        return self.writeback(n)
+            return lower
+        return lower + self.writeback(n)
+
+    def _shrink_lower_tiers(self) -> int:
+        """Demote one batch from every middle tier that is above ``shrinker_start_percent`` of
+        its capacity, slowest first, so each keeps room for the demotions into it."""
+        cfg = self._config
+        moved = 0
+        for t in range(self._ntiers - 2, 0, -1):
+            tier = self._tiers[t]
+            cap = tier.capacity_bytes()
+            if cap and tier.used_bytes() * 100 > cap * cfg.shrinker_start_percent:
+                moved += self.writeback(cfg.shrinker_batch, t)
+        return moved
 
     # -- compaction, stats, checks ----------------------------------------------------------------
 
@@ -1403,8 +1612,8 @@ class SwapLayer:
         lock (handles stay valid across compaction, by the backend contract)."""
         freed = 0
         for t in self._tiers:
-            if isinstance(t, CompressedTier):
-                freed += int(t.backend.compact())
+            if t.compressed:
+                freed += int(cast(CompressedTier, t).compact())
         return freed
 
     def clients(self) -> list[Hashable]:
@@ -1454,6 +1663,29 @@ class SwapLayer:
                 writeback_backoffs=self._wb_skipped,
                 **ev,
             )
+
+    def tier_stats(self) -> list[dict[str, Any]]:
+        """One dict per tier of the chain, fastest first: name, state, entries, bytes used and
+        capacity, availability, the layer's events for it, and the tier's own counters."""
+        with self._lock:
+            entries = [0] * self._ntiers
+            for cl in self._clients.values():
+                for t, c in enumerate(cl.counts):
+                    entries[t] += c
+            busy = [0] * self._ntiers
+            for g in self._busy:
+                tag = self._words[g] & TAG_MASK if g < len(self._words) else 0
+                if tag >= TAG_TIER0:
+                    busy[tag - TAG_TIER0] += 1
+            events = [dict(e) for e in self._tier_events]
+        out: list[dict[str, Any]] = []
+        for t, tier in enumerate(self._tiers):
+            out.append({"tier": t, "name": tier.name, "state": tier.state.value,
+                        "entries": entries[t] + busy[t], "used_bytes": tier.used_bytes(),
+                        "capacity_bytes": tier.capacity_bytes(),
+                        "available": tier.available(), "slow": tier.slow,
+                        **events[t], **tier.stats()})
+        return out
 
     def _check(self) -> None:
         """Verify every invariant of the layer, its table, tiers and policy.  O(pages)."""
@@ -1519,8 +1751,8 @@ class SwapLayer:
                         f"!= recount {(stored, same, compr)}")
             for t, tier in enumerate(self._tiers):
                 tier._check()
-                if isinstance(tier, CompressedTier):
-                    objs = tier.backend.stats().objects
+                if tier.compressed:
+                    objs = cast(CompressedTier, tier).objects()
                     if objs != len(seen_keys[t]):
                         raise InvariantError(f"tier {t}: backend holds {objs} objects, "
                                              f"table has {len(seen_keys[t])}")

@@ -43,9 +43,10 @@ import threading
 import zlib
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 from sortedcontainers import SortedDict, SortedList
 
@@ -68,6 +69,7 @@ __all__ = [
     "DiskTier",
     "SlotAllocator",
     "Tier",
+    "TierContext",
     "TierLimits",
     "system_ram_bytes",
 ]
@@ -91,26 +93,99 @@ class TierLimits:
         return cls(system_ram_bytes(), max_bytes)
 
 
+@dataclass(frozen=True)
+class TierContext:
+    """What a tier built from the configuration may need (``Tier.from_config``).
+
+    ``instance`` names this daemon instance (it namespaces files and remote keys, so that a
+    restarted daemon finds its own); ``state_path`` is the state directory; ``compressor``,
+    ``backend``, ``backend_options`` and ``max_pages`` are the ``[layer]`` defaults for
+    compressed tiers; ``disk_path``/``disk_bytes`` the defaults of a disk tier.
+    """
+
+    state_path: Path
+    instance: str = "swapd"
+    compressor: str = "lz4"
+    backend: str = "zsmalloc"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    max_pages: int | None = None
+    disk_path: str = ""
+    disk_bytes: int = 4 << 30
+    disk_seal: bool = True
+
+
+def _options(where: str, options: Mapping[str, Any], allowed: Mapping[str, type | tuple[type, ...]]
+             ) -> dict[str, Any]:
+    """Check ``options`` against ``allowed`` (name -> type); ConfigError names a bad one."""
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if k not in allowed:
+            raise ConfigError(f"[tier.{where}] unknown option {k!r} (known: "
+                              f"{', '.join(sorted(allowed)) or 'none'})")
+        if (isinstance(v, bool) and allowed[k] is not bool) or not isinstance(v, allowed[k]):
+            raise ConfigError(f"[tier.{where}] {k}: wrong type {type(v).__name__} ({v!r})")
+        out[k] = v
+    return out
+
+
 class Tier(ABC):
     """A place for swapped-out pages, addressed by integer keys.
 
-    Contract for a tier author:
+    Contract for a tier author (one contract suite, ``tests/test_tier_contract.py``, runs it
+    against every tier registered in the entry-point group ``swapd.tiers``):
 
     * ``state``: the EntryState the layer reports for pages in this tier.
+    * ``name``: the tier's name in statistics (``"compressed"``, ``"disk"``, ``"redis"``).
     * ``store_batch(pages)``: store whole pages, return one key per stored page, in order.  It may
       store only a prefix (fewer keys than pages) when it runs out of room; it raises
       TierFullError when it can store none, TierIOError on an I/O error (then it stored none).
-    * ``load(key)``: the page (PAGE_SIZE bytes); CorruptPageError if its check fails, TierIOError.
-    * ``free(key)``: release the key; it may be reused at once.
-    * ``used_bytes()``: memory or disk the tier holds now.  ``_check()``, ``close()``.
+    * ``load(key)``: the page (PAGE_SIZE bytes); CorruptPageError if its check fails, TierIOError
+      when it cannot be read now (the layer keeps the entry; the daemon poisons the access).
+    * ``load_batch(keys)``: the pages of ``keys`` in order, for readahead: a tier whose round trip
+      dominates (remote) fetches them at once.  The default calls ``load`` per key.  Errors as
+      ``load``; a tier may return a shorter list (a prefix) instead of failing on a later key.
+    * ``free(key)``: release the key; it may be reused at once.  ``free_batch(keys)``: the same
+      for many (one round trip for a remote tier).
+    * ``used_bytes()``: memory or disk the tier holds now.  ``capacity_bytes()``: what it may hold
+      (None: no bound of its own).  ``available()``: False while the tier cannot take stores (a
+      remote store that cannot be reached): the layer then demotes nothing into it.
+    * ``_check()``, ``close()``.
 
-    Allowed context: any thread; a tier protects itself.  The layer never calls ``load`` or
-    ``free`` on a key while another thread may ``free`` it (the layer's lock orders them).
+    What runs where (the layer's lock, ``SwapLayer._lock``):
+
+    * A tier with ``slow = False`` (memory) is called under the layer lock, and must not block.
+    * A tier with ``slow = True`` (disk, network) is called *outside* the layer lock for
+      ``store_batch``, ``load``, ``load_batch``, and the reads of a demotion, so a slow tier
+      delays only the faults that need it.  The layer marks such an entry busy (off every list)
+      while its I/O runs and defers the ``free`` of its key until the I/O is over, so a key is
+      never freed or reused under a reader.  ``free`` may be called under the lock: a slow tier
+      makes it cheap (a remote tier queues it).
+    * Compression belongs to the tier: a tier with ``compressed = True`` keeps objects whose
+      length the layer records in the word, and offers ``compress``/``put``/``get``/``decode``/
+      ``total_pages``/``limits``/``max_object`` (see :class:`CompressedTier`); the layer
+      compresses outside its lock and calls ``put`` under it, as zswap_store() does.
+
+    Allowed context: any thread; a tier protects its own state.  The layer never calls ``load``
+    or ``free`` on a key while another thread may ``free`` it.
     """
 
     state: ClassVar[EntryState]
     #: True when the tier keeps compressed objects whose length the layer records in the word.
     compressed: ClassVar[bool] = False
+    #: True when the tier's I/O may block (disk, network): it then runs outside the layer lock.
+    slow: ClassVar[bool] = False
+    #: The tier's name in statistics and in the configuration's chain.
+    name: str = "tier"
+    #: One line for ``swapd tiers`` / plugin listings.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, ctx: TierContext, options: Mapping[str, Any]) -> Tier:
+        """Build the tier from its ``[tier.NAME]`` options (ConfigError names a bad one).
+
+        The entry point of a tier plugin names a class with this classmethod.
+        """
+        raise ConfigError(f"tier {cls.__name__} cannot be built from the configuration")
 
     @abstractmethod
     def store_batch(self, pages: Sequence[bytes]) -> list[int]:
@@ -120,13 +195,42 @@ class Tier(ABC):
     def load(self, key: int) -> bytes:
         """Return the page stored under ``key``."""
 
+    def load_batch(self, keys: Sequence[int]) -> list[bytes]:
+        """Return the pages of ``keys``, in order (a prefix on a later failure)."""
+        out: list[bytes] = []
+        for k in keys:
+            try:
+                out.append(self.load(k))
+            except (CorruptPageError, TierIOError):
+                if not out:
+                    raise
+                break
+        return out
+
     @abstractmethod
     def free(self, key: int) -> None:
         """Release ``key``."""
 
+    def free_batch(self, keys: Sequence[int]) -> None:
+        """Release every key of ``keys``."""
+        for k in keys:
+            self.free(k)
+
     @abstractmethod
     def used_bytes(self) -> int:
         """Bytes of memory or disk held now.  O(1)."""
+
+    def capacity_bytes(self) -> int | None:
+        """Bytes the tier may hold (None: bounded only by its own errors).  O(1)."""
+        return None
+
+    def available(self) -> bool:
+        """Whether the tier takes stores now (a remote tier that cannot be reached: False)."""
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """The tier's own counters (errors, retries...), for ``swapd stats``."""
+        return {}
 
     @abstractmethod
     def _check(self) -> None:
@@ -142,6 +246,26 @@ class CompressedTier(Tier):
 
     state = EntryState.COMPRESSED
     compressed = True
+    name = "compressed"
+    description = "compressed pages in an allocator backend (zswap's pool)"
+
+    @classmethod
+    def from_config(cls, ctx: TierContext, options: Mapping[str, Any]) -> CompressedTier:
+        """Options: ``backend``, ``compressor`` (default: the ``[layer]`` ones)."""
+        from swapd.compress import get_compressor
+        from swapd.plugins import make_backend
+
+        opts = _options("compressed", options, {"backend": str, "compressor": str})
+        name = opts.get("backend", ctx.backend)
+        bopts = dict(ctx.backend_options) if name == ctx.backend else {}
+        if ctx.max_pages is not None:
+            bopts["max_pages"] = ctx.max_pages
+        backend = make_backend(name, **bopts)
+        try:
+            return cls(get_compressor(opts.get("compressor", ctx.compressor)), backend)
+        except BaseException:
+            backend.close()
+            raise
 
     def __init__(self, compressor: Compressor | str, backend: Backend,
                  limits: TierLimits | None = None) -> None:
@@ -212,6 +336,14 @@ class CompressedTier(Tier):
 
     def used_bytes(self) -> int:
         return self.total_pages() << PAGE_SHIFT
+
+    def compact(self) -> int:
+        """Compact the backend; return the pages freed (handles stay valid)."""
+        return int(self.backend.compact())
+
+    def objects(self) -> int:
+        """Objects the backend holds (for the layer's invariant check).  O(1)."""
+        return int(self.backend.stats().objects)
 
     def _check(self) -> None:
         self.backend._check()
@@ -326,6 +458,20 @@ class DiskTier(Tier):
     """
 
     state = EntryState.DISK
+    slow = True
+    name = "disk"
+    description = "uncompressed pages in checksummed 4 KiB slots of a file"
+
+    @classmethod
+    def from_config(cls, ctx: TierContext, options: Mapping[str, Any]) -> DiskTier:
+        """Options: ``path`` (a directory or a new file), ``size_bytes``, ``seal``."""
+        opts = _options("disk", options, {"path": str, "size_bytes": int, "seal": bool})
+        path = opts.get("path", ctx.disk_path)
+        if not path:
+            ctx.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = str(ctx.state_path)
+        return cls(path, int(opts.get("size_bytes", ctx.disk_bytes)),
+                   seal=bool(opts.get("seal", ctx.disk_seal)))
 
     def __init__(self, path: str | os.PathLike[str], size_bytes: int, *,
                  keep: bool = False, seal: Sealer | bool = False,
@@ -376,6 +522,12 @@ class DiskTier(Tier):
 
     def used_bytes(self) -> int:
         return self.used_slots() << PAGE_SHIFT
+
+    def capacity_bytes(self) -> int:
+        return self.nslots << PAGE_SHIFT
+
+    def stats(self) -> dict[str, int]:
+        return {"io_errors": self.io_errors, "writes": self.writes}
 
     def store_batch(self, pages: Sequence[bytes]) -> list[int]:
         """Write a prefix of ``pages`` to contiguous runs of slots, one pwritev per run."""
