@@ -143,6 +143,10 @@ class CaptureError(SwapdError):
     """Pages of a process could not be captured (no such pid, no permission)."""
 
 
+class StateFormatError(SwapdError, ValueError):
+    """A state region's header is not one this swapd can read (names the field and values)."""
+
+
 class ZramError(SwapdError):
     """A zram device could not be set up, written, read or reset through sysfs."""
 

@@ -45,10 +45,10 @@ def state_bytes(lay: SwapLayer) -> dict[str, Any]:
     with lay._lock:
         t = lay._table
         out: dict[str, Any] = {
-            "words": bytes(memoryview(t.words).cast("B")),
-            "next": bytes(memoryview(t.next).cast("B")),
-            "prev": bytes(memoryview(t.prev).cast("B")),
-            "side": dict(t.side),
+            "words": bytes(t.words[:t.top].cast("B")),
+            "next": bytes(t.next[:t.top].cast("B")),
+            "prev": bytes(t.prev[:t.top].cast("B")),
+            "side": t.side.as_dict(),
         }
     out["stats"] = lay.stats().as_dict()
     for k, tier in enumerate(lay._tiers):

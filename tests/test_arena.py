@@ -153,3 +153,42 @@ def test_freed_pages_are_cached_resident_and_reused_then_trimmed() -> None:
         assert a.cached_pages == 0 and a.resident_pages() == a.pages_in_use == 5
     finally:
         a.close()
+
+
+def test_adoption_rebuilds_the_free_list_and_cache_from_the_state_bytes() -> None:
+    """The arena is a state region: another mapping of its memfd sees the same pages, and
+    the free list and cache rebuilt from the state bytes equal the owner's."""
+    import os
+
+    rng = random.Random(7)
+    a = PageArena(512, cache_pages=16)
+    try:
+        held: list[int] = []
+        for _ in range(2000):
+            if held and rng.random() < 0.45:
+                a.free_page(held.pop(rng.randrange(len(held))))
+            else:
+                p = a.alloc_page()
+                a.buf[p * PAGE_SIZE:p * PAGE_SIZE + 8] = p.to_bytes(8, "little")
+                held.append(p)
+        a._check()
+        b = PageArena.adopt(os.dup(a.region.fd), writable=False)
+        try:
+            assert b.pages_in_use == a.pages_in_use == len(held)
+            assert sorted(b._cache) == sorted(a._cache) and list(b._free) == list(a._free)
+            for p in held:
+                assert bytes(b.buf[p * PAGE_SIZE:p * PAGE_SIZE + 8]) == p.to_bytes(8, "little")
+            b._check()
+        finally:
+            b.close()
+        c = PageArena.adopt(os.dup(a.region.fd))  # a new owner (a is not used meanwhile)
+        try:
+            for p in held:
+                c.free_page(p)
+            c.trim()
+            c._check()
+            assert c.pages_in_use == 0 and c.resident_pages() == 0
+        finally:
+            c.close()
+    finally:
+        a.close()

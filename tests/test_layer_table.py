@@ -76,7 +76,7 @@ def test_lists_against_a_model() -> None:
         t.drop_list(s)
     t.free_extent(base)
     t._check()
-    assert len(t.words) == 0  # everything freed: the arrays are trimmed
+    assert t.top == 0  # everything freed: the arrays are trimmed
 
 
 def test_extents_reuse_and_coalesce() -> None:

@@ -222,7 +222,7 @@ def test_decode_pages_equals_the_reference() -> None:
     assert nat.decode_pages(items, out, 100) == len(items)
     assert out[100:] == b"".join(pages)
     # a bad block stops the run before it, and writes nothing of it
-    bad = list(items[:5]) + [b"\xff" * 300] + list(items[6:])
+    bad = [*items[:5], b"\xff" * 300, *items[6:]]
     out = bytearray(len(items) * PAGE_SIZE)
     assert nat.decode_pages(bad, out) == 5
     assert out[5 * PAGE_SIZE:] == bytes((len(items) - 5) * PAGE_SIZE)

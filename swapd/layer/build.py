@@ -1,10 +1,11 @@
 """Building the layer from the ``[layer]`` section of the configuration.
 
 The one construction of the daemon's layer: ``swapd serve`` calls it, and so
-does the full-mode simulator (``swapd.sim.full``), so that both drive exactly
-the same tiers and settings (DESIGN.md section 7).  It lives here, in the
-layer package, so that neither the daemon nor the simulator depends on the
-other.
+do the full-mode simulator (``swapd.sim.full``) and the benchmarks, so that all
+of them drive exactly the same tiers and settings (docs/design.md section 1).
+It lives here, in the layer package, so that neither the daemon nor the
+simulator depends on the other.  :func:`adopt_layer` is the same construction
+over state regions that already exist (a restart: docs/state-format.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,35 @@ from swapd.errors import ConfigError
 from swapd.layer.core import LayerConfig, SwapLayer
 from swapd.layer.tier import Tier, TierContext
 from swapd.plugins import make_tier
+
+
+def _layer_config(section: LayerSection, options: Mapping[str, Any] | None) -> LayerConfig:
+    opts = section.layer_options()
+    if options:
+        names = {f.name for f in dataclasses.fields(LayerConfig)}
+        for k, v in options.items():
+            if k not in names:
+                raise ConfigError(f"unknown layer option {k!r}; LayerConfig fields are "
+                                  f"{', '.join(sorted(names))}")
+            opts[k] = v
+    return LayerConfig(**opts)
+
+
+def adopt_layer(section: LayerSection, fds: Mapping[str, int], *,
+                clock: Callable[[], float] | None = None,
+                options: Mapping[str, Any] | None = None,
+                seal_state: bytes | None = None) -> SwapLayer:
+    """The layer whose state regions ``fds`` names (``SwapLayer.state_fds()``), with the
+    section's settings; the fds are taken over.  ``seal_state``: the disk tier's sealer
+    state (``Sealer.export_state()``) when it is sealed.  StateFormatError if a region
+    cannot be read.
+    """
+    cfg = _layer_config(section, options)
+    if clock is None:
+        return SwapLayer.adopt(fds, config=cfg, demotion_policy=section.demotion_policy,
+                               seal_state=seal_state)
+    return SwapLayer.adopt(fds, config=cfg, clock=clock,
+                           demotion_policy=section.demotion_policy, seal_state=seal_state)
 
 
 def build_layer(section: LayerSection, state_path: Path, *,
@@ -39,15 +69,7 @@ def build_layer(section: LayerSection, state_path: Path, *,
     tier's file is created in ``state_path`` unless ``section.disk_path`` names one, and is
     removed when the layer closes.  On failure, the tiers built so far are closed.
     """
-    opts = section.layer_options()
-    if options:
-        names = {f.name for f in dataclasses.fields(LayerConfig)}
-        for k, v in options.items():
-            if k not in names:
-                raise ConfigError(f"unknown layer option {k!r}; LayerConfig fields are "
-                                  f"{', '.join(sorted(names))}")
-            opts[k] = v
-    layer_cfg = LayerConfig(**opts)
+    layer_cfg = _layer_config(section, options)
     chain = list(tiers) if tiers is not None else [
         t for t in section.tiers if section.disk or t != "disk"]
     ctx = TierContext(state_path=state_path, instance=instance,

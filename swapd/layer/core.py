@@ -77,7 +77,7 @@ import logging
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -97,6 +97,8 @@ from swapd.errors import (
 )
 from swapd.layer.table import (
     CLEAN,
+    EXT_LIST,
+    EXT_REGION,
     KEY_MAX,
     KEY_SHIFT,
     LEN_MASK,
@@ -113,6 +115,8 @@ from swapd.layer.table import (
     SwapTable,
     decode_value,
     encode_value,
+    pack_name,
+    unpack_name,
 )
 from swapd.layer.tier import CompressedTier, Tier  # CompressedTier: the compressed contract
 
@@ -244,13 +248,14 @@ class _Client:
     """Per-client lists and counters.  Every field is under SwapLayer._lock."""
 
     __slots__ = ("clean_dropped", "compr_bytes", "counts", "incompressible", "key", "lists",
-                 "lru_inversions", "pool_limit_hit", "pswpin", "pswpout", "regions",
+                 "lru_inversions", "num", "pool_limit_hit", "pswpin", "pswpout", "regions",
                  "reject_alloc_fail", "reject_compress_fail", "reject_compress_poor",
                  "reject_disk_fail", "reject_reclaim_fail", "same", "stored",
                  "written_back_pages", "zswpin", "zswpout", "zswpwb")
 
-    def __init__(self, key: Hashable, lists: list[int]) -> None:
+    def __init__(self, key: Hashable, lists: list[int], num: int = 0) -> None:
         self.key = key
+        self.num = num                  # the client's number in the table's extent records
         self.lists = lists              # sentinel of this client's list in each tier
         self.counts = [0] * len(lists)  # entries on each list (WB entries are on none)
         self.regions: set[int] = set()
@@ -295,7 +300,7 @@ class SwapLayer:
 
     def __init__(self, tiers: Sequence[Tier], *, config: LayerConfig | None = None,
                  clock: Callable[[], float] | None = time.monotonic,
-                 demotion_policy: str = "lru") -> None:
+                 demotion_policy: str = "lru", table: SwapTable | None = None) -> None:
         import threading
 
         if not tiers or len(tiers) > MAX_TIERS:
@@ -305,7 +310,8 @@ class SwapLayer:
         self._config = cfg = config if config is not None else LayerConfig()
         self._clock = clock if clock is not None else time.monotonic
         self._lock = threading.Lock()
-        self._table = SwapTable()                    # under _lock
+        self._table = table if table is not None else SwapTable()  # under _lock
+        self._describe_tiers()
         # the table's arrays never change identity (they grow and shrink in place)
         self._words = self._table.words
         self._next = self._table.next
@@ -314,6 +320,7 @@ class SwapLayer:
         self._clients: dict[Hashable, _Client] = {}  # under _lock
         self._rr: list[Hashable] = []                # under _lock: round-robin order of clients
         self._next_region = 1                        # under _lock
+        self._next_client = 1                        # under _lock
         self._departed = {name: 0 for name in _EVENTS}  # under _lock: events of removed clients
         self._reached_full = False                   # under _lock: zswap_pool_reached_full
         self._shrink_requested = False               # under _lock: kernel-like mode's queued work
@@ -365,6 +372,152 @@ class SwapLayer:
         self._rr_tier = [0] * self._ntiers  # under _lock: round-robin position per source tier
         self._tier_events = [dict.fromkeys(_TIER_EVENTS, 0) for _ in self._tiers]  # under _lock
 
+    # -- state ------------------------------------------------------------------------------
+
+    def _describe_tiers(self) -> None:
+        """Name the tiers in the table region's scalars (what a reader of the state needs)."""
+        region = self._table.region
+        if not region.writable:
+            return
+        region.set("ntiers", self._ntiers)
+        for i, t in enumerate(self._tiers):
+            region.set(f"tier{i}", pack_name(t.state_name))
+            if isinstance(t, CompressedTier):
+                region.set(f"codec{i}", pack_name(t.compressor.name))
+
+    def state_fds(self) -> dict[str, int]:
+        """The named fds of every state region of the layer: ``"table"``, and each tier's
+        regions prefixed ``"tier<i>."`` (e.g. ``tier0.arena``, ``tier1.disk``,
+        ``tier1.file``).  Another process given these fds can read every stored page
+        (docs/state-format.md); the fds stay the layer's (dup them to keep them).  O(tiers).
+        """
+        fds = self._table.state_fds()
+        for i, t in enumerate(self._tiers):
+            for name, fd in t.state_fds().items():
+                fds[f"tier{i}.{name}"] = fd
+        return fds
+
+    @classmethod
+    def adopt(cls, fds: Mapping[str, int], *, writable: bool = True,
+              config: LayerConfig | None = None,
+              clock: Callable[[], float] | None = time.monotonic,
+              demotion_policy: str = "lru", seal_state: bytes | None = None) -> SwapLayer:
+        """A layer over the state regions named by ``fds`` (as :meth:`state_fds` names them).
+
+        The regions are taken over (closed with the layer): dup fds you want to keep.  The
+        tiers are rebuilt from the table's description of them (``tier<i>``/``codec<i>``
+        scalars), regions and clients from the table's extent records, gauges and list counts
+        by a scan of the words.  A sealed disk tier needs ``seal_state`` (its sealer's
+        ``export_state()``).  Clients are named by their number (an int) afterwards.  An
+        entry found under writeback (WB) is linked at the tail of its tier's list.  With
+        ``writable=False`` nothing is written: use :meth:`peek` and :meth:`regions`.
+        StateFormatError if a region is not one this code reads.  O(pages).
+        """
+        from swapd.layer.tier import CompressedTier as _CT
+        from swapd.layer.tier import DiskTier as _DT
+        from swapd.state import StateFormatError
+
+        table = SwapTable.adopt(fds["table"], writable=writable)
+        tiers: list[Tier] = []
+        try:
+            ntiers = table.region.get("ntiers")
+            if not 0 < ntiers <= MAX_TIERS:
+                raise StateFormatError(f"swap table: {ntiers} tiers")
+            for i in range(ntiers):
+                kind = unpack_name(table.region.get(f"tier{i}"))
+                mine = {k[len(f"tier{i}."):]: v for k, v in fds.items()
+                        if k.startswith(f"tier{i}.")}
+                if kind == _CT.state_name:
+                    codec = unpack_name(table.region.get(f"codec{i}"))
+                    tiers.append(_CT.adopt(mine, codec, writable=writable))
+                elif kind == _DT.state_name:
+                    tiers.append(_DT.adopt(mine["disk"], mine["file"], writable=writable,
+                                           seal_state=seal_state))
+                else:
+                    raise StateFormatError(f"swap table: tier {i} is {kind!r}, which this "
+                                           "swapd cannot adopt")
+            self = cls(tiers, config=config, clock=clock, demotion_policy=demotion_policy,
+                       table=table)
+            self._rebuild_locked()
+        except BaseException:
+            for t in tiers:
+                t.close()
+            table.close()
+            raise
+        return self
+
+    def _rebuild_locked(self) -> None:
+        """Rebuild regions, clients, gauges and list counts from the table.  O(pages)."""
+        table = self._table
+        words = table.words
+        clients: dict[int, _Client] = {}
+
+        def client(num: int) -> _Client:
+            cl = clients.get(num)
+            if cl is None:
+                cl = clients[num] = _Client(num, [NIL] * self._ntiers, num)
+            return cl
+
+        for base, npages, kind, ident, num in table.extent_records():
+            cl = client(num)
+            if kind == EXT_LIST:
+                cl.lists[ident] = base
+            else:
+                self._regions[ident] = _Region(base, npages, cl)
+                cl.regions.add(ident)
+                self._next_region = max(self._next_region, ident + 1)
+        for num in sorted(clients):
+            cl = clients[num]
+            if NIL in cl.lists:
+                raise InvariantError(f"adopted table: client {num} lacks a list sentinel")
+            self._clients[num] = cl
+            self._rr.append(num)
+            self._next_client = max(self._next_client, num + 1)
+        for reg in self._regions.values():
+            cl = reg.client
+            for g in range(reg.base, reg.base + reg.npages):
+                w = words[g]
+                tag = w & TAG_MASK
+                if tag == TAG_SAME:
+                    cl.same += 1
+                    cl.stored += 1
+                elif tag >= TAG_TIER0:
+                    t = tag - TAG_TIER0
+                    if t >= self._ntiers:
+                        raise InvariantError(f"adopted table: entry {g} in tier {t}")
+                    self._count_locked(cl, t, (w >> LEN_SHIFT) & LEN_MASK)
+                    if not w & WB:
+                        cl.counts[t] += 1
+                    elif table.region.writable:
+                        words[g] = w & ~WB
+                        table.push_tail(cl.lists[t], g)
+                        cl.counts[t] += 1
+        if self._policy is not None:
+            for cl in self._clients.values():
+                for g in reversed(table.iter_list(cl.lists[0], table.top)):
+                    self._policy.insert(g)
+
+    def regions(self) -> dict[int, tuple[Hashable, int]]:
+        """``{region id: (client, npages)}``.  O(regions)."""
+        with self._lock:
+            return {rid: (r.client.key, r.npages) for rid, r in self._regions.items()}
+
+    def peek(self, region: int, index: int) -> bytes:
+        """The swapped-out page's bytes without changing any state (a reader's load).
+
+        EntryNotFoundError if it has no copy; CorruptPageError, TierIOError as :meth:`load`.
+        O(1) plus one decompression or one disk read, under the lock.
+        """
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            w = self._table.words[g]
+            tag = w & TAG_MASK
+            if not tag:
+                raise EntryNotFoundError(f"page {index} of region {region} is not swapped out")
+            if tag == TAG_SAME:
+                return fill_page(self._table.side.value(w) if w & SIDE else decode_value(w))
+            return self._tiers[tag - TAG_TIER0].load(self._key_locked(g, w))
+
     # -- regions and clients ------------------------------------------------------------
 
     def add_region(self, client: Hashable, npages: int) -> int:
@@ -374,11 +527,14 @@ class SwapLayer:
         with self._lock:
             cl = self._clients.get(client)
             if cl is None:
-                cl = _Client(client, [self._table.new_list() for _ in range(self._ntiers)])
+                num = self._next_client
+                self._next_client += 1
+                cl = _Client(client, [self._table.new_list(t, num)
+                                      for t in range(self._ntiers)], num)
                 self._clients[client] = cl
                 self._rr.append(client)
-            base = self._table.alloc_extent(npages)
             rid = self._next_region
+            base = self._table.alloc_extent(npages, EXT_REGION, rid, cl.num)
             self._next_region += 1
             self._regions[rid] = _Region(base, npages, cl)
             cl.regions.add(rid)
@@ -433,21 +589,26 @@ class SwapLayer:
     # -- entry helpers (all under _lock) ----------------------------------------------------
 
     def _key_locked(self, g: int, w: int) -> int:
-        return self._table.side[g] if w & SIDE else w >> KEY_SHIFT
+        return self._table.side.value(w) if w & SIDE else w >> KEY_SHIFT
 
     def _drop_locked(self, g: int, cl: _Client) -> None:
-        """Free whatever copy ``g`` has; the word becomes RESIDENT.  O(1)."""
+        """Free whatever copy ``g`` has; the word becomes RESIDENT.  O(1).
+
+        The word is cleared before the key it names is freed (docs/state-format.md, order
+        of writes): a word never names a freed object, so a scan of the table is the truth.
+        """
         table = self._table
         w = table.words[g]
         if not w:
             return
         tag = w & TAG_MASK
+        key = self._key_locked(g, w) if tag >= TAG_TIER0 else 0
+        table.words[g] = 0
         if tag == TAG_SAME:
             cl.same -= 1
             cl.stored -= 1
         elif tag >= TAG_TIER0:
             t = tag - TAG_TIER0
-            key = self._key_locked(g, w)
             if not w & WB:
                 table.unlink(g)
                 cl.counts[t] -= 1
@@ -462,8 +623,7 @@ class SwapLayer:
             if t:
                 self._recent_wb.pop(g, None)
         if w & SIDE:
-            del table.side[g]
-        table.words[g] = 0
+            table.side.free(w)
 
     def _uncount_locked(self, cl: _Client, t: int, w: int) -> None:
         if self._tiers[t].compressed:
@@ -485,8 +645,7 @@ class SwapLayer:
     def _make_word(self, g: int, t: int, key: int, length: int) -> int:
         w = (TAG_TIER0 + t) | (length << LEN_SHIFT)
         if key > KEY_MAX:
-            self._table.side[g] = key
-            return w | SIDE
+            return w | self._table.side.put(g, key)
         return w | (key << KEY_SHIFT)
 
     def _link_new_locked(self, g: int, cl: _Client, t: int, *, head: bool = True) -> None:
@@ -587,8 +746,8 @@ class SwapLayer:
                                 be.free(h)
                                 raise
                             if h > KEY_MAX:
-                                self._table.side[g] = h
-                                w = TAG_TIER0 | (length << LEN_SHIFT) | SIDE
+                                w = (TAG_TIER0 | (length << LEN_SHIFT)
+                                     | self._table.side.put(g, h))
                             else:
                                 w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
                             words[g] = w | self._ref_bit
@@ -612,8 +771,7 @@ class SwapLayer:
                     payload = encode_value(value)
                     words = self._table.words
                     if payload is None:
-                        self._table.side[g] = value
-                        words[g] = TAG_SAME | SIDE
+                        words[g] = TAG_SAME | self._table.side.put(g, value)
                     else:
                         words[g] = TAG_SAME | payload
                     cl.same += 1
@@ -780,6 +938,7 @@ class SwapLayer:
                         raise CorruptPageError(
                             f"page {index} of region {region}: compressed object does not "
                             f"decompress: {exc}") from exc
+                words[g] = 0  # before the free: a word never names a freed object
                 be.free(h)
                 # unlink(g), inlined
                 prv = self._prev
@@ -789,7 +948,6 @@ class SwapLayer:
                 nxt[p] = n
                 prv[n] = p
                 prv[g] = nxt[g] = NIL
-                words[g] = 0
                 cl.counts[0] -= 1
                 cl.stored -= 1
                 cl.compr_bytes -= length
@@ -801,7 +959,7 @@ class SwapLayer:
                 return page
             table = self._table
             if tag == TAG_SAME:
-                value = table.side[g] if w & SIDE else decode_value(w)
+                value = table.side.value(w) if w & SIDE else decode_value(w)
                 cl.zswpin += 1
                 if exclusive:
                     self._drop_locked(g, cl)
@@ -1279,7 +1437,7 @@ class SwapLayer:
             w = self._table.words[g]
             if w & TAG_MASK != TAG_SAME or w & CLEAN:
                 return None
-            return self._table.side[g] if w & SIDE else decode_value(w)
+            return self._table.side.value(w) if w & SIDE else decode_value(w)
 
     def swapped_run(self, region: int, index: int, max_pages: int) -> int:
         """How many consecutive pages from ``index`` are swapped out (for readahead).
@@ -1518,9 +1676,9 @@ class SwapLayer:
                         td.free(keys[i])
                         continue
                     old_key = self._key_locked(g, w)
+                    words[g] = self._make_word(g, dst, keys[i], 0)  # then free what w named
                     if w & SIDE:
-                        del table.side[g]
-                    words[g] = self._make_word(g, dst, keys[i], 0)
+                        table.side.free(w)
                     ts.free(old_key)
                     self._uncount_locked(cl, src, w)
                     self._count_locked(cl, dst, 0)
@@ -1768,18 +1926,22 @@ class SwapLayer:
                     raise InvariantError(
                         f"policy tracks {len(self._policy)}, tier 0 lists hold {tier0_tracked}")
 
-    def close(self) -> None:
+    def close(self, *, keep_state: bool = False) -> None:
         """Free every entry and close the tiers.  The layer must not be used afterwards; stop
-        a ShrinkerThread that drives it first."""
+        a ShrinkerThread that drives it first.  With ``keep_state`` (implied for a read-only
+        adoption) nothing is freed: the regions are only unmapped and their fds closed, so
+        another holder of the fds keeps every page."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             clients = list(self._clients)
-        for c in clients:
-            self.remove_client(c)
+        if not keep_state and self._table.region.writable:
+            for c in clients:
+                self.remove_client(c)
         for t in self._tiers:
             t.close()
+        self._table.close()
 
     def __enter__(self) -> SwapLayer:
         return self

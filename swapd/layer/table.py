@@ -1,7 +1,9 @@
 # The swap table and the intrusive LRU lists of the swap-LRU layer.
 #
-# Design.  Every page of every region has one 64-bit word in ``SwapTable.words`` (an
-# ``array('Q')``), and two 32-bit links in ``prev``/``next`` (``array('I')``).  A region owns a
+# Design.  Every page of every region has one 64-bit word in ``SwapTable.words`` and two 32-bit
+# links in ``prev``/``next``: arrays of a memfd state region of kind ``swaptable``
+# (swapd/state/, docs/state-format.md section 2), so another process given the fd can read
+# the table and a restarted daemon can adopt it (``SwapTable.adopt``).  A region owns a
 # contiguous extent [base, base + npages) of this global page-number space, so a region's swap
 # table is the slice ``words[base:base+npages]`` and an entry's *global number* ``g = base + index``
 # names it everywhere (the LRU, the policies, the writeback batches) without any reverse map.
@@ -9,19 +11,18 @@
 # itself a global number (one reserved word), so unlinking needs no knowledge of which list an
 # entry is on: ``next[prev[g]] = next[g]; prev[next[g]] = prev[g]``.
 #
-# Memory per page: 8 B (word) + 4 B (prev) + 4 B (next) = 16 B, plus the array over-allocation of
-# CPython (1/16 on growth), i.e. about 17 B per page -- under the 24 B of the kernel's proposed
+# Memory per page: 8 B (word) + 4 B (prev) + 4 B (next) = 16 B (the region's file grows by at
+# least 256 KiB or an eighth at a time) -- under the 24 B of the kernel's proposed
 # virtual-swap descriptor and 8 B more than the kernel's swap table (8 B per slot, Kairui Song's
 # "swap table" series), because the LRU linkage lives here instead of in a 56 B zswap_entry
 # (mm/zswap.c: struct zswap_entry holds rb node, swpentry, length, pool, handle, objcg and a
 # list_head).  The cost is per *region page*; for regions that are entirely swapped out it is the
-# cost per swapped-out entry.  Side tables: a same-filled value or backend handle that does not fit
-# its field goes into ``SwapTable.side`` (a dict, ~80 B per entry; see ``encode_value``), and the
-# disk tier keeps a 4 B checksum per slot (swapd/layer/tier.py).  32-bit links bound the global
-# space to 2^32 - 1 pages (16 TiB of managed memory).  Measured by ``swapd bench metadata`` at
-# 1,000,000 entries (synthetic corpus, zsmalloc): 19.1 B per entry by tracemalloc -- 16.0 B of
-# arrays, ~1 B of array over-allocation, 2.1 B of side table (2.5% of the entries: the corpus's
-# same-filled pages with random words).
+# cost per swapped-out entry.  Side table: a same-filled value or backend handle that does not fit
+# its field goes into a 16 B record of the ``side`` array ({g + 1, value}) and the word holds the
+# record's index instead (SIDE flag; see ``encode_value``); the disk tier keeps a checksum per
+# slot (swapd/layer/tier.py).  Extents (regions and list sentinels) are 48 B records of the
+# ``extents`` array; the SortedDicts over them are indexes rebuilt on adoption.  32-bit links
+# bound the global space to 2^32 - 1 pages (16 TiB of managed memory).
 #
 # Word layout (little end first):
 #   bits 0-2   tag: 0 RESIDENT (no copy), 1 SAME_FILLED, 2.. = 2 + tier index (up to 6 tiers)
@@ -29,15 +30,17 @@
 #                     mm/zswap.c: entry->referenced and shrink_memcg_cb's LRU_ROTATE)
 #   bit  4     WB     under writeback: off every list, the copy still valid in its tier
 #   bit  5     CLEAN  the page is resident again (non-exclusive load) and this copy is clean
-#   bit  6     SIDE   the payload is in ``side[g]`` (value or key too wide for the word)
-#   same-filled: bits 7-63 the value, as a 57-bit two's-complement number
+#   bit  6     SIDE   the value or key is in side record ``word >> 20`` (too wide for the word)
+#   same-filled: bits 7-63 the value, as a 57-bit two's-complement number (SIDE: bits 7-19 0)
 #   tier entry:  bits 7-19 the compressed length (0 for a tier that stores whole pages),
-#                bits 20-63 the tier key (backend handle or disk slot)
+#                bits 20-63 the tier key (backend handle or disk slot), or with SIDE the side
+#                record's index
 #
 # Invariants (checked by ``_check``):
 #   - extents of regions, sentinels and free space tile [0, len(words)) without overlap;
 #   - every list is a consistent circular doubly-linked list through its sentinel;
-#   - free words are 0.
+#   - free words are 0;
+#   - side records in use are exactly those named by a SIDE word, each naming its word (g + 1).
 # The owner (SwapLayer) checks the coupling between words and lists: an entry with a tier tag and
 # without WB is on exactly the list of (its client, its tier); a WB entry is on no list.
 #
@@ -51,14 +54,16 @@
 from __future__ import annotations
 
 import enum
-from array import array
 
 from sortedcontainers import SortedDict
 
 from swapd.errors import InvariantError
+from swapd.state import ArraySpec, StateRegion
 
 __all__ = [
     "CLEAN",
+    "EXT_LIST",
+    "EXT_REGION",
     "KEY_SHIFT",
     "LEN_BITS",
     "LEN_SHIFT",
@@ -71,6 +76,7 @@ __all__ = [
     "TAG_TIER0",
     "WB",
     "EntryState",
+    "SideTable",
     "SwapTable",
 ]
 
@@ -109,6 +115,31 @@ _VALUE_MIN = -(1 << (VALUE_BITS - 1))
 _VALUE_MAX = (1 << (VALUE_BITS - 1)) - 1
 _U64 = (1 << 64) - 1
 
+KIND = "swaptable"
+KIND_VERSION = 1
+DEFAULT_MAX_ENTRIES = 1 << 28  # global page numbers reserved (4 GiB of address space), 1 TiB
+DEFAULT_MAX_EXTENTS = 1 << 20  # regions + list sentinels
+EXT_REGION = 1  # an extent record's kind: a region's pages (id = region id)
+EXT_LIST = 2    # a list sentinel (id = tier index)
+EXT_FIELDS = 6  # base, npages, kind, id, client, spare
+#: the table region's scalars: ``top`` (global numbers in use), ``ntiers``, ``tier0..5`` and
+#: ``codec0..5`` (the owner's names of its tiers and compressors, ASCII packed into a u64)
+SCALARS = ("top", "ntiers", *(f"tier{i}" for i in range(MAX_TIERS)),
+           *(f"codec{i}" for i in range(MAX_TIERS)))
+
+
+def pack_name(name: str) -> int:
+    """Up to 8 ASCII bytes as a little-endian u64 (names in the region's scalars)."""
+    raw = name.encode("ascii")
+    if len(raw) > 8:
+        raise ValueError(f"name {name!r} is longer than 8 bytes")
+    return int.from_bytes(raw, "little")
+
+
+def unpack_name(value: int) -> str:
+    """Inverse of :func:`pack_name`."""
+    return value.to_bytes(8, "little").rstrip(b"\0").decode("ascii")
+
 
 def encode_value(value: int) -> int | None:
     """Return the word payload (already shifted) for a same-filled 64-bit ``value``, or None.
@@ -130,74 +161,220 @@ def decode_value(word: int) -> int:
     return v & _U64
 
 
+class SideTable:
+    """Values and keys too wide for their word: 16 B records ``{g + 1, value}``.
+
+    A word with SIDE holds its record's index in bits 20-63.  Free records have g + 1 == 0 and
+    are reused (a Python list of their indexes, rebuilt on adoption).  Not thread-safe.
+    """
+
+    def __init__(self, region: StateRegion) -> None:
+        self._region = region
+        self._v = region.view("side")  # record i: [2i] = g + 1 (0: free), [2i + 1] = value
+        self._top = region.count("side")
+        self._free = [i for i in range(self._top) if not self._v[2 * i]]
+        self._n = self._top - len(self._free)
+
+    def put(self, g: int, value: int) -> int:
+        """Store ``value`` for entry ``g``; return ``SIDE | index << KEY_SHIFT`` for its word."""
+        if self._free:
+            i = self._free.pop()
+        else:
+            i = self._top
+            self._region.set_count("side", i + 1)
+            self._top = i + 1
+        self._v[2 * i + 1] = value
+        self._v[2 * i] = g + 1
+        self._n += 1
+        return SIDE | (i << KEY_SHIFT)
+
+    def value(self, w: int) -> int:
+        """The value a SIDE word names.  O(1)."""
+        return int(self._v[2 * (w >> KEY_SHIFT) + 1])
+
+    def free(self, w: int) -> None:
+        """Release the record a SIDE word names.  O(1)."""
+        i = w >> KEY_SHIFT
+        self._v[2 * i] = 0
+        self._v[2 * i + 1] = 0
+        self._free.append(i)
+        self._n -= 1
+
+    def owners(self) -> dict[int, int]:
+        """``{record index: g}`` of the records in use.  O(records)."""
+        v = self._v
+        return {i: int(v[2 * i]) - 1 for i in range(self._top) if v[2 * i]}
+
+    def as_dict(self) -> dict[int, int]:
+        """``{g: value}`` of the records in use.  O(records)."""
+        v = self._v
+        return {int(v[2 * i]) - 1: int(v[2 * i + 1]) for i in range(self._top) if v[2 * i]}
+
+    def __len__(self) -> int:
+        return self._n
+
+
 class SwapTable:
     """Global arrays of swap-table words and LRU links, carved into region extents.
 
-    Not thread-safe: the owner serializes calls (SwapLayer.lock).
+    ``words``, ``prev`` and ``next`` are views of the region's arrays: they never move, and
+    entries at or above ``top`` read as 0 / NIL-or-0.  Not thread-safe: the owner serializes
+    calls (SwapLayer.lock).
     """
 
-    def __init__(self) -> None:
-        self.words = array("Q")   # one word per page, see the module comment
-        self.prev = array("I")    # LRU links (global numbers); NIL when off every list
-        self.next = array("I")
-        self.side: dict[int, int] = {}  # g -> same-filled value or tier key (word has SIDE)
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *,
+                 max_extents: int = DEFAULT_MAX_EXTENTS,
+                 region: StateRegion | None = None) -> None:
+        if region is None:
+            if not 0 < max_entries <= MAX_GLOBAL:
+                raise ValueError(f"max_entries must be in 1..{MAX_GLOBAL}, got {max_entries}")
+            region = StateRegion.create(KIND, KIND_VERSION, [
+                ArraySpec("words", "Q", max_entries),
+                ArraySpec("prev", "I", max_entries),
+                ArraySpec("next", "I", max_entries),
+                ArraySpec("extents", "Q", max_extents, 8 * EXT_FIELDS),
+                ArraySpec("side", "Q", max_entries, 16),
+            ], SCALARS)
+        self.region = region
+        self.max_entries = region.capacity("words")
+        self.words = region.view("words")  # one word per page, see the module comment
+        self.prev = region.view("prev")    # LRU links (global numbers); NIL when off every list
+        self.next = region.view("next")
+        self.side = SideTable(region)
+        self._ext = region.view("extents")
+        self._ext_top = region.count("extents")  # extent records ever used
+        self._ext_free: list[int] = []            # free record indexes below _ext_top
+        self._ext_rec: dict[int, int] = {}        # base -> record index
+        self.top = region.get("top")              # global numbers in use: [0, top)
         self._extents: SortedDict = SortedDict()  # base -> npages, allocated extents
         self._free: SortedDict = SortedDict()     # base -> npages, free extents (coalesced)
 
+    @classmethod
+    def adopt(cls, fd: int, *, writable: bool = True) -> SwapTable:
+        """The table of state region ``fd`` (taken over: closed with the table).
+
+        The extent indexes and the free extents are rebuilt from the extent records, the side
+        table's free list from its records.  StateFormatError if ``fd`` is not a swap table
+        region this code reads.  O(extents + side records).
+        """
+        region = StateRegion.adopt(fd, KIND, KIND_VERSION, writable=writable)
+        try:
+            t = cls(region=region)
+            ext = t._ext
+            for i in range(t._ext_top):
+                r = i * EXT_FIELDS
+                if ext[r + 2]:
+                    t._extents[int(ext[r])] = int(ext[r + 1])
+                    t._ext_rec[int(ext[r])] = i
+                else:
+                    t._ext_free.append(i)
+            pos = 0
+            for base, n in t._extents.items():
+                if base > pos:
+                    t._free[pos] = base - pos
+                pos = base + n
+            if pos != t.top:
+                raise InvariantError(f"swap table: extents end at {pos}, top is {t.top}")
+        except BaseException:
+            region.close()
+            raise
+        return t
+
+    def extent_records(self) -> list[tuple[int, int, int, int, int]]:
+        """``(base, npages, kind, id, client)`` of every extent in use, by base.  O(extents)."""
+        ext = self._ext
+        out = []
+        for base, i in self._ext_rec.items():
+            r = i * EXT_FIELDS
+            out.append((int(base), int(ext[r + 1]), int(ext[r + 2]), int(ext[r + 3]),
+                        int(ext[r + 4])))
+        return sorted(out)
+
     # -- extents ------------------------------------------------------------------------
 
-    def alloc_extent(self, npages: int) -> int:
+    def alloc_extent(self, npages: int, kind: int = EXT_REGION, ident: int = 0,
+                     client: int = 0) -> int:
         """Reserve ``npages`` consecutive global numbers; return the base.
 
-        First fit over the free extents (few: one per removed region), else the arrays grow.
-        O(free extents + npages).
+        ``kind``, ``ident`` and ``client`` are recorded in the extent's record (what a reader
+        needs to find a region's pages).  First fit over the free extents (few: one per removed
+        region), else the arrays grow.  O(free extents + npages).
         """
         if npages <= 0:
             raise ValueError(f"an extent needs at least one page, got {npages}")
-        for base, n in self._free.items():
+        base = -1
+        for fbase, n in self._free.items():
             if n >= npages:
-                del self._free[base]
+                del self._free[fbase]
                 if n > npages:
-                    self._free[base + npages] = n - npages
-                self._extents[base] = npages
-                return int(base)
-        base = len(self.words)
-        if base + npages > MAX_GLOBAL:
-            raise MemoryError("swap table: 2^32 global page numbers exhausted")
-        self.words.frombytes(bytes(8 * npages))
-        links = b"\xff" * (4 * npages)
-        self.prev.frombytes(links)
-        self.next.frombytes(links)
+                    self._free[fbase + npages] = n - npages
+                base = int(fbase)
+                break
+        if base < 0:
+            base = self.top
+            if base + npages > self.max_entries:
+                raise MemoryError(f"swap table: all {self.max_entries} global page numbers "
+                                  "are in use")
+            region = self.region
+            for name in ("words", "prev", "next"):
+                region.set_count(name, base + npages)
+            self.prev[base:base + npages] = _nil(npages)
+            self.next[base:base + npages] = _nil(npages)
+            self.top = base + npages
+            region.set("top", self.top)
+        if self._ext_free:
+            i = self._ext_free.pop()
+        else:
+            i = self._ext_top
+            self.region.set_count("extents", i + 1)
+            self._ext_top = i + 1
+        r = i * EXT_FIELDS
+        ext = self._ext
+        ext[r] = base
+        ext[r + 1] = npages
+        ext[r + 3] = ident
+        ext[r + 4] = client
+        ext[r + 2] = kind  # last: a record with a kind is complete
+        self._ext_rec[base] = i
         self._extents[base] = npages
         return base
 
     def free_extent(self, base: int) -> None:
         """Release an extent (its words must already be 0 and its entries unlinked).  O(log n)."""
         npages = self._extents.pop(base)
+        i = self._ext_rec.pop(base)
+        r = i * EXT_FIELDS
+        ext = self._ext
+        ext[r + 2] = 0  # first: a record without a kind is free
+        for f in (0, 1, 3, 4):
+            ext[r + f] = 0
+        self._ext_free.append(i)
         free = self._free
         # coalesce with the free extent after and before
         nxt = base + npages
         if nxt in free:
             npages += free.pop(nxt)
-        i = free.bisect_left(base)
-        if i > 0:
-            pbase = free.keys()[i - 1]
+        j = free.bisect_left(base)
+        if j > 0:
+            pbase = free.keys()[j - 1]
             if pbase + free[pbase] == base:
                 base = pbase
                 npages += free.pop(pbase)
-        if base + npages == len(self.words):
+        if base + npages == self.top:
             # the free extent is at the top: give the memory back
-            del self.words[base:]
-            del self.prev[base:]
-            del self.next[base:]
+            self.top = base
+            self.region.set("top", base)
+            for name in ("words", "prev", "next"):
+                self.region.set_count(name, base)
+                self.region.release(name, base, npages)
         else:
             free[base] = npages
 
     # -- lists ----------------------------------------------------------------------------
 
-    def new_list(self) -> int:
+    def new_list(self, tier: int = 0, client: int = 0) -> int:
         """Allocate a sentinel and return it; the list is empty.  O(1) amortized."""
-        s = self.alloc_extent(1)
+        s = self.alloc_extent(1, EXT_LIST, tier, client)
         self.prev[s] = s
         self.next[s] = s
         return s
@@ -262,7 +439,7 @@ class SwapTable:
         nxt, prv = self.next, self.prev
         out: list[int] = []
         g = s
-        limit = len(self.words)
+        limit = self.top
         while True:
             n = nxt[g]
             if n == NIL or n >= limit:
@@ -278,9 +455,11 @@ class SwapTable:
 
     def _check(self) -> None:
         """Verify extents tile the arrays and free words are clear.  O(pages)."""
-        n = len(self.words)
-        if not (len(self.prev) == len(self.next) == n):
-            raise InvariantError("swap table: word and link arrays differ in length")
+        n = self.top
+        region = self.region
+        if not (region.count("words") == region.count("prev") == region.count("next") == n
+                == region.get("top")):
+            raise InvariantError("swap table: word and link counts differ from top")
         spans = sorted([(int(b), int(c), True) for b, c in self._extents.items()]
                        + [(int(b), int(c), False) for b, c in self._free.items()])
         pos = 0
@@ -299,11 +478,45 @@ class SwapTable:
             raise InvariantError(f"swap table: extents cover {pos} of {n} words")
         if prev_free:
             raise InvariantError("swap table: free extent at the top was not trimmed")
-        for g in self.side:
-            if not self.words[g] & SIDE:
-                raise InvariantError(f"swap table: side entry for {g} without the SIDE flag")
+        owners = self.side.owners()
+        if len(owners) != len(self.side):
+            raise InvariantError(f"swap table: {len(owners)} side records, {len(self.side)} "
+                                 "counted")
+        for i, g in owners.items():
+            w = self.words[g] if 0 <= g < n else 0
+            if not w & SIDE or w >> KEY_SHIFT != i:
+                raise InvariantError(f"swap table: side record {i} names entry {g} whose word "
+                                     f"{w:#x} does not name it")
+        recs = self.extent_records()
+        if [(b, c) for b, c, *_ in recs] != [(int(b), int(c)) for b, c in self._extents.items()]:
+            raise InvariantError("swap table: extent records differ from the extent index")
+        region._check()
 
     def nbytes(self) -> int:
-        """Bytes held by the arrays (allocated items, not counting over-allocation)."""
-        return (self.words.itemsize * len(self.words) + self.prev.itemsize * len(self.prev)
-                + self.next.itemsize * len(self.next))
+        """Bytes of words and links in use (16 per global number)."""
+        return 16 * self.top
+
+    def allocated_bytes(self) -> int:
+        """Memory the table's region really holds (``st_blocks``)."""
+        return self.region.allocated_bytes()
+
+    def state_fds(self) -> dict[str, int]:
+        """The table's named state fd: ``{"table": fd}``."""
+        return {"table": self.region.fd}
+
+    def close(self) -> None:
+        """Unmap the table and close its memfd (idempotent)."""
+        self.region.close()
+
+
+_NIL_CACHE: dict[int, memoryview] = {}
+
+
+def _nil(n: int) -> memoryview:
+    """``n`` NIL links as an 'I' view (for slice assignment into ``prev``/``next``)."""
+    v = _NIL_CACHE.get(n)
+    if v is None:
+        v = memoryview(b"\xff" * (4 * n)).cast("I")
+        if n <= 4096:
+            _NIL_CACHE[n] = v
+    return v

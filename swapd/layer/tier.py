@@ -18,18 +18,28 @@
 # (length, start), for best fit), so a writeback batch gets contiguous slots and goes to the file
 # in one pwritev(2) per run, as the kernel's swap allocator hands out clusters
 # (mm/swapfile.c: scan_swap_map_try_ssd_cluster) and writes them with one bio.  Each slot carries
-# a CRC-32 (zlib) checked on every load: a mismatch is CorruptPageError and the data is never
-# returned.  With a ``Sealer`` (swapd/layer/seal.py; the daemon's default) the slot's bytes are
-# AES-GCM ciphertext instead and the per-slot GCM tag replaces the CRC: the file reveals nothing,
-# and a changed, moved or stale slot fails as CorruptPageError the same way.  Pages go to disk
-# uncompressed (before sealing), as zswap_writeback_entry() decompresses into the swap cache
+# a tag checked on every load: a mismatch is CorruptPageError and the data is never returned.
+# Without a sealer the tag is a CRC-32 (zlib) of the page.  With a ``Sealer``
+# (swapd/layer/seal.py; the daemon's default) the slot's bytes are AES-GCM ciphertext instead and
+# the sealer's per-slot record (write counter and GCM tag) replaces the CRC: the file reveals
+# nothing, and a changed, moved or stale slot fails as CorruptPageError the same way.  Pages go to
+# disk uncompressed (before sealing), as zswap_writeback_entry() decompresses into the swap cache
 # before __swap_writepage().  The file is allocated up front (fallocate, as swapon(8) wants a
 # swap file without holes), so a file system without room fails at start, not mid-run; where
 # fallocate is not supported the file stays sparse and a full file system shows up as ENOSPC on
 # a write (TierIOError with that errno; the layer then stops writeback, swapd/layer/core.py).
 #
+# DiskTier's state is a memfd region of kind ``disk`` (docs/state-format.md section 4): a slot
+# bitmap (``used``, bit ``k & 7`` of byte ``k >> 3``) and one tag record per slot (``tag``:
+# 4 bytes of CRC-32, or the sealer's RECORD bytes -- the sealer's table *is* that array).  The
+# extent allocator's SortedDict/SortedList are indexes over the bitmap, rebuilt from it by
+# ``DiskTier.adopt``.  A slot's bit is set when it is allocated (before its data is written) and
+# cleared when it is freed; its tag is written after its data.  The seal key is never in the
+# region (``Sealer.export_state`` hands it over separately).
+#
 # Invariants: DiskTier -- free extents are disjoint, coalesced, inside [0, nslots), and the two
-# sorted views hold the same extents; used slots = nslots - free slots.
+# sorted views hold the same extents; used slots = nslots - free slots; the bitmap's clear bits
+# are exactly the free extents.
 # Lock order: SwapLayer.lock -> DiskTier._lock (a leaf; also taken alone by the writeback thread
 # for slot allocation).  Backend locks and the arena lock are below SwapLayer.lock.
 """Tiers: the documented ``Tier`` contract, ``CompressedTier`` and ``DiskTier``."""
@@ -42,7 +52,6 @@ import os
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +59,6 @@ from typing import Any, ClassVar
 
 from sortedcontainers import SortedDict, SortedList
 
-from swapd.arena import PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import Backend
 from swapd.compress import Compressor, get_compressor
 from swapd.errors import (
@@ -61,8 +69,11 @@ from swapd.errors import (
     TierIOError,
 )
 from swapd.kernel import _libc
+from swapd.layer.seal import RECORD as SEAL_RECORD
 from swapd.layer.seal import Sealer
 from swapd.layer.table import EntryState
+from swapd.pages import PAGE_SHIFT, PAGE_SIZE
+from swapd.state import ArraySpec, StateFormatError, StateRegion
 
 __all__ = [
     "CompressedTier",
@@ -178,6 +189,13 @@ class Tier(ABC):
     name: str = "tier"
     #: One line for ``swapd tiers`` / plugin listings.
     description: ClassVar[str] = ""
+    #: what the layer records for this tier in its state (<= 8 ASCII bytes;
+    #: docs/state-format.md: the table's ``tier<i>`` scalars)
+    state_name: ClassVar[str] = "other"
+
+    def state_fds(self) -> dict[str, int]:
+        """Named fds of the tier's state regions (docs/state-format.md); none by default."""
+        return {}
 
     @classmethod
     def from_config(cls, ctx: TierContext, options: Mapping[str, Any]) -> Tier:
@@ -246,6 +264,7 @@ class CompressedTier(Tier):
 
     state = EntryState.COMPRESSED
     compressed = True
+    state_name = "compress"
     name = "compressed"
     description = "compressed pages in an allocator backend (zswap's pool)"
 
@@ -348,6 +367,32 @@ class CompressedTier(Tier):
     def _check(self) -> None:
         self.backend._check()
 
+    @classmethod
+    def adopt(cls, fds: Mapping[str, int], codec: str, *, writable: bool = True,
+              limits: TierLimits | None = None) -> CompressedTier:
+        """The compressed tier whose backend's state regions ``fds`` names (as
+        :meth:`state_fds` does; taken over).  The backend is the plugin named by one of the
+        fds (``"zsmalloc"``, ...) and must implement ``adopt(fds, *, writable)``; StateFormatError
+        otherwise.  ``codec`` is the compressor's name.
+        """
+        from swapd.plugins import available_backends
+
+        backends = available_backends()
+        names = [n for n in fds if n in backends]
+        if len(names) != 1 or not hasattr(backends[names[0]], "adopt"):
+            raise StateFormatError(f"compressed tier: state fds {sorted(fds)} name no backend "
+                                   "that can adopt its state")
+        backend = backends[names[0]].adopt(fds, writable=writable)
+        return cls(get_compressor(codec), backend, limits)
+
+    def state_fds(self) -> dict[str, int]:
+        """The backend's state fds (its ``state_fds()``), else its arena's."""
+        own = getattr(self.backend, "state_fds", None)
+        if own is not None:
+            return dict(own())
+        arena = getattr(self.backend, "arena", None)
+        return arena.state_fds() if arena is not None else {}
+
     def close(self) -> None:
         self.backend.close()
 
@@ -437,6 +482,26 @@ class SlotAllocator:
             raise InvariantError("slot allocator: the two views differ")
 
 
+DISK_KIND = "disk"
+DISK_KIND_VERSION = 1
+
+
+def _free_runs(bitmap: bytes, nslots: int) -> list[tuple[int, int]]:
+    """Runs ``(start, length)`` of clear bits among the first ``nslots`` bits.  O(nslots)."""
+    free = ~int.from_bytes(bitmap, "little") & ((1 << nslots) - 1)
+    runs: list[tuple[int, int]] = []
+    while free:
+        low = (free & -free).bit_length() - 1
+        shifted = free >> low
+        n = ((shifted ^ (shifted + 1)) >> 1).bit_length()
+        runs.append((low, n))
+        free &= ~(((1 << n) - 1) << low)
+    return runs
+
+
+TAG_CRC32 = 1    # tag_kind: 4-byte CRC-32 (zlib) of the slot's bytes, little-endian
+TAG_AES_GCM = 2  # tag_kind: the Sealer's record (u64 write counter, 16-byte GCM tag)
+
 _disk_serial = itertools.count()
 
 
@@ -454,10 +519,13 @@ class DiskTier(Tier):
     ``path`` is a directory (a new file ``swapd-<pid>-<n>.swap`` is created in it and removed on
     close) or a file path that must not exist yet (removed on close unless ``keep``).
     ``preallocate``: fallocate the whole file now (ConfigError when the file system has no
-    room; silently sparse where fallocate is not supported).
+    room; silently sparse where fallocate is not supported).  A Sealer instance passed in is
+    taken over: its records move into the tier's region and ``self.sealer`` is its successor
+    (``Sealer.from_state``); do not use the instance afterwards.
     """
 
     state = EntryState.DISK
+    state_name = "disk"
     slow = True
     name = "disk"
     description = "uncompressed pages in checksummed 4 KiB slots of a file"
@@ -479,42 +547,114 @@ class DiskTier(Tier):
         nslots = size_bytes >> PAGE_SHIFT
         if nslots <= 0:
             raise ConfigError(f"disk tier: size {size_bytes} is below one page")
+        if seal is not False and seal is not True and seal.nslots != nslots:
+            raise ConfigError(f"disk tier: sealer of {seal.nslots} slots for {nslots} slots")
         p = os.fspath(path)
         if os.path.isdir(p):
             p = os.path.join(p, f"swapd-{os.getpid()}-{next(_disk_serial)}.swap")
-        self.path = p
-        self._keep = keep
         try:
-            self.fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(f"disk tier: cannot create {p}: {exc.strerror}") from exc
+        region: StateRegion | None = None
         try:
-            os.ftruncate(self.fd, nslots << PAGE_SHIFT)
-        except OSError as exc:
-            os.close(self.fd)
+            try:
+                os.ftruncate(fd, nslots << PAGE_SHIFT)
+            except OSError as exc:
+                raise ConfigError(f"disk tier: cannot size {p}: {exc.strerror}") from exc
+            preallocated = False
+            if preallocate:
+                err = _fallocate(fd, nslots << PAGE_SHIFT)
+                if err == 0:
+                    preallocated = True
+                elif err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise ConfigError(f"disk tier: cannot allocate {nslots << PAGE_SHIFT} "
+                                      f"bytes for {p}: {os.strerror(err)}")
+            sealed = seal is not False
+            tag_size = SEAL_RECORD if sealed else 4
+            region = StateRegion.create(DISK_KIND, DISK_KIND_VERSION, [
+                ArraySpec("used", "B", (nslots + 7) // 8),
+                ArraySpec("tag", "B", nslots, tag_size),
+            ], ["nslots", "tag_size", "tag_kind"])
+            region.set("nslots", nslots)
+            region.set("tag_size", tag_size)
+            region.set("tag_kind", TAG_AES_GCM if sealed else TAG_CRC32)
+            region.set_count("used", (nslots + 7) // 8)
+            region.set_count("tag", nslots)
+            sealer: Sealer | None = None
+            if seal is True:
+                sealer = Sealer(nslots, table=region.view("tag"))
+            elif seal is not False:
+                tags = region.view("tag")
+                tags[:] = seal.table[:nslots * SEAL_RECORD]
+                sealer = Sealer.from_state(seal.export_state(), nslots, table=tags)
+        except BaseException:
+            if region is not None:
+                region.close()
+            os.close(fd)
             os.unlink(p)
-            raise ConfigError(f"disk tier: cannot size {p}: {exc.strerror}") from exc
+            raise
+        self._setup(p, fd, region, sealer, keep, SlotAllocator(nslots))
+        self.preallocated = preallocated
+
+    def _setup(self, path: str, fd: int, region: StateRegion, sealer: Sealer | None,
+               keep: bool, alloc: SlotAllocator) -> None:
+        self.path = path
+        self.fd = fd
+        self._keep = keep
+        self.region = region
+        self.sealer = sealer
         self.preallocated = False
-        if preallocate:
-            err = _fallocate(self.fd, nslots << PAGE_SHIFT)
-            if err == 0:
-                self.preallocated = True
-            elif err not in (errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(self.fd)
-                os.unlink(p)
-                raise ConfigError(f"disk tier: cannot allocate {nslots << PAGE_SHIFT} bytes for "
-                                  f"{p}: {os.strerror(err)}")
-        if seal is True:
-            seal = Sealer(nslots)
-        if seal is not False and seal.nslots != nslots:
-            raise ConfigError(f"disk tier: sealer of {seal.nslots} slots for {nslots} slots")
-        self.sealer: Sealer | None = seal or None
-        self.nslots = nslots
+        self.nslots = alloc.nslots
         self._lock = threading.Lock()
-        self._alloc = SlotAllocator(nslots)  # under _lock
-        self._crc = array("I", bytes(4 * nslots))  # under _lock for writers; slot -> CRC-32
+        self._alloc = alloc  # under _lock
+        self._used = region.view("used")  # under _lock: slot bitmap
+        # slot -> CRC-32 (unsealed; under _lock for writers); a sealer keeps its own records
+        self._crc = region.view("tag").cast("I") if sealer is None else None
         self.writes = 0  # under _lock: pwritev calls
         self.io_errors = 0  # under _lock
+
+    @classmethod
+    def adopt(cls, region_fd: int, file_fd: int, *, path: str = "", writable: bool = True,
+              seal_state: bytes | None = None, keep: bool = True) -> DiskTier:
+        """The disk tier of state region ``region_fd`` over the slot file ``file_fd`` (both
+        taken over).  The free extents are rebuilt from the slot bitmap.  A sealed tier needs
+        ``seal_state`` (``Sealer.export_state()`` of its owner: the key is never in the region).
+        StateFormatError if the region is not a disk region this code reads, or its tags are of
+        a kind it cannot check.  ``path`` is informational; the file is removed on close only if
+        ``keep`` is False.  O(nslots).
+        """
+        region = StateRegion.adopt(region_fd, DISK_KIND, DISK_KIND_VERSION, writable=writable)
+        try:
+            nslots = region.get("nslots")
+            kind, size = region.get("tag_kind"), region.get("tag_size")
+            sealer: Sealer | None = None
+            if (kind, size) == (TAG_AES_GCM, SEAL_RECORD):
+                if seal_state is None:
+                    raise StateFormatError("disk region: sealed slots, and no seal state to "
+                                           "open them")
+                if not writable:
+                    raise StateFormatError("disk region: sealed slots can only be adopted "
+                                           "writable (the sealer writes its records)")
+                sealer = Sealer.from_state(seal_state, nslots, table=region.view("tag"))
+            elif (kind, size) != (TAG_CRC32, 4):
+                raise StateFormatError(f"disk region: tags of kind {kind} and {size} bytes; "
+                                       f"this swapd checks kind {TAG_CRC32} (4 bytes) and "
+                                       f"{TAG_AES_GCM} ({SEAL_RECORD} bytes)")
+            alloc = SlotAllocator(0)
+            alloc.nslots = nslots
+            for start, n in _free_runs(bytes(region.view("used")[:(nslots + 7) // 8]), nslots):
+                alloc._add(start, n)
+            self = cls.__new__(cls)
+            self._setup(path or f"/proc/self/fd/{file_fd}", file_fd, region, sealer, keep, alloc)
+        except BaseException:
+            region.close()
+            raise
+        return self
+
+    def state_fds(self) -> dict[str, int]:
+        """``{"disk": region fd, "file": slot file fd}``."""
+        return {DISK_KIND: self.region.fd, "file": self.fd}
 
     def used_slots(self) -> int:
         """Slots in use.  O(1)."""
@@ -529,12 +669,30 @@ class DiskTier(Tier):
     def stats(self) -> dict[str, int]:
         return {"io_errors": self.io_errors, "writes": self.writes}
 
+    def _mark_locked(self, start: int, n: int, on: bool) -> None:
+        used = self._used
+        for k in range(start, start + n):
+            if on:
+                used[k >> 3] |= 1 << (k & 7)
+            else:
+                used[k >> 3] &= ~(1 << (k & 7)) & 0xFF
+
+    def _unalloc_locked(self, runs: list[tuple[int, int]]) -> None:
+        for start, n in runs:
+            self._alloc.free(start, n)
+            self._mark_locked(start, n, False)
+            if self.sealer is not None:
+                for k in range(start, start + n):
+                    self.sealer.forget(k)
+
     def store_batch(self, pages: Sequence[bytes]) -> list[int]:
         """Write a prefix of ``pages`` to contiguous runs of slots, one pwritev per run."""
         if not pages:
             return []
         with self._lock:
             runs = self._alloc.alloc(len(pages))
+            for start, n in runs:
+                self._mark_locked(start, n, True)
         if not runs:
             raise TierFullError(f"disk tier {self.path}: all {self.nslots} slots in use")
         keys: list[int] = []
@@ -558,23 +716,24 @@ class DiskTier(Tier):
                 i += n
         except OSError as exc:
             with self._lock:
-                for start, n in runs:
-                    self._alloc.free(start, n)
-                    if self.sealer is not None:
-                        for k in range(start, start + n):
-                            self.sealer.forget(k)
+                self._unalloc_locked(runs)
                 self.io_errors += 1
             raise TierIOError(exc.errno or 0, f"disk tier {self.path}: write failed: "
                               f"{exc.strerror or exc}") from exc
+        except BaseException:
+            with self._lock:
+                self._unalloc_locked(runs)
+            raise
         with self._lock:
             crc = self._crc
-            for k, c in zip(keys, crcs):
-                crc[k] = c
+            if crc is not None:
+                for k, c in zip(keys, crcs):
+                    crc[k] = c
             self.writes += len(runs)
         return keys
 
     def load(self, key: int) -> bytes:
-        """Read slot ``key`` and verify its CRC.  O(PAGE_SIZE) plus one pread."""
+        """Read slot ``key`` and check its tag (or open its seal).  O(PAGE_SIZE) plus a pread."""
         try:
             data = os.pread(self.fd, PAGE_SIZE, key << PAGE_SHIFT)
         except OSError as exc:
@@ -589,6 +748,7 @@ class DiskTier(Tier):
                 return self.sealer.open(key, data)
             except CorruptPageError as exc:
                 raise CorruptPageError(f"disk tier {self.path}: {exc}") from exc
+        assert self._crc is not None
         if zlib.crc32(data) != self._crc[key]:
             raise CorruptPageError(f"disk tier {self.path}: slot {key} fails its checksum")
         return data
@@ -596,7 +756,9 @@ class DiskTier(Tier):
     def free(self, key: int) -> None:
         with self._lock:
             self._alloc.free(key)
-            self._crc[key] = 0
+            self._mark_locked(key, 1, False)
+            if self._crc is not None:
+                self._crc[key] = 0
             if self.sealer is not None:
                 self.sealer.forget(key)
 
@@ -607,6 +769,11 @@ class DiskTier(Tier):
     def _check(self) -> None:
         with self._lock:
             self._alloc._check()
+            runs = _free_runs(bytes(self._used[:(self.nslots + 7) // 8]), self.nslots)
+            if runs != [(int(s), int(n)) for s, n in self._alloc.by_start.items()]:
+                raise InvariantError(f"disk tier {self.path}: the slot bitmap disagrees with "
+                                     "the free extents")
+            self.region._check()
         if self.sealer is not None:
             self.sealer._check()
 
@@ -614,6 +781,9 @@ class DiskTier(Tier):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self._crc is not None:
+                self._crc.release()
+            self.region.close()
             if not self._keep:
                 try:
                     os.unlink(self.path)

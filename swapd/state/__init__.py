@@ -57,7 +57,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from swapd.errors import InvariantError, SwapdError
+from swapd.errors import InvariantError, StateFormatError
 from swapd.kernel.memfd import (
     allocated_bytes,
     file_size,
@@ -102,10 +102,6 @@ _FORMATS = {"B": 1, "b": 1, "H": 2, "h": 2, "I": 4, "i": 4, "Q": 8, "q": 8}
 _GROW_MIN = 256 << 10  # the file grows by at least this much (or an eighth of its size)
 
 assert _HDR.size == 64 and _ARRAY.size == 64 and _END <= HEADER_BYTES
-
-
-class StateFormatError(SwapdError, ValueError):
-    """A state region's header is not one this swapd can read (names the field and values)."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +340,10 @@ class StateRegion:
 
     def _count_slot(self, a: _Array) -> int:
         return (ARRAYS_OFF + a.index * _ARRAY.size + 40) // 8
+
+    def count_index(self, name: str) -> int:
+        """Index of array ``name``'s record count in ``self.scalars`` (for hot paths)."""
+        return self._count_slot(self._array(name))
 
     def count(self, name: str) -> int:
         """Records in use (the owner's high-water mark).  O(1)."""
