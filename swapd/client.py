@@ -63,6 +63,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +156,17 @@ class Region(mmap.mmap):
         self._client._request("advise", region=self.id, offset=offset, length=length,
                               advice=advice)
 
+    def poisoned_pages(self) -> list[int]:
+        """Indices of the pages lost with a crashed daemon: touching one raises SIGBUS.
+
+        Never wrong data: such a page was stored when the daemon died and its
+        stored copy could not be recovered (docs/design.md).
+        """
+        if self._client is None:
+            raise ProtocolError("region is closed")
+        runs = self._client.stats().get("poisoned", {}).get(str(self.id), [])
+        return [i for first, n in runs for i in range(first, first + n)]
+
     def close(self) -> None:
         """Unmap the region and free everything the daemon holds for it.  Idempotent.
 
@@ -220,39 +232,110 @@ class Client:
         self._regions: dict[int, Region] = {}
         self.server = hello
         self.page_size = int(hello.get("page_size", PAGE_SIZE))
+        self._path: Path | None = None  # the socket, to re-attach on (connect() sets it)
+        self._reconnect_s = 30.0
+        self._resent: set[int] = set()  # ids of the current request sent before a restart
+        self._orphans: set[int] = set()  # ids whose replies are still due and unwanted
+        self.restarts = 0  # daemon restarts this client noticed
         _CLIENTS.add(self)
 
     # --- requests -------------------------------------------------------------------
 
     def _request(self, op: str, *, _fds: list[int] | None = None,
                  _ok_codes: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
-        """Send one request and wait for its reply.  Raises the mapped error."""
+        """Send one request and wait for its reply.  Raises the mapped error.
+
+        A daemon restart is a pause: the connection survives it in the service
+        manager's fd store.  After a crash the new daemon sends a ``restarted``
+        notice, and the request is sent again (requests are idempotent: a
+        ``map`` of the same range returns the same region).  If the connection
+        itself was lost, the session is re-attached on a new one with its token.
+        """
         with self._lock:
             if self._gone:
                 raise DaemonGoneError("the swapd daemon has gone away (socket closed)")
+            req = {"op": op, **fields}
             req_id = next(self._ids)
             try:
-                protocol.send_frame(self._sock, {"op": op, "id": req_id, **fields}, _fds)
-                reply, fds = protocol.recv_frame(self._sock)
+                try:
+                    protocol.send_frame(self._sock, {**req, "id": req_id}, _fds)
+                    reply = self._read_reply(req_id, req, _fds)
+                except (DaemonGoneError, OSError):
+                    if not self._reattach_locked():
+                        raise
+                    req_id = next(self._ids)
+                    protocol.send_frame(self._sock, {**req, "id": req_id}, _fds)
+                    reply = self._read_reply(req_id, req, _fds)
             except DaemonGoneError:
                 self._gone = True
                 raise
             except OSError as exc:
                 self._gone = True
                 raise DaemonGoneError(f"control socket failed: {exc}") from exc
-        for fd in fds:  # the daemon never sends descriptors
-            os.close(fd)
-        if reply.get("id") != req_id:
+        if reply.get("id") != req_id and reply.get("id") not in self._resent:
             raise ProtocolError(f"reply id {reply.get('id')!r} does not match request {req_id}")
         if reply.get("ok") is True:
             return reply
         code = str(reply.get("error", "internal"))
         message = str(reply.get("message", ""))
-        if code in _ok_codes:
+        if code in _ok_codes or (code == "not_found" and op == "unmap" and self._resent):
             return reply
         if code == "quota":
             raise QuotaExceededError(message)
         raise RequestError(code, message)
+
+    def _read_reply(self, req_id: int, req: dict[str, Any],
+                    fds: list[int] | None) -> dict[str, Any]:
+        """Read frames until the reply to ``req_id`` (or to a resent copy of it)."""
+        self._resent = set()
+        want = {req_id}
+        while True:
+            reply, got = protocol.recv_frame(self._sock)
+            for fd in got:  # the daemon never sends descriptors
+                os.close(fd)
+            rid = reply.get("id")
+            if rid is None and reply.get("error") == "restarted":
+                # the daemon restarted after a crash: it may never have read the request
+                new_id = next(self._ids)
+                protocol.send_frame(self._sock, {**req, "id": new_id}, fds)
+                self._resent |= want
+                want.add(new_id)
+                self.restarts += 1
+                continue
+            if rid in want:
+                want.discard(rid)
+                # the other copies' replies are still to come: skip them later
+                self._orphans |= want
+                return reply
+            if rid in self._orphans:
+                self._orphans.discard(rid)
+                continue
+            return reply
+
+    def _reattach_locked(self) -> bool:
+        """The connection is gone: re-attach the session on a new one (same token)."""
+        token = self.server.get("session_token")
+        if not token or self._path is None:
+            return False
+        try:
+            sock = _connect(self._path, timeout=self._reconnect_s, retry=self._reconnect_s)
+            protocol.send_frame(sock, {"op": "hello", "id": 0,
+                                       "version": protocol.PROTOCOL_VERSION,
+                                       "session_token": token})
+            reply, got = protocol.recv_frame(sock)
+            for fd in got:
+                os.close(fd)
+        except (OSError, SwapdError):
+            return False
+        if not reply.get("ok"):
+            sock.close()
+            return False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        self._sock = sock
+        self._orphans.clear()
+        self.restarts += 1
+        return True
 
     def ping(self) -> None:
         """Round trip to the daemon; raises DaemonGoneError if it is gone."""
@@ -345,19 +428,50 @@ class Client:
         self.close()
 
 
+def _connect(path: Path, *, timeout: float | None, retry: float = 0.0) -> socket.socket:
+    """Connect to ``path``; while it refuses (a daemon restarting without a held listening
+    socket), retry for ``retry`` seconds.  A missing socket fails at once."""
+    deadline = time.monotonic() + retry
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.settimeout(None)
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            sock.close()
+            raise
+
+
 def connect(path: str | os.PathLike[str] | None = None, *, timeout: float | None = 10.0,
-            name: str | None = None) -> Client:
+            name: str | None = None, wait: float = 0.0) -> Client:
     """Connect to the daemon's socket (default: the runtime directory's swapd.sock).
 
-    Performs the versioned handshake.  Raises DaemonGoneError if nobody listens
-    and RequestError (``version``/``permission``) if the daemon refuses.
+    Performs the versioned handshake.  While the daemon restarts, connecting
+    waits: under a service manager the listening socket is held across the
+    restart and the handshake is answered by the next daemon; ``wait`` seconds
+    more are spent retrying a socket that refuses connections.  Raises
+    DaemonGoneError if nobody listens and RequestError (``version``/
+    ``permission``) if the daemon refuses.
     """
     sock_path = Path(path) if path is not None else default_socket_path()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-        sock.settimeout(None)
+        sock = _connect(sock_path, timeout=timeout, retry=wait)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DaemonGoneError(f"no swapd daemon listening on {sock_path}: {exc.strerror}"
+                              " (start one with `swapd serve`)") from exc
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise RequestError("permission", f"cannot connect to {sock_path}: "
+                               f"{exc.strerror}") from exc
+        raise DaemonGoneError(f"cannot connect to {sock_path}: {exc}") from exc
+    try:
         protocol.send_frame(sock, {"op": "hello", "id": 0, "version": protocol.PROTOCOL_VERSION,
                                    "name": name or Path(sys.argv[0]).name})
         reply, fds = protocol.recv_frame(sock)
@@ -381,4 +495,6 @@ def connect(path: str | os.PathLike[str] | None = None, *, timeout: float | None
     if not reply.get("ok"):
         sock.close()
         raise RequestError(str(reply.get("error", "internal")), str(reply.get("message", "")))
-    return Client(sock, reply)
+    client = Client(sock, reply)
+    client._path = sock_path
+    return client

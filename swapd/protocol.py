@@ -47,9 +47,10 @@ ERROR_CODES = (
     "permission",       # peer credentials not allowed (the connection is closed)
     "unavailable",      # a kernel feature the request needs is absent
     "internal",         # a bug in the daemon; the request had no effect
+    "restarted",        # notice (id null): the daemon restarted after a crash; resend
 )
 
-OPS = ("hello", "map", "unmap", "set_limit", "advise", "stats", "ping")
+OPS = ("hello", "map", "unmap", "set_limit", "advise", "stats", "ping", "restart")
 ADVICE = ("cold", "willneed", "dontneed")
 
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)

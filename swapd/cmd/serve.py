@@ -6,8 +6,13 @@ the built-in defaults -- compressed tier zsmalloc+lz4, a disk tier file in the
 state directory, the clock reclaim policy, the layer's LRU for demotion --
 overridden by a TOML file (--config).  Under systemd (Type=notify) it sends
 READY=1 once the socket is served, STATUS= on changes and WATCHDOG=1.
-SIGTERM/SIGINT stop it; clients then fail closed (DaemonGoneError).  SIGUSR1
-dumps every thread's stack to stderr.
+SIGTERM/SIGINT stop it.  Under a service manager with a file descriptor store
+(systemd with ``FileDescriptorStoreMax=``, or ``swapd supervise``) a stop hands
+every client over to the next daemon, which adopts them from ``LISTEN_FDS``
+(docs/design.md, "Restart and crash recovery"); without one, clients then fail
+closed (DaemonGoneError).  Exit status 75 after ``swapd ctl restart``, 78 when
+the stored state is in a format this version cannot read.  SIGUSR1 dumps every
+thread's stack to stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 
 from swapd.config import load_config, replace
 
@@ -39,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     import faulthandler
     import signal
 
+    from swapd.daemon.handover import HandoverFormatError
+    from swapd.daemon.restart import EX_REFUSED
     from swapd.daemon.server import Daemon, install_signal_handlers
     from swapd.kernel.sdnotify import notify
 
@@ -51,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
     daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon.close)
-        daemon.start()
+        try:
+            daemon.start()
+        except HandoverFormatError as exc:
+            print(f"error: the stored state cannot be adopted: {exc}; the descriptors stay "
+                  "in the fd store for a swapd that can read them", file=sys.stderr)
+            return EX_REFUSED
         install_signal_handlers(daemon)
         log.warning("swapd serving %s", daemon.socket_path)
         daemon.serve_forever()
-    return 0
+    return daemon.exit_status

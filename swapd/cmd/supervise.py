@@ -11,7 +11,9 @@ restarts, never an error.
 
 SIGTERM/SIGINT stop the daemon (SIGTERM) and release the store, as ``systemctl
 stop`` does: the clients then fail closed.  SIGHUP is passed on to the daemon.
-``swapd ctl restart`` or a SIGTERM sent to the daemon itself restarts it.  More
+``swapd ctl restart`` or a SIGTERM sent to the daemon itself restarts it.  When
+the daemon refuses the stored state (exit status 78: a format it cannot read),
+the store is kept and the supervisor waits for SIGHUP to try again.  More
 than ``--burst`` starts within ten seconds give up (systemd's
 ``StartLimitBurst=``), exit status 1.
 """
@@ -32,6 +34,7 @@ log = logging.getLogger("swapd.supervise")
 HELP = "run `swapd serve`, keeping its descriptors across restarts (no systemd needed)"
 
 EX_RESTART = 75  # the daemon's exit status after a requested restart (EX_TEMPFAIL)
+EX_REFUSED = 78  # the daemon cannot read the stored state (EX_CONFIG): keep it, wait
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
                     log.warning("stopped (daemon exit status %s); fd store released", status)
                     return 0
                 st = m.exit_status or 0
+                if os.WIFEXITED(st) and os.WEXITSTATUS(st) == EX_REFUSED:
+                    log.error("swapd serve refused the stored state (see its error); the "
+                              "store is kept: send SIGHUP after installing a swapd that reads "
+                              "it, SIGTERM to give up")
+                    if _wait_for_hup(wake_r, pending):
+                        return 1
+                    starts.clear()
+                    continue
                 how = (f"exit status {os.waitstatus_to_exitcode(st)}"
                        if os.WIFEXITED(st) else f"signal {os.WTERMSIG(st)}")
                 log.warning("swapd serve (%s) ended with %s; restarting with %d stored "
@@ -104,7 +115,7 @@ def _watch(m: object, wake_r: int, pending: list[int]) -> bool:
 
     assert isinstance(m, ServiceManager)
     while True:
-        rl = [m.sock, wake_r] + ([m.pidfd] if m.pidfd >= 0 else [])
+        rl: list[int] = [m.sock.fileno(), wake_r] + ([m.pidfd] if m.pidfd >= 0 else [])
         with contextlib.suppress(InterruptedError):
             select.select(rl, [], [], 1.0)
         with contextlib.suppress(BlockingIOError):
@@ -118,3 +129,14 @@ def _watch(m: object, wake_r: int, pending: list[int]) -> bool:
                 return True
         if not m.running():
             return False
+
+
+def _wait_for_hup(wake_r: int, pending: list[int]) -> bool:
+    """Wait for SIGHUP (False: try again) or SIGTERM/SIGINT (True: give up)."""
+    while True:
+        with contextlib.suppress(InterruptedError):
+            select.select([wake_r], [], [], 1.0)
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_r, 64)
+        if pending:
+            return pending.pop(0) != signal.SIGHUP

@@ -147,6 +147,7 @@ class EventLoop:
             if wd_interval and now >= next_wd:
                 d.notify("WATCHDOG=1")
                 next_wd = now + wd_interval
+            d.keeper.tick(now)
             if cfg.daemon.check_invariants and now >= next_check:
                 d.check()
                 next_check = now + 1.0

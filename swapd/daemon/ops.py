@@ -147,12 +147,23 @@ class Ops:
         if v != protocol.PROTOCOL_VERSION:
             raise Refused("version", f"protocol version {v!r} is not supported; this daemon "
                           f"speaks version {protocol.PROTOCOL_VERSION}")
-        name = obj.get("name", "")
-        session.name = name[:64] if isinstance(name, str) else ""
-        session.hello = True
+        token = obj.get("session_token")
+        if token is not None:
+            if not isinstance(token, str):
+                raise Refused("bad_request", "'session_token' must be a string")
+            target = self.daemon.reattach(session, token)
+            if target is None:
+                raise Refused("not_found", "no session of this process has that token (the "
+                              "daemon stopped, or the session ended)")
+            session = target
+        else:
+            name = obj.get("name", "")
+            session.name = name[:64] if isinstance(name, str) else ""
+            session.hello = True
         lim = self.daemon.cfg.limits
         return {"version": protocol.PROTOCOL_VERSION, "page_size": PAGE_SIZE,
-                "pid": os.getpid(), "session": session.id,
+                "pid": os.getpid(), "session": session.id, "session_token": session.token,
+                "regions": sorted(session.regions),
                 "resident_bytes": session.limit_pages * PAGE_SIZE,
                 "max_managed_bytes": lim.max_managed_bytes, "max_regions": lim.max_regions}
 
@@ -191,6 +202,9 @@ class Ops:
                               f"{lim.max_managed_bytes} (mapped: "
                               f"{session.managed_pages * PAGE_SIZE})")
             for r in session.regions.values():
+                if (r.start, r.end) == (address, address + length) and \
+                        os.fstat(r.memfd).st_ino == st.st_ino:
+                    return {"region": r.id}  # sent again after a restart: the same region
                 if address < r.end and r.start < address + length:
                     raise Refused("bad_range", f"[{address:#x}, {address + length:#x}) "
                                   f"overlaps region {r.id} at [{r.start:#x}, {r.end:#x})")
@@ -209,17 +223,21 @@ class Ops:
             if feats & kuffd.UFFD_FEATURE_SIGBUS:
                 raise Refused("bad_fd", "userfaultfd has FEATURE_SIGBUS: faults would never "
                               "reach the daemon")
+            keeper = self.daemon.keeper
             with session.lock:
                 if session.dead:
                     raise Refused("internal", "session ended")
-                lrid = layer.add_region(session.id, npages)
                 rid = self.daemon.new_region_id()
-                region = ManagedRegion(rid, session, address, npages, memfd, uffd, lrid, name)
+                state, state_fd = keeper.page_state(rid, npages)
+                lrid = layer.add_region(session.id, npages)
+                region = ManagedRegion(rid, session, address, npages, memfd, uffd, lrid, name,
+                                       state=state, state_fd=state_fd)
                 fds[0] = -1  # owned by the region now
                 adopted = True
                 session.regions[rid] = region
                 session.managed_pages += npages
                 self.daemon.loop.register(uffd.fd, "uffd", region)
+            keeper.region_mapped(region)  # stored and recorded before the reply
         finally:
             if not adopted:
                 uffd.close()
@@ -277,6 +295,20 @@ class Ops:
                 budget = max(0, session.limit_pages - session.resident)
                 return {"pages": pager.prefetch_locked(region, i0, n, budget)}
         return {"pages": reclaimer.evict_range(session, region, i0, n)}
+
+    def _op_restart(self, session: Session, obj: dict[str, Any],
+                    fds: list[int]) -> dict[str, Any]:
+        """Hand everything over to a new daemon process (the manager starts it)."""
+        if session.uid not in (0, os.geteuid()):
+            raise Refused("permission", f"uid {session.uid} may not restart the daemon "
+                          "(root or the daemon's own uid only)")
+        keeper = self.daemon.keeper
+        if not keeper.enabled:
+            raise Refused("unavailable", "no fd store (run under systemd with "
+                          "FileDescriptorStoreMax= or `swapd supervise`): a restart would "
+                          "lose every client")
+        self.daemon.request_restart()
+        return {"pid": os.getpid()}
 
     def _op_stats(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         scope = obj.get("scope", "client")

@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import socket
 import stat
 import threading
@@ -47,15 +48,18 @@ from typing import Any
 
 from swapd.config import PAGE_SIZE, Config
 from swapd.daemon.admission import Admission, resolve_groups
+from swapd.daemon.handover import passed_fds
 from swapd.daemon.loop import EventLoop
 from swapd.daemon.ops import Connection, Ops
 from swapd.daemon.pager import Pager
 from swapd.daemon.reclaim import Reclaimer
 from swapd.daemon.recorder import Recorder
+from swapd.daemon.restart import EX_RESTART, Keeper
 from swapd.daemon.session import LayerLike, Session
 from swapd.daemon.signals import install_signal_handlers
 from swapd.daemon.stats import all_stats, session_stats
 from swapd.errors import ConfigError, EntryNotFoundError
+from swapd.kernel.sdnotify import listen_fds
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,8 @@ class Daemon:
         self.admission = Admission(self, cfg)
         self.ops = Ops(self)
         self.recorder: Recorder | None = None
+        self.keeper = Keeper(self)  # what outlives the process (fd store, registry)
+        self.exit_status = 0  # of `swapd serve`: EX_RESTART after a requested restart
 
     # --- setup / teardown -----------------------------------------------------------------
 
@@ -125,8 +131,14 @@ class Daemon:
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
             mark_gone=self.pager.mark_gone_locked,
             between_stores=loop.serve_faults_now, recorder=rec)
-        self.listener = self._bind()
+        keeper = self.keeper
+        keeper.passed = passed_fds(listen_fds())
+        self.listener = keeper.take_listener()
+        if self.listener is None:
+            self.listener = self._bind()
+            keeper.store_listener(self.listener)
         loop.register(self.listener.fileno(), "listen", self.listener)
+        keeper.adopt()
         if not rc.inline:
             from swapd.layer import ShrinkerThread
 
@@ -163,18 +175,29 @@ class Daemon:
         return sock
 
     def close(self) -> None:
-        """End every session, stop the reclaimer, release the layer and the socket."""
+        """End every session, stop the reclaimer, release the layer and the socket.
+
+        After a hand-over (``Keeper.hand_over``) the sessions are not ended: only
+        this process's copies of their descriptors are closed, and the socket
+        stays (the fd store keeps it).
+        """
         if self.reclaimer is not None:
             self.reclaimer.stop()
         if self.shrinker is not None:
             self.shrinker.stop()
         for s in list(self.sessions.values()):
-            self.end_session(s, "daemon stopping")
+            if self.keeper.handed_over:
+                self._release_session(s)
+            else:
+                self.end_session(s, "daemon stopping")
         if self.listener is not None:
             self.listener.close()
-            with contextlib.suppress(OSError):
-                self.socket_path.unlink()
+            if not self.keeper.handed_over:
+                with contextlib.suppress(OSError):
+                    self.socket_path.unlink()
             self.listener = None
+        if self.keeper.registry is not None:
+            self.keeper.registry.close()
         if self.pager is not None:
             self.pager.close()
         if self.loop is not None:
@@ -191,9 +214,20 @@ class Daemon:
             self.loop.stop()
 
     def serve_forever(self, *, ready: Callable[[], None] | None = None) -> None:
-        """Run the event loop until :meth:`stop` (see :meth:`EventLoop.run`)."""
+        """Run the event loop until :meth:`stop` (see :meth:`EventLoop.run`).
+
+        With an fd store, a stop hands every session over to the next daemon.
+        """
         assert self.loop is not None, "start() first"
         self.loop.run(ready=ready)
+        if self.keeper.enabled:
+            self.keeper.hand_over()
+
+    def request_restart(self) -> None:
+        """``swapd ctl restart``: hand over and exit with EX_RESTART (the manager restarts)."""
+        self.keeper.restart_requested = True
+        self.exit_status = EX_RESTART
+        self.stop()
 
     def check(self) -> None:
         """Run every structure's invariant check (debug flag).  O(everything)."""
@@ -230,12 +264,58 @@ class Daemon:
             session.pidfd = pidfd
             self.sessions[sid] = session
             self.clients_total += 1
+        session.token = secrets.token_hex(16)
         conn = Connection(sock, session)
         session.conn = conn
         self.loop.register(sock.fileno(), "conn", conn)
         self.loop.register(pidfd, "pidfd", session)
+        self.keeper.session_opened(session)
         log.info("client %d (pid %d uid %d) connected", sid, pid, uid)
         return session
+
+    def reattach(self, fresh: Session, token: str) -> Session | None:
+        """Move ``fresh``'s connection to the live session named by ``token`` (hello).
+
+        The session must belong to the same process.  ``fresh`` (which owns
+        nothing yet) is ended.  Returns the session, or None if no such session.
+        """
+        with self.lock:
+            target = next((s for s in self.sessions.values() if s.token == token
+                           and not s.dead and s is not fresh), None)
+        if target is None or target.pid != fresh.pid:
+            return None
+        conn = fresh.conn
+        fresh.conn = None
+        old = target.conn
+        if old is not None and not old.closed:
+            old.closed = True
+            self.loop.forget(old.sock.fileno())
+            old.reader.close()
+            old.sock.close()
+        conn.session = target
+        target.conn = conn
+        self.end_session(fresh, "re-attached to its earlier session")
+        self.keeper.conn_replaced(target)
+        log.info("client %d (pid %d) re-attached", target.id, target.pid)
+        return target
+
+    def _release_session(self, session: Session) -> None:
+        """Close this process's copies of a session's descriptors; the store keeps them."""
+        with session.lock:
+            for region in list(session.regions.values()):
+                self.loop.forget(region.uffd.fd)
+                region.uffd.close()
+                os.close(region.memfd)
+                region.memfd = -1
+                region.close_state()
+            self.loop.forget(session.pidfd)
+            session.close_fds_locked()
+        conn: Connection | None = session.conn
+        if conn is not None and not conn.closed:
+            conn.closed = True
+            self.loop.forget(conn.sock.fileno())
+            conn.reader.close()
+            conn.sock.close()
 
     def end_session(self, session: Session, reason: str) -> None:
         """Free everything of a session in every tier and close its fds.  Idempotent."""
@@ -261,6 +341,7 @@ class Daemon:
             conn.sock.close()
         with self.lock:
             self.sessions.pop(session.id, None)
+        self.keeper.session_ended(session)
         for k, v in session.counters.as_dict().items():
             self.departed[k] = self.departed.get(k, 0) + v
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import array
 import collections
 import itertools
+import mmap
 import os
 import threading
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ class ManagedRegion:
     """One client region: memfd mapped at ``start`` in the client, ``npages`` pages."""
 
     def __init__(self, rid: int, session: Session, start: int, npages: int, memfd: int,
-                 uffd: Userfaultfd, layer_region: int, name: str) -> None:
+                 uffd: Userfaultfd, layer_region: int, name: str, *,
+                 state: mmap.mmap | bytearray | None = None, state_fd: int = -1) -> None:
         self.id = rid  # daemon-wide, also the protocol's region id
         self.session = session
         self.start = start  # client virtual address of page 0
@@ -125,7 +127,13 @@ class ManagedRegion:
         self.uffd = uffd  # the daemon's copy; closed when dropped
         self.layer_region = layer_region
         self.name = name
-        self.state = bytearray(npages)  # under Session.lock; one of HOLE..GONE per page
+        # Under Session.lock; one of HOLE..GONE per page.  With a restart keeper it maps a
+        # page-state memfd (swapd.daemon.handover), so that it outlives the process.
+        self.state: mmap.mmap | bytearray = state if state is not None else bytearray(npages)
+        self.state_fd = state_fd  # the page-state memfd, -1 if none; closed by close_state
+        # Pages lost with a crashed daemon and poisoned at recovery (under Session.lock);
+        # reported by ``stats`` so that a client can tell which pages will raise SIGBUS.
+        self.poisoned: set[int] = set()
         self.dropped = False  # under Session.lock; True once freed (fds closed)
         # Readahead (under Session.lock): window in pages, index expected next if sequential.
         self.ra_window = 0
@@ -150,7 +158,18 @@ class ManagedRegion:
 
     def count(self, *states: int) -> int:
         """Pages in any of ``states``.  O(npages)."""
-        return sum(self.state.count(s) for s in states)
+        raw = bytes(self.state[:self.npages])
+        return sum(raw.count(s) for s in states)
+
+    def close_state(self) -> None:
+        """Unmap and close the page-state memfd (after the region is dropped).  Idempotent."""
+        if self.state_fd >= 0:
+            state, self.state = self.state, bytearray(self.npages)
+            self.state[:] = state[:self.npages]
+            if isinstance(state, mmap.mmap):
+                state.close()
+            os.close(self.state_fd)
+            self.state_fd = -1
 
     def __repr__(self) -> str:
         return f"<region {self.id} {self.name!r} {self.start:#x}+{self.npages}p>"
@@ -169,6 +188,7 @@ class Session:
         self.lock = threading.Lock()
         self.pidfd = -1  # closed at teardown
         self.hello = False  # handshake done
+        self.token = ""  # secret naming the session to a re-attaching connection (hello)
         self.conn: Any = None  # the daemon's Connection (main thread only)
         self.regions: dict[int, ManagedRegion] = {}  # under lock; live regions by id
         self.managed_pages = 0  # under lock; sum of live regions' npages
@@ -211,7 +231,7 @@ class Session:
                 raise InvariantError(f"session {self.id}: policy tracks {len(self.policy)} "
                                      f"keys for {resident} resident pages")
             for r in self.regions.values():
-                for i, st in enumerate(r.state):
+                for i, st in enumerate(bytes(r.state[:r.npages])):
                     if page_key(r.id, i) in self.policy and st != RESIDENT:
                         raise InvariantError(f"session {self.id}: policy tracks page {i} of "
                                              f"region {r.id} in state {STATE_NAMES[st]}")

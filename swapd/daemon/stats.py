@@ -44,6 +44,17 @@ def as_dict(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
+def runs_of(pages: set[int]) -> list[list[int]]:
+    """``[first, count]`` runs of a set of page indices, ascending.  O(n log n)."""
+    runs: list[list[int]] = []
+    for i in sorted(pages):
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    return runs
+
+
 def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
     """One client's statistics.  O(pages of its regions)."""
     assert daemon.layer is not None
@@ -51,13 +62,15 @@ def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
         states = dict.fromkeys(STATE_NAMES, 0)
         for r in s.regions.values():
             for code in (HOLE, RESIDENT, EVICTING, SWAPPED, GONE):
-                states[STATE_NAMES[code]] += r.state.count(code)
+                states[STATE_NAMES[code]] += r.count(code)
         out: dict[str, Any] = {
             "session": s.id, "pid": s.pid, "uid": s.uid, "name": s.name,
             "regions": len(s.regions), "managed_pages": s.managed_pages,
             "resident_pages": s.resident, "limit_pages": s.limit_pages,
             "pages": states, "counters": s.counters.as_dict(),
             "latency": LatencySummary.of(list(s.latency_ns)).as_dict(),
+            "poisoned": {str(r.id): runs_of(r.poisoned) for r in s.regions.values()
+                         if r.poisoned},
         }
     try:
         out["layer"] = as_dict(daemon.layer.stats(s.id))

@@ -157,6 +157,7 @@ class FdStore:
         return [(e.fd, e.name) for e in self.entries]
 
     def names(self) -> list[str]:
+        """The entries' names, newest first."""
         return [e.name for e in self.entries]
 
     def fileno(self) -> int:
@@ -185,12 +186,13 @@ class ServiceManager:
 
     ``argv`` is the main command; ``socket_fds`` are ``(fd, name)`` pairs of
     listening sockets passed first at every start (a socket unit's; the manager
-    keeps them); ``env`` is added to the inherited environment.
+    keeps them); ``env`` is added to the inherited environment; ``output``
+    becomes the main process's stdout and stderr.
     """
 
     def __init__(self, argv: Sequence[str], *, store_max: int,
                  socket_fds: Sequence[tuple[int, str]] = (),
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, output: int | None = None) -> None:
         exe = shutil.which(argv[0])
         if exe is None:
             raise FileNotFoundError(errno.ENOENT, f"command not found: {argv[0]}")
@@ -198,6 +200,7 @@ class ServiceManager:
         self.store = FdStore(store_max)
         self.socket_fds = list(socket_fds)
         self.env = dict(env or {})
+        self.output = output  # the main process's stdout and stderr (None: inherited)
         self._dir = tempfile.mkdtemp(prefix="swapd-manager-")
         self.notify_path = os.path.join(self._dir, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
@@ -238,6 +241,9 @@ class ServiceManager:
             try:
                 import fcntl
 
+                if self.output is not None:
+                    os.dup2(self.output, 1)
+                    os.dup2(self.output, 2)
                 tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in srcs]
                 for i, fd in enumerate(tmp):
                     os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
@@ -272,6 +278,7 @@ class ServiceManager:
         return True
 
     def running(self) -> bool:
+        """Whether the main process is alive (reaps it if it exited)."""
         return self.main_pid != 0 and not self._reap()
 
     # --- the notify socket --------------------------------------------------------------------
@@ -328,12 +335,12 @@ class ServiceManager:
         if "STATUS" in tags:
             self.status = tags["STATUS"]
         if tags.get("FDSTOREREMOVE") == "1":
-            name = tags.get("FDNAME")
-            if name is None or not fdname_is_valid(name):
+            gone = tags.get("FDNAME")
+            if gone is None or not fdname_is_valid(gone):
                 log.warning("FDSTOREREMOVE=1 requested, but no valid file descriptor name "
                             "passed, ignoring")
             else:
-                note.removed = self.store.remove(name)
+                note.removed = self.store.remove(gone)
         elif tags.get("FDSTORE") == "1":
             name: str | None = tags.get("FDNAME")
             if name is not None and not fdname_is_valid(name):

@@ -1,0 +1,458 @@
+"""Session ownership across daemon processes: keep, hand over, adopt, recover.
+
+Design (docs/design.md, "Restart and crash recovery"; the names and formats are
+in :mod:`swapd.daemon.handover`).  :class:`Keeper` is the daemon's one owner of
+what must outlive it:
+
+* as the daemon acquires a descriptor it goes to the fd store -- the listening
+  socket at start, a session's connection and pidfd at admission, a region's
+  memfd, userfaultfd and page-state memfd at ``map`` -- and the session registry
+  is rewritten before the reply that makes the change visible; when a session
+  ends or a region is dropped its names are removed (``reconcile``);
+* a graceful stop (SIGTERM, ``swapd ctl restart``) stops taking work (the loop
+  has returned, the reclaimer is stopped after its batch), makes every stored
+  page reachable by the next daemon -- when the layer cannot hand its state
+  over, the stored pages are written back into the clients' memfds, where the
+  next daemon finds them resident -- marks the registry clean and leaves every
+  session's descriptors in the store (:meth:`Keeper.hand_over`);
+* the next daemon (:meth:`Keeper.adopt`) takes its listening socket and the
+  registry from ``LISTEN_FDS``, re-creates every session whose process is alive,
+  rebuilds each region's page states by the recovery scan, poisons the pages
+  that were lost, ``UFFDIO_WAKE``s every registered range (a thread blocked on
+  a fault the old daemon read but never resolved retries), and removes from the
+  store whatever nothing adopted.  After a crash (registry not clean) each
+  adopted connection gets one ``restarted`` notice: a request the old daemon
+  read but never answered is to be sent again (docs/protocol.md).
+
+Without a store (``swapd serve`` alone) the keeper does nothing and a stop ends
+every session, as before.
+
+Lock order: as the daemon's (``Session.lock`` -> ``Daemon.lock`` -> layer
+locks).  The keeper runs on the loop thread (start, requests, reconcile, stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import socket
+from typing import TYPE_CHECKING, Any
+
+from swapd import protocol
+from swapd.daemon import handover as ho
+from swapd.daemon.handover import HandoverFormatError, Registry, StoreLink
+from swapd.daemon.session import (
+    EVICTING,
+    GONE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    RESIDENT,
+    SWAPPED,
+    ManagedRegion,
+    Session,
+    page_key,
+)
+from swapd.daemon.stats import runs_of
+from swapd.errors import CorruptPageError, EntryNotFoundError, SwapdError, TierIOError
+from swapd.kernel.errors import KernelError
+
+if TYPE_CHECKING:
+    from swapd.daemon.server import Daemon
+
+log = logging.getLogger(__name__)
+
+EX_RESTART = 75  # exit status after ``swapd ctl restart`` (EX_TEMPFAIL; the unit restarts it)
+EX_REFUSED = 78  # exit status when stored state is in a format this daemon cannot read (EX_CONFIG)
+
+__all__ = ["EX_REFUSED", "EX_RESTART", "Keeper"]
+
+
+class Keeper:
+    """What outlives the daemon's process (see the module docstring)."""
+
+    def __init__(self, daemon: Daemon, *, store: StoreLink | None = None) -> None:
+        self.daemon = daemon
+        self.link = store or StoreLink()
+        self.registry: Registry | None = None
+        self.passed: dict[str, int] = {}  # LISTEN_FDS not yet adopted (start only)
+        self.max_sid = 0
+        self.max_rid = 0
+        self.handed_over = False  # hand_over() done: close() must not end sessions
+        self.restart_requested = False
+        self.adopted_sessions = 0
+        self.regions: dict[int, ManagedRegion] = {}  # rid -> region with a page-state memfd
+        self._next_reconcile = 0.0
+        self.recovered = {"resident": 0, "swapped": 0, "poisoned": 0, "hole": 0}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a manager keeps an fd store for this daemon."""
+        return self.link.enabled
+
+    # --- start ----------------------------------------------------------------------------
+
+    def take_listener(self) -> socket.socket | None:
+        """The listening socket from ``LISTEN_FDS`` (a socket unit's or our stored one)."""
+        fd = self.passed.pop("listen", None)
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.link.names.add("listen")
+        return sock
+
+    def store_listener(self, sock: socket.socket) -> None:
+        """Keep the listening socket this daemon bound."""
+        self.link.store("listen", sock.fileno())
+
+    def adopt(self) -> None:
+        """Adopt the registry and every live session from ``LISTEN_FDS``; store the rest.
+
+        Raises HandoverFormatError (nothing is removed from the store) if the
+        registry or a page-state memfd is in a format this daemon cannot read.
+        """
+        try:
+            self._adopt()
+        except HandoverFormatError:
+            # refuse by name and leave the store as it is, for a daemon that can read it
+            self.handed_over = True
+            self.link.enabled = False
+            raise
+
+    def _adopt(self) -> None:
+        passed = self.passed
+        reg_fd = passed.pop("sessions", None)
+        if reg_fd is None:
+            self.registry = Registry.create()
+            self.link.store("sessions", self.registry.fd)
+            self._drop_orphans()
+            return
+        self.registry, obj = Registry.adopt(reg_fd)
+        self.link.names.add("sessions")
+        if obj is None:
+            log.warning("session registry: no valid slot; no session to adopt")
+            obj = {}
+        fmt = obj.get("format", ho.FORMAT_VERSION)
+        if fmt != ho.FORMAT_VERSION:
+            raise HandoverFormatError(f"session registry: format {fmt} is not supported "
+                                      f"(this swapd reads format {ho.FORMAT_VERSION})")
+        for e in obj.get("sessions", []):
+            for r in e.get("regions", []):
+                if not isinstance(r, dict):
+                    raise HandoverFormatError("session registry: a region is not an object")
+        self.max_sid = int(obj.get("max_sid", 0))
+        self.max_rid = int(obj.get("max_rid", 0))
+        d = self.daemon
+        d._sids = itertools.count(self.max_sid + 1)
+        d._rids = itertools.count(self.max_rid + 1)
+        crash = not obj.get("clean", False)
+        for e in obj.get("sessions", []):
+            self._adopt_session(e, crash)
+        self._drop_orphans()
+        self.commit(clean=False)
+        r = self.recovered
+        log.warning("adopted %d session(s) after a %s: %d pages resident, %d stored, %d "
+                    "poisoned (lost with the old daemon)", self.adopted_sessions,
+                    "crash" if crash else "graceful restart", r["resident"], r["swapped"],
+                    r["poisoned"])
+
+    def _drop_orphans(self) -> None:
+        for name, fd in sorted(self.passed.items()):
+            log.warning("fd store: %r was not adopted by anything; removing it", name)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.link.names.add(name)
+            self.link.remove(name)
+        self.passed.clear()
+
+    def _adopt_session(self, e: dict[str, Any], crash: bool) -> None:
+        from swapd.daemon.ops import Connection
+        from swapd.plugins import make_policy
+
+        d = self.daemon
+        sid = int(e["sid"])
+        prefix = ho.session_prefix(sid)
+        mine = {n: fd for n, fd in self.passed.items() if n.startswith(prefix)}
+        for n in mine:
+            del self.passed[n]
+        self.link.names.update(mine)
+        pidfd = mine.pop(prefix + "pidfd", -1)
+        conn_fd = mine.pop(prefix + "conn", -1)
+        alive = pidfd >= 0 and not select.select([pidfd], [], [], 0)[0]
+        if not alive:
+            log.info("client %d (pid %s) exited during the restart; freeing it", sid,
+                     e.get("pid"))
+            for fd in [pidfd, conn_fd, *mine.values()]:
+                if fd >= 0:
+                    os.close(fd)
+            self.link.remove_prefix(prefix)
+            return
+        cfg = d.cfg
+        session = Session(sid, int(e["pid"]), int(e["uid"]), int(e["gid"]),
+                          limit_pages=int(e["limit_pages"]),
+                          policy=make_policy(cfg.reclaim.policy),
+                          latency_samples=cfg.pager.latency_samples)
+        session.pidfd = pidfd
+        session.name = str(e.get("name", ""))
+        session.token = str(e.get("token", ""))
+        session.hello = True
+        with d.lock:
+            d.sessions[sid] = session
+            d.clients_total += 1
+        d.loop.register(pidfd, "pidfd", session)
+        for r in e.get("regions", []):
+            rp = ho.region_prefix(sid, int(r["rid"]))
+            fds = (mine.pop(rp + "memfd", -1), mine.pop(rp + "uffd", -1),
+                   mine.pop(rp + "state", -1))
+            if min(fds) < 0:
+                log.error("client %d region %s: descriptors missing from the store; dropped",
+                          sid, r["rid"])
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+                self.link.remove_prefix(rp)
+                continue
+            with session.lock:
+                self._adopt_region(session, r, *fds)
+        for name, fd in mine.items():  # of regions the registry does not know
+            os.close(fd)
+            self.link.remove(name)
+        if conn_fd >= 0:
+            sock = socket.socket(fileno=conn_fd)
+            sock.setblocking(False)
+            conn = Connection(sock, session)
+            session.conn = conn
+            d.loop.register(conn_fd, "conn", conn)
+            if crash:  # a request the old daemon read may never be answered: say so
+                with contextlib.suppress(OSError):
+                    sock.send(protocol.encode(protocol.error_reply(
+                        None, "restarted", "the daemon restarted after a crash; send an "
+                        "unanswered request again")))
+        self.adopted_sessions += 1
+
+    def _adopt_region(self, session: Session, r: dict[str, Any], memfd: int, ufd: int,
+                      state_fd: int) -> None:
+        from swapd.kernel import uffd as kuffd
+
+        d = self.daemon
+        layer = d.layer
+        assert layer is not None
+        rid, start, npages = int(r["rid"]), int(r["start"]), int(r["npages"])
+        try:
+            state = ho.adopt_page_state(state_fd, npages)
+        except BaseException:
+            for fd in (memfd, ufd, state_fd):
+                os.close(fd)
+            raise
+        uffd = kuffd.Userfaultfd.from_fd(ufd)
+        lrid = layer.add_region(session.id, npages)
+        region = ManagedRegion(rid, session, start, npages, memfd, uffd, lrid,
+                               str(r.get("name", "")), state=state, state_fd=state_fd)
+        resident = bytearray(npages)
+        for first, n in ho.resident_runs(memfd, npages):
+            resident[first:first + n] = b"\x01" * n
+        for first, n in r.get("poisoned", []):  # poisoned by an earlier daemon
+            region.poisoned.update(range(int(first), int(first) + int(n)))
+        old = bytes(state[:npages])
+        counts = self.recovered
+        unwp: list[int] = []
+        lost: list[int] = []
+        policy = session.policy
+        for i in range(npages):
+            stored = False  # the layer's stored copies do not survive it yet
+            new = ho.recover_page(old[i], bool(resident[i]), stored)
+            if old[i] == EVICTING:
+                unwp.append(i)
+            if new == RESIDENT:
+                policy.insert(page_key(rid, i))
+                session.resident += 1
+                counts["resident"] += 1
+            elif new == SWAPPED:
+                counts["swapped"] += 1
+            elif new < 0:
+                lost.append(i)
+                new = GONE
+            else:
+                counts["hole"] += 1
+            state[i] = new
+        session.regions[rid] = region
+        session.managed_pages += npages
+        self.regions[rid] = region
+        d.loop.register(uffd.fd, "uffd", region)
+        for i in unwp:  # a batch was cut short: its write protection goes
+            with contextlib.suppress(KernelError):
+                uffd.writeprotect(region.address(i), PAGE_SIZE, wp=False, dontwake=True)
+        for i in lost:
+            self._poison(region, i)
+        with contextlib.suppress(KernelError):  # faults read by the old daemon: retry
+            uffd.wake(start, npages << PAGE_SHIFT)
+
+    def _poison(self, region: ManagedRegion, i: int) -> None:
+        addr = region.address(i)
+        try:
+            region.uffd.writeprotect(addr, PAGE_SIZE, wp=False, dontwake=True)
+            region.uffd.poison(addr, PAGE_SIZE)
+        except SwapdError as exc:
+            log.error("region %s page %d: poison failed: %s", region.id, i, exc)
+        region.session.counters.poisoned_pages += 1
+        region.poisoned.add(i)
+        self.recovered["poisoned"] += 1
+
+    # --- while serving -----------------------------------------------------------------------
+
+    def snapshot(self, *, clean: bool) -> dict[str, Any]:
+        """The registry's content: every live session and region."""
+        sessions = []
+        for s in list(self.daemon.sessions.values()):
+            if s.dead:
+                continue
+            regions = [{"rid": r.id, "start": r.start, "npages": r.npages, "name": r.name,
+                        "poisoned": runs_of(r.poisoned)}
+                       for r in list(s.regions.values()) if not r.dropped]
+            sessions.append({"sid": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
+                             "name": s.name, "token": s.token, "limit_pages": s.limit_pages,
+                             "regions": regions})
+        return {"format": ho.FORMAT_VERSION, "clean": clean, "max_sid": self.max_sid,
+                "max_rid": self.max_rid, "daemon_pid": os.getpid(), "sessions": sessions}
+
+    def commit(self, *, clean: bool = False) -> None:
+        """Rewrite the registry (before the reply that makes a change visible)."""
+        if self.registry is not None and self.enabled:
+            self.registry.write(self.snapshot(clean=clean))
+
+    def session_opened(self, session: Session) -> None:
+        """Store a new session's connection and pidfd, then record it."""
+        self.max_sid = max(self.max_sid, session.id)
+        if not self.enabled:
+            return
+        prefix = ho.session_prefix(session.id)
+        if session.conn is not None:
+            self.link.store(prefix + "conn", session.conn.sock.fileno())
+        self.link.store(prefix + "pidfd", session.pidfd, poll=False)
+        self.commit()
+
+    def page_state(self, rid: int, npages: int) -> tuple[Any, int]:
+        """The page-state bytes of a new region and their memfd (-1 without a store)."""
+        if not self.enabled:
+            return bytearray(npages), -1
+        fd, mm = ho.create_page_state(rid, npages)
+        return mm, fd
+
+    def region_mapped(self, region: ManagedRegion) -> None:
+        """Store a new region's memfd, userfaultfd and page states, then record it."""
+        self.max_rid = max(self.max_rid, region.id)
+        if not self.enabled:
+            return
+        self.regions[region.id] = region
+        p = ho.region_prefix(region.session.id, region.id)
+        self.link.store(p + "memfd", region.memfd)
+        self.link.store(p + "uffd", region.uffd.fd, poll=False)
+        self.link.store(p + "state", region.state_fd)
+        self.commit()
+
+    def conn_replaced(self, session: Session) -> None:
+        """A session's connection changed (re-attach): store the new one."""
+        if self.enabled and session.conn is not None:
+            name = ho.session_prefix(session.id) + "conn"
+            self.link.remove(name)
+            self.link.store(name, session.conn.sock.fileno())
+            self.commit()
+
+    def session_ended(self, session: Session) -> None:
+        """Remove an ended session's names from the store."""
+        for r in [r for r in self.regions.values() if r.session is session]:
+            r.close_state()
+            del self.regions[r.id]
+        if self.enabled:
+            self.link.remove_prefix(ho.session_prefix(session.id))
+            self.commit()
+
+    def tick(self, now: float) -> None:
+        """From the loop, about once a second: :meth:`reconcile`."""
+        if self.enabled and now >= self._next_reconcile:
+            self._next_reconcile = now + 1.0
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """Remove the names of regions dropped since (unmap, munmap, errors).  O(regions)."""
+        if not self.enabled:
+            return
+        for r in [r for r in self.regions.values() if r.dropped]:
+            r.close_state()
+            del self.regions[r.id]
+        live = set()
+        for s in list(self.daemon.sessions.values()):
+            for r in list(s.regions.values()):
+                live.add(ho.region_prefix(s.id, r.id))
+        stale = {n.rsplit(".", 1)[0] + "." for n in self.link.names
+                 if n.startswith("c") and ".r" in n}
+        changed = False
+        for p in sorted(stale - live):
+            self.link.remove_prefix(p)
+            changed = True
+        if changed:
+            self.commit()
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def hand_over(self) -> None:
+        """Graceful stop with a store: leave everything for the next daemon (module doc)."""
+        d = self.daemon
+        if d.reclaimer is not None:
+            d.reclaimer.stop()
+        if d.shrinker is not None:
+            d.shrinker.stop()
+            d.shrinker = None
+        pages = 0
+        for s in list(d.sessions.values()):
+            with s.lock:
+                if s.dead:
+                    continue
+                for r in list(s.regions.values()):
+                    if not r.dropped:
+                        pages += self._write_back_locked(r)
+        self.reconcile()
+        self.commit(clean=True)
+        self.handed_over = True
+        log.warning("handed over %d session(s) to the next daemon (%d stored pages written "
+                    "back into the clients' memfds)", len(d.sessions), pages)
+
+    def _write_back_locked(self, region: ManagedRegion) -> int:
+        """Put every SWAPPED page of ``region`` back into its memfd.  O(npages).
+
+        The layer's stored copies die with this process; the memfd does not.  A
+        page that cannot be loaded is poisoned.
+        """
+        layer = self.daemon.layer
+        assert layer is not None
+        state = region.state
+        done = 0
+        i = 0
+        n = region.npages
+        while i < n:
+            if state[i] != SWAPPED:
+                i += 1
+                continue
+            j = i
+            pages: list[bytes] = []
+            while j < n and state[j] == SWAPPED and len(pages) < 64:
+                try:
+                    pages.append(layer.load(region.layer_region, j))
+                except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
+                    log.error("region %s page %d cannot be loaded (%s): poisoning it",
+                              region.id, j, exc)
+                    break
+                j += 1
+            if pages:
+                os.pwritev(region.memfd, pages, i << PAGE_SHIFT)
+                state[i:i + len(pages)] = bytes([RESIDENT]) * len(pages)
+                done += len(pages)
+            if j < n and state[j] == SWAPPED and len(pages) < 64:
+                self._poison(region, j)
+                state[j] = GONE
+                j += 1
+            i = j
+        return done

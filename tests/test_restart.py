@@ -1,0 +1,222 @@
+"""A client keeps its data across daemon restarts: graceful (SIGTERM, ``restart`` op) and crash
+(SIGKILL), with the real daemon under the service manager of swapd.kernel.fdstore (systemd's
+rules for the fd store; the same one ``swapd supervise`` runs).
+
+The client is a separate process that writes every page of a region under a small resident
+limit, then verifies every page on command while the daemon is restarted under it.  A page
+that was stored when the daemon was killed, and whose stored copy died with it, must be
+poisoned and reported, never read as zeros or stale data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapd.kernel.fdstore import ServiceManager
+from tests.test_daemon_helpers import BASE_CONFIG, ROOT, client_cmd, needs_uffd
+
+pytestmark = needs_uffd
+
+PAGES = 1024  # 4 MiB under a 64-page limit
+
+CLIENT = """
+import hashlib
+def page(i, seed):
+    return hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=64).digest() * 64
+with connect(SOCK, name="restart-test") as c:
+    c.set_limit(64 * 4096)
+    reg = c.map(PAGES * 4096)
+    n = len(reg) // 4096
+    seed = 1
+    for i in range(n):
+        reg[i * 4096:(i + 1) * 4096] = page(i, seed)
+    out(phase="written", counters=c.stats()["counters"])
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "verify":
+            poisoned = set(reg.poisoned_pages())
+            bad = [i for i in range(n)
+                   if i not in poisoned and reg[i * 4096:(i + 1) * 4096] != page(i, seed)]
+            st = c.stats()
+            out(phase="verified", bad=bad, poisoned=sorted(poisoned), restarts=c.restarts,
+                counters=st["counters"], pages=st["pages"])
+        elif cmd[0] == "settle":  # wait until the daemon evicted most pages again
+            while c.stats()["pages"]["SWAPPED"] < n // 2:
+                time.sleep(0.05)
+            out(phase="settled", pages=c.stats()["pages"])
+        elif cmd[0] == "touch":  # reread one page that must be poisoned: SIGBUS
+            reg[int(cmd[1]) * 4096]
+            out(phase="touched")
+        elif cmd[0] == "restart":
+            c._request("restart")
+            out(phase="restart sent")
+        elif cmd[0] == "quit":
+            break
+out(phase="done")
+""".replace("PAGES", str(PAGES))
+
+
+class Client:
+    """The verifying client process, driven line by line."""
+
+    def __init__(self, sock: Path) -> None:
+        self.p = subprocess.Popen(client_cmd(CLIENT, sock), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=ROOT)
+
+    def read(self, timeout: float = 120.0) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        import select
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if select.select([self.p.stdout], [], [], 1.0)[0]:
+                line = self.p.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("{"):
+                    obj: dict[str, Any] = json.loads(line)
+                    return obj
+        err = self.p.stderr.read() if self.p.poll() is not None and self.p.stderr else ""
+        raise AssertionError(f"client gave no answer (exit {self.p.poll()}): {err}")
+
+    def send(self, cmd: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
+            if f is not None:
+                f.close()
+
+
+@contextmanager
+def managed_daemon(tmp_path: Path) -> Iterator[tuple[ServiceManager, Path]]:
+    sock = tmp_path / "swapd.sock"
+    cfg = tmp_path / "swapd.toml"
+    cfg.write_text(BASE_CONFIG)
+    log = os.open(tmp_path / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    argv = [sys.executable, "-m", "swapd", "-v", "serve", "--socket", str(sock),
+            "--state-dir", str(tmp_path / "state"), "--config", str(cfg)]
+    m = ServiceManager(argv, store_max=256, output=log, env={"PYTHONPATH": str(ROOT)})
+    try:
+        yield m, sock
+    finally:
+        m.close()
+        os.close(log)
+
+
+def _start(m: ServiceManager, tmp_path: Path) -> None:
+    m.start()
+    assert m.wait(ready=True, timeout=60), (tmp_path / "daemon.log").read_text()[-4000:]
+
+
+def test_client_keeps_its_data_across_restarts_and_a_crash(tmp_path: Path) -> None:
+    with managed_daemon(tmp_path) as (m, sock):
+        _start(m, tmp_path)
+        c = Client(sock)
+        try:
+            first = c.read()
+            assert first["phase"] == "written"
+            assert first["counters"]["evicted_pages"] > PAGES // 2  # most pages are stored
+
+            # graceful: SIGTERM hands over; the next daemon adopts the session
+            assert m.stop(signal.SIGTERM) == 0
+            names = m.store.names()
+            assert {"listen", "sessions", "c1.conn", "c1.pidfd", "c1.r1.memfd", "c1.r1.uffd",
+                    "c1.r1.state"} <= set(names), names
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            assert r["restarts"] == 0  # a pause, not an error: nothing had to be resent
+
+            # a restart while the client is reading every page: it pauses, then goes on
+            c.send("verify")
+            time.sleep(0.05)
+            assert m.stop(signal.SIGTERM) == 0
+            _start(m, tmp_path)
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+
+            # the restart op (`swapd ctl restart`): exit status 75, the manager starts it again
+            c.send("restart")
+            assert c.read()["phase"] == "restart sent"
+            assert m.wait(exited=True, timeout=60)
+            assert os.waitstatus_to_exitcode(m.exit_status or 0) == 75
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+
+            # crash: evict again, then SIGKILL; the resident pages survive, every stored
+            # page whose copy died with the daemon is poisoned and reported
+            c.send("settle")
+            before = c.read()["pages"]
+            m.stop(signal.SIGKILL)
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [], r
+            assert 0 < len(r["poisoned"]) <= before["SWAPPED"] + before["EVICTING"], r
+            assert r["counters"]["poisoned_pages"] == len(r["poisoned"])
+            lost = r["poisoned"][0]
+
+            # a poisoned page raises SIGBUS in the client: never zeros, never stale data
+            c.send(f"touch {lost}")
+            assert c.p.wait(60) == -signal.SIGBUS
+        finally:
+            c.close()
+        log = (tmp_path / "daemon.log").read_text()
+        assert "Traceback" not in log, log[-4000:]
+        assert "adopted 1 session(s) after a crash" in log
+
+
+def test_unreadable_state_is_refused_by_name_and_kept(tmp_path: Path) -> None:
+    with managed_daemon(tmp_path) as (m, sock):
+        _start(m, tmp_path)
+        c = Client(sock)
+        try:
+            assert c.read()["phase"] == "written"
+            assert m.stop(signal.SIGTERM) == 0
+            before = sorted(m.store.names())
+            reg = next(e.fd for e in m.store.entries if e.name == "sessions")
+            good = os.pread(reg, 12, 0)
+            os.pwrite(reg, good[:8] + (99).to_bytes(4, "little"), 0)  # a future format
+            m.start()
+            assert m.wait(exited=True, timeout=60)
+            assert os.waitstatus_to_exitcode(m.exit_status or 0) == 78
+            log = (tmp_path / "daemon.log").read_text()
+            assert "format version 99 is not supported" in log
+            assert sorted(m.store.names()) == before  # nothing was removed
+            os.pwrite(reg, good, 0)  # the "compatible daemon" comes
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            c.send("quit")
+            assert c.read()["phase"] == "done"
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("cmd", [["supervise", "--store-max", "0"]])
+def test_supervise_refuses_bad_options(cmd: list[str]) -> None:
+    p = subprocess.run([sys.executable, "-m", "swapd", *cmd], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("error: --store-max must be >= 1"), p
