@@ -92,3 +92,33 @@ def pool(backend_variant: BackendVariant) -> Iterator[Backend]:
     b = backend_variant.make(max_pages=16384)
     yield b
     b.close()
+
+
+# -- Redis on a test host (a network namespace on a bridge; swapd/testhosts.py) ----------------
+
+
+@pytest.fixture(scope="session")
+def redis_host() -> Iterator[Any]:
+    """One standalone redis-server on a test host, shared by the session's tests."""
+    from swapd.testhosts import HostNet, RedisServer, remove_leftovers, unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(why)
+    remove_leftovers()
+    with HostNet(1) as net:
+        srv = RedisServer(net.hosts[0])
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture
+def redis_tier_options(redis_host: Any, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Options of a RedisTier on ``redis_host``, in a namespace of this test's own."""
+    import re
+
+    ns = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:60]
+    return {"url": redis_host.url, "namespace": f"t-{ns}", "retry_s": 2.0,
+            "capacity_bytes": 1 << 20}

@@ -1560,9 +1560,16 @@ class SwapLayer:
                     self._tier_events[src + 1]["unavailable_skips"] += 1
                 return done
             batch = min(max_pages - done, self._config.writeback_batch)
+            with self._lock:
+                batch = min(batch, sum(c.counts[src] for c in self._clients.values()))
+            if batch <= 0:
+                return done
             room = self._room_pages(src + 1)
-            if room is not None and room < batch and src + 2 < self._ntiers:
-                self.writeback(batch - room, src + 1)  # cascade down the chain first
+            if room is not None and src + 2 < self._ntiers:
+                cap = (td.capacity_bytes() or 0) >> PAGE_SHIFT
+                batch = max(1, min(batch, cap))
+                if room < batch:
+                    self.writeback(batch - room, src + 1)  # cascade down the chain first
             with self._lock:
                 victims = self._pick_locked(batch, src)
                 if not victims:
@@ -1636,10 +1643,11 @@ class SwapLayer:
                 self._wb_io_errors += 1
                 stop = False
         if stop:
-            log.warning("disk tier full: writeback stopped, retried every %.1f s at most (%s)",
-                        cfg.shrinker_backoff_max, exc)
+            log.warning("%s tier full: writeback stopped, retried every %.1f s at most (%s)",
+                        tier.name, cfg.shrinker_backoff_max, exc)
         elif not full:
-            log.error("disk tier write failed, writeback paused %.2f s: %s", self._wb_backoff, exc)
+            log.error("%s tier write failed, writeback paused %.2f s: %s", tier.name,
+                      self._wb_backoff, exc)
 
     def _writeback_resumed(self) -> None:
         with self._lock:
@@ -1648,7 +1656,7 @@ class SwapLayer:
             self._wb_until = -1.0
             self._wb_stopped = False
         if was_stopped:
-            log.warning("disk tier has room again: writeback resumed")
+            log.warning("the next tier takes pages again: writeback resumed")
 
     def _commit_writeback(self, victims: list[tuple[int, _Client, int]], keys: list[int],
                           ok: int, src: int = 0) -> int:
@@ -1909,17 +1917,18 @@ class SwapLayer:
                         f"!= recount {(stored, same, compr)}")
             for t, tier in enumerate(self._tiers):
                 tier._check()
-                if tier.compressed:
-                    objs = cast(CompressedTier, tier).objects()
-                    if objs != len(seen_keys[t]):
-                        raise InvariantError(f"tier {t}: backend holds {objs} objects, "
+                used = tier.keys_in_use()
+                if used is None:
+                    continue
+                if not tier.slow:
+                    if used != len(seen_keys[t]):
+                        raise InvariantError(f"tier {t} ({tier.name}) holds {used} objects, "
                                              f"table has {len(seen_keys[t])}")
-                else:
-                    used = tier.used_bytes() >> PAGE_SHIFT
-                    if used < len(seen_keys[t]) or (not self._io_inflight
-                                                    and used != len(seen_keys[t])):
-                        raise InvariantError(
-                            f"tier {t}: {used} slots in use, table has {len(seen_keys[t])}")
+                elif used < len(seen_keys[t]) or (not self._io_inflight
+                                                  and used != len(seen_keys[t])):
+                    raise InvariantError(
+                        f"tier {t} ({tier.name}): {used} keys in use, table has "
+                        f"{len(seen_keys[t])}")
             if self._policy is not None:
                 self._policy._check()
                 if len(self._policy) != tier0_tracked:

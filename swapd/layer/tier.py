@@ -246,6 +246,10 @@ class Tier(ABC):
         """Whether the tier takes stores now (a remote tier that cannot be reached: False)."""
         return True
 
+    def keys_in_use(self) -> int | None:
+        """Live keys, for the layer's invariant check (None: the tier cannot tell).  O(1)."""
+        return None
+
     def stats(self) -> dict[str, int]:
         """The tier's own counters (errors, retries...), for ``swapd stats``."""
         return {}
@@ -363,6 +367,9 @@ class CompressedTier(Tier):
     def objects(self) -> int:
         """Objects the backend holds (for the layer's invariant check).  O(1)."""
         return int(self.backend.stats().objects)
+
+    def keys_in_use(self) -> int:
+        return self.objects()
 
     def _check(self) -> None:
         self.backend._check()
@@ -665,6 +672,9 @@ class DiskTier(Tier):
 
     def capacity_bytes(self) -> int:
         return self.nslots << PAGE_SHIFT
+
+    def keys_in_use(self) -> int:
+        return self.used_slots()
 
     def stats(self) -> dict[str, int]:
         return {"io_errors": self.io_errors, "writes": self.writes}

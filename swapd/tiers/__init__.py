@@ -1,0 +1,1 @@
+"""Tiers beyond the layer's built-in ones (entry points ``swapd.tiers``)."""

@@ -1,0 +1,184 @@
+"""The Redis tier (swapd/tiers/redis.py) under the layer and the daemon, with Redis servers on
+test hosts in network namespaces (swapd/testhosts.py): the chain compressed -> disk -> redis,
+a cut link, Redis Cluster with a primary killed, and the daemon configured from its file.
+
+Each test checks every page byte for byte; nothing asserts a timing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapd.arena import PAGE_SIZE
+from swapd.errors import CorruptPageError, StoreRejected, TierIOError
+from swapd.layer import CompressedTier, DiskTier, EntryState, LayerConfig, SwapLayer, TierLimits
+from swapd.plugins import make_backend
+from swapd.tiers.redis import RedisTier, decode_page, encode_page
+from tests.test_daemon_helpers import BASE_CONFIG, daemon_running, needs_uffd, run_client, stats_all
+
+LIMITS = TierLimits(ram_total_bytes=1 << 30)
+
+
+def page(rng: random.Random, i: int) -> bytes:
+    head = rng.randbytes(1400) + i.to_bytes(8, "little")
+    return (head + f"remote {i} ".encode() * 400)[:PAGE_SIZE]
+
+
+def remote_layer(tmp: Path, redis: RedisTier, *, pool_pages: int = 6,
+                 disk_pages: int | None = 16) -> SwapLayer:
+    tiers: list[Any] = [CompressedTier("lz4", make_backend("zsmalloc", max_pages=4096), LIMITS)]
+    if disk_pages:
+        tiers.append(DiskTier(tmp, disk_pages * PAGE_SIZE))
+    tiers.append(redis)
+    return SwapLayer(tiers, config=LayerConfig(pool_limit_bytes=pool_pages * PAGE_SIZE),
+                     clock=lambda: 0.0)
+
+
+@pytest.fixture
+def redis_tier(redis_tier_options: dict[str, Any]) -> Iterator[RedisTier]:
+    opts = dict(redis_tier_options)
+    opts.pop("capacity_bytes", None)
+    t = RedisTier(opts.pop("url"), **opts)
+    yield t
+    t.close()
+
+
+def test_value_format_detects_damage() -> None:
+    rng = random.Random(1)
+    pg = page(rng, 0)
+    v = encode_page(pg)
+    assert v[:4] == b"SWP1" and len(v) < PAGE_SIZE
+    assert decode_page(v, "k") == pg
+    for bad in (None, v[:6], b"XXXX" + v[4:], v[:-1] + bytes([v[-1] ^ 1])):
+        with pytest.raises(CorruptPageError):
+            decode_page(bad, "k")
+
+
+def test_chain_with_disk_and_redis_keeps_every_page(tmp_path: Path,
+                                                     redis_tier: RedisTier) -> None:
+    layer = remote_layer(tmp_path, redis_tier)
+    rng = random.Random(2)
+    n = 300
+    pages = [page(rng, i) for i in range(n)]
+    r = layer.add_region("a", n)
+    for i, pg in enumerate(pages):
+        layer.store(r, i, pg)
+    layer._check()
+    states = [layer.state(r, i) for i in range(n)]
+    assert EntryState.REMOTE in states and EntryState.DISK in states
+    assert redis_tier.stats()["keys"] == states.count(EntryState.REMOTE)
+    # readahead of a remote run: one round trip
+    first = states.index(EntryState.REMOTE)
+    run = layer.swapped_run(r, first, 32)
+    trips = redis_tier.stats()["round_trips"]
+    got = layer.load_many(r, first, run)
+    assert got == pages[first:first + len(got)] and len(got) > 1
+    assert redis_tier.stats()["round_trips"] - trips <= 2  # the GETs, and maybe queued deletes
+    for i in range(n):
+        if i < first or i >= first + len(got):
+            assert layer.load(r, i) == pages[i]
+    assert layer.stats().lru_inversions == 0
+    layer._check()
+    layer.close()
+
+
+def test_cut_link_stops_demotion_and_loses_nothing(tmp_path: Path, redis_host: Any,
+                                                   redis_tier: RedisTier) -> None:
+    redis_tier.retry_s = 0.5
+    layer = remote_layer(tmp_path, redis_tier, disk_pages=None)
+    rng = random.Random(3)
+    kept: dict[int, bytes] = {}
+    n = 200
+    r = layer.add_region("a", n)
+    for i in range(100):
+        pg = page(rng, i)
+        layer.store(r, i, pg)
+        kept[i] = pg
+    remote_before = [i for i in kept if layer.state(r, i) is EntryState.REMOTE]
+    assert remote_before
+    redis_host.host.cut()
+    try:
+        refused = 0
+        for i in range(100, n):
+            pg = page(rng, i)
+            try:
+                layer.store(r, i, pg)
+                kept[i] = pg
+            except StoreRejected:
+                refused += 1  # the daemon keeps such a page resident
+        assert refused > 0
+        assert not redis_tier.available()
+        # a page whose only copy is remote cannot be read now: an error, never other data
+        with pytest.raises(TierIOError):
+            layer.load(r, remote_before[0])
+        layer._check()
+    finally:
+        redis_host.host.restore()
+    for i, pg in kept.items():
+        assert layer.load(r, i) == pg
+    layer._check()
+    layer.close()
+
+
+def test_redis_cluster_primary_killed_loses_nothing(tmp_path: Path) -> None:
+    from swapd.testhosts import HostNet, redis_cluster, unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(why)
+    with HostNet(6) as net, redis_cluster(net, 3) as nodes:
+        tier = RedisTier(nodes[0].url, cluster=True, replicas=1, namespace="failover",
+                         retry_s=20.0, timeout_s=0.5)
+        layer = remote_layer(tmp_path, tier, disk_pages=None)
+        rng = random.Random(4)
+        n = 300
+        pages = [page(rng, i) for i in range(n)]
+        r = layer.add_region("a", n)
+        for i, pg in enumerate(pages):
+            layer.store(r, i, pg)
+        remote = [i for i in range(n) if layer.state(r, i) is EntryState.REMOTE]
+        assert len(remote) > 100
+        assert tier.stats()["wait_failures"] == 0
+        nodes[0].stop()  # a primary dies; its replica takes over its slots
+        lost = mismatched = 0
+        for i in range(n):
+            try:
+                got = layer.load(r, i)
+            except (TierIOError, CorruptPageError):
+                lost += 1
+                continue
+            mismatched += got != pages[i]
+        assert (lost, mismatched) == (0, 0)
+        assert tier.stats()["retries"] > 0  # the failover was felt, and waited out
+        layer._check()
+        layer.close()
+
+
+@needs_uffd
+def test_daemon_runs_the_chain_from_its_config(tmp_path: Path, redis_host: Any) -> None:
+    config = BASE_CONFIG.replace('[layer]\n', '[layer]\ntiers = ["compressed", "disk", "redis"]\n'
+                                 ).replace('disk_bytes = "64M"', 'disk_bytes = "256K"')
+    config += f'[tier.redis]\nurl = "{redis_host.url}"\nnamespace = "daemon-test"\n'
+    with daemon_running(tmp_path, config) as d:
+        r = run_client("""
+            rng = random.Random(5)
+            with connect(SOCK) as c:
+                c.set_limit(32 * 4096)
+                reg = c.map(2 << 20)
+                n = len(reg) // 4096
+                pages = [rng.randbytes(1500) + bytes(2596) for _ in range(n)]
+                for i in range(n):
+                    reg[i * 4096:(i + 1) * 4096] = pages[i]
+                bad = sum(reg[i * 4096:(i + 1) * 4096] != pages[i] for i in range(n))
+                bad += sum(reg[i * 4096:(i + 1) * 4096] != pages[i] for i in range(n))
+                out(bad=bad, stats=c.stats())
+        """, d.socket)
+        assert r["bad"] == 0
+        tiers = stats_all(d.socket)["total"]["tiers"]
+        assert [t["name"] for t in tiers] == ["compressed", "disk", "redis"]
+        assert tiers[2]["demoted_in"] > 0 and tiers[2]["loads"] > 0, tiers
