@@ -46,7 +46,7 @@ setup(
         Extension(
             "swapd._native._core",
             sources=["swapd/_native/_core.c"],
-            libraries=["lz4"],
+            libraries=["lz4", "z"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fno-strict-aliasing", *extra],
             extra_link_args=[f for f in extra if f.startswith("-fsanitize")],

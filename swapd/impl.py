@@ -40,7 +40,7 @@ ENV = "SWAPD_IMPL"
 CHOICES = ("auto", "compiled", "python")
 MODULE = "swapd._native._core"
 #: The ABI this Python code expects of the extension; a stale build (another ABI) is refused.
-ABI_VERSION = 1
+ABI_VERSION = 2
 _BUILD_ERROR = Path(__file__).resolve().parent / "_native" / "BUILD_ERROR.txt"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import swapd._native.zsmalloc as native_zs
 import swapd.impl as impl
 import swapd.layer.core as core
 from swapd.arena import PAGE_SHIFT
@@ -30,13 +31,16 @@ def native_or_skip() -> Any:
 
 @contextlib.contextmanager
 def running(which: str) -> Iterator[None]:
-    """Run the layer's batch operations with ``which`` implementation inside the block."""
+    """Inside the block, the layer's batch operations run with ``which`` implementation, and
+    zsmalloc pools built there get that implementation's paths."""
     old = core._NATIVE
     core._NATIVE = native_or_skip() if which == "compiled" else None
+    old_ref = native_zs.use_reference(which != "compiled")
     try:
         yield
     finally:
         core._NATIVE = old
+        native_zs.use_reference(old_ref)
 
 
 def state_bytes(lay: SwapLayer) -> dict[str, Any]:
@@ -58,4 +62,7 @@ def state_bytes(lay: SwapLayer) -> dict[str, Any]:
             top = arena._top
             out[f"tier{k}.pool"] = bytes(arena.buf[:top << PAGE_SHIFT])
             out[f"tier{k}.stats"] = be.stats()
+            region = getattr(be, "state", None)  # a backend that keeps its state in a region
+            if region is not None:
+                out[f"tier{k}.state"] = bytes(region._mm[:region._size])
     return out

@@ -25,8 +25,10 @@ BACKENDS = sorted(available_backends())
 LIMITS = TierLimits(ram_total_bytes=1 << 30)
 
 
-def make_layer(backend: str, tmp: Path | None, **cfg: Any) -> SwapLayer:
-    tiers: list[Any] = [CompressedTier("lz4", make_backend(backend, max_pages=8192), LIMITS)]
+def make_layer(backend: str, tmp: Path | None, which: str = "python", **cfg: Any) -> SwapLayer:
+    with running(which):
+        be = make_backend(backend, max_pages=8192)
+    tiers: list[Any] = [CompressedTier("lz4", be, LIMITS)]
     if tmp is not None:
         tiers.append(DiskTier(tmp, 4096 * PAGE_SIZE))
     return SwapLayer(tiers, config=LayerConfig(**cfg), clock=lambda: 0.0)
@@ -101,7 +103,7 @@ def test_store_batch_equals_the_loop(which: str, backend: str, tmp_path: Path,
                                      disk: bool) -> None:
     pages = mixed_pages(300, seed=5)
     a = make_layer(backend, tmp_path / "a" if disk else None)
-    b = make_layer(backend, tmp_path / "b" if disk else None)
+    b = make_layer(backend, tmp_path / "b" if disk else None, which)
     try:
         ra, rb = a.add_region("c", 400), b.add_region("c", 400)
         want = _loop_store(a, ra, 50, pages)
@@ -136,7 +138,7 @@ def test_store_batch_through_a_full_pool_equals_the_loop(which: str, backend: st
     pages = mixed_pages(400, seed=9)
     cfg = {"pool_limit_bytes": 64 * PAGE_SIZE}
     a = make_layer(backend, tmp_path / "a", **cfg)
-    b = make_layer(backend, tmp_path / "b", **cfg)
+    b = make_layer(backend, tmp_path / "b", which, **cfg)
     try:
         ra, rb = a.add_region("c", 400), b.add_region("c", 400)
         want = []
@@ -166,7 +168,7 @@ def test_store_batch_through_a_full_pool_equals_the_loop(which: str, backend: st
 def test_store_batch_rejects_like_store(which: str, backend: str) -> None:
     # no lower tier: incompressible pages are refused (reject_compress_poor), the rest stored
     pages = mixed_pages(100, seed=2)
-    a, b = make_layer(backend, None), make_layer(backend, None)
+    a, b = make_layer(backend, None), make_layer(backend, None, which)
     try:
         ra, rb = a.add_region("c", 100), b.add_region("c", 100)
         want = _loop_store(a, ra, 0, pages)
@@ -182,7 +184,7 @@ def test_store_batch_rejects_like_store(which: str, backend: str) -> None:
 
 def test_load_run_stops_before_a_bad_object(which: str, tmp_path: Path) -> None:
     pages = text_pages(64, seed=4)
-    lay = make_layer("zsmalloc", None)
+    lay = make_layer("zsmalloc", None, which)
     try:
         r = lay.add_region("c", 64)
         with running(which):
@@ -212,7 +214,7 @@ def test_load_run_stops_before_a_bad_object(which: str, tmp_path: Path) -> None:
 
 def test_load_run_stops_at_a_page_not_swapped_out(which: str) -> None:
     pages = text_pages(16, seed=1)
-    lay = make_layer("zsmalloc", None)
+    lay = make_layer("zsmalloc", None, which)
     try:
         r = lay.add_region("c", 16)
         with running(which):
@@ -226,7 +228,7 @@ def test_load_run_stops_at_a_page_not_swapped_out(which: str) -> None:
 
 
 def test_batch_errors(which: str) -> None:
-    lay = make_layer("zsmalloc", None)
+    lay = make_layer("zsmalloc", None, which)
     try:
         r = lay.add_region("c", 8)
         with running(which):
@@ -249,7 +251,7 @@ def test_batch_errors(which: str) -> None:
 
 def test_free_batch(which: str, backend: str, tmp_path: Path) -> None:
     pages = mixed_pages(50, seed=6)
-    lay = make_layer(backend, tmp_path / "a", pool_limit_bytes=16 * PAGE_SIZE)
+    lay = make_layer(backend, tmp_path / "a", which, pool_limit_bytes=16 * PAGE_SIZE)
     try:
         r = lay.add_region("c", 60)
         with running(which):

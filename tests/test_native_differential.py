@@ -126,8 +126,10 @@ def differential(backend: str, tmp: Path, seed: int, nops: int) -> None:
     cfg = {"pool_limit_bytes": rng.choice([24, 48, 400]) * PAGE_SIZE}
     (tmp / "py").mkdir()
     (tmp / "c").mkdir()
-    sides = [Side("python", make_layer(backend, tmp / "py", **cfg)),
-             Side("compiled", make_layer(backend, tmp / "c", **cfg))]
+    sides = []
+    for which, d in (("python", "py"), ("compiled", "c")):
+        with running(which):
+            sides.append(Side(which, make_layer(backend, tmp / d, **cfg)))
     regs: list[dict[str, int]] = [{}, {}]
     try:
         for k, s in enumerate(sides):
@@ -155,8 +157,9 @@ def differential(backend: str, tmp: Path, seed: int, nops: int) -> None:
                 args = ()
             if op == "region":
                 for k, s in enumerate(sides):
-                    s.lay.remove_region(regs[k][c])
-                    regs[k][c] = s.lay.add_region(c, NPAGES)
+                    with running(s.which):
+                        s.lay.remove_region(regs[k][c])
+                        regs[k][c] = s.lay.add_region(c, NPAGES)
                     for key in [key for key in s.model if key[0] == c]:
                         del s.model[key]
                 continue

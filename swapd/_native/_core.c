@@ -26,7 +26,7 @@
 #include <string.h>
 
 #define SWAPD_PAGE_SIZE 4096
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 /* A page is same-filled when all of its 64-bit words are equal (drivers/block/zram/zram_drv.c:
  * page_same_filled); the value is that word.  Returns 1 and stores it, else 0. */
@@ -274,6 +274,931 @@ static PyObject *lz4_compress(PyObject *self, PyObject *arg)
     return out;
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Mutex: a lock that C code takes without the GIL and Python code takes like threading.Lock.
+ *
+ * The compiled zsmalloc (ZsFast below) takes a size class's lock with the GIL released, so the
+ * pool's Python code must take the very same lock: in the compiled implementation
+ * backends/zsmalloc.py builds its class, pool and meta locks as Mutex objects.  acquire() tries
+ * first and, only when the lock is held, releases the GIL and blocks in pthread_mutex_lock.
+ * Each Mutex counts its acquisitions, the contended ones and the nanoseconds spent waiting
+ * (for `swapd bench locks`); the counters change only while the lock is held.
+ * ------------------------------------------------------------------------------------------- */
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    int locked;
+    unsigned long long acquires, contended, wait_ns;
+} MutexObject;
+
+static inline unsigned long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+/* Take m without the GIL (the caller has released it, or never held it). */
+static inline void mutex_lock_nogil(MutexObject *m)
+{
+    if (pthread_mutex_trylock(&m->mu) != 0) {
+        unsigned long long t0 = now_ns();
+        pthread_mutex_lock(&m->mu);
+        m->contended++;
+        m->wait_ns += now_ns() - t0;
+    }
+    m->acquires++;
+    m->locked = 1;
+}
+
+static inline void mutex_unlock(MutexObject *m)
+{
+    m->locked = 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
+static int Mutex_init(MutexObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "", kwlist))
+        return -1;
+    pthread_mutex_init(&self->mu, NULL);
+    self->locked = 0;
+    self->acquires = self->contended = self->wait_ns = 0;
+    return 0;
+}
+
+static void Mutex_dealloc(MutexObject *self)
+{
+    pthread_mutex_destroy(&self->mu);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Mutex_acquire(MutexObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|pd", kwlist, &blocking, &timeout))
+        return NULL;
+    if (pthread_mutex_trylock(&self->mu) == 0) {
+        self->acquires++;
+        self->locked = 1;
+        Py_RETURN_TRUE;
+    }
+    if (!blocking)
+        Py_RETURN_FALSE;
+    int r;
+    unsigned long long t0 = now_ns();
+    Py_BEGIN_ALLOW_THREADS
+    if (timeout < 0) {
+        r = pthread_mutex_lock(&self->mu);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long long ns = ts.tv_nsec + (long long)(timeout * 1e9);
+        ts.tv_sec += ns / 1000000000ll;
+        ts.tv_nsec = ns % 1000000000ll;
+        r = pthread_mutex_timedlock(&self->mu, &ts);
+    }
+    Py_END_ALLOW_THREADS
+    if (r != 0)
+        Py_RETURN_FALSE;
+    self->contended++;
+    self->wait_ns += now_ns() - t0;
+    self->acquires++;
+    self->locked = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Mutex_release(MutexObject *self, PyObject *unused)
+{
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    mutex_unlock(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mutex_locked(MutexObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->locked);
+}
+
+static PyObject *Mutex_exit(MutexObject *self, PyObject *args)
+{
+    return Mutex_release(self, NULL);
+}
+
+static PyObject *Mutex_stats(MutexObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:K,s:K,s:K}", "acquires", self->acquires, "contended",
+                         self->contended, "wait_ns", self->wait_ns);
+}
+
+static PyMethodDef Mutex_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Mutex_acquire, METH_VARARGS | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool: take the lock (the GIL is released while "
+     "waiting)."},
+    {"release", (PyCFunction)Mutex_release, METH_NOARGS, "release() -> None"},
+    {"locked", (PyCFunction)Mutex_locked, METH_NOARGS, "locked() -> bool"},
+    {"__enter__", (PyCFunction)(void (*)(void))Mutex_acquire, METH_VARARGS | METH_KEYWORDS,
+     "Take the lock."},
+    {"__exit__", (PyCFunction)Mutex_exit, METH_VARARGS, "Release the lock."},
+    {"stats", (PyCFunction)Mutex_stats, METH_NOARGS,
+     "stats() -> {acquires, contended, wait_ns}: counts since creation."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject MutexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "swapd._native._core.Mutex",
+    .tp_basicsize = sizeof(MutexObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A pthread mutex usable from Python like threading.Lock and from C without the GIL.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Mutex_init,
+    .tp_dealloc = (destructor)Mutex_dealloc,
+    .tp_methods = Mutex_methods,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * ZsFast: zsmalloc's malloc, free, read and write over the pool's state region
+ * (backends/zsmalloc.py, docs/state-format.md "zsmalloc"), bit for bit what the Python methods
+ * do.  A call takes the fast path when it needs no page from the arena and no growth of the
+ * region's file: a zspage of the class has a free slot (malloc), the zspage does not empty
+ * (free), the handle record comes from the free chain or from records the file already
+ * covers.  Anything else -- a huge object's page, a new zspage, an emptied zspage, growth, and
+ * every bad handle -- returns "slow" before changing anything, and the caller runs the Python
+ * method, which does the rest and raises the named errors.  Record layout (u32/u64 words):
+ *   classes[256] x 24 u64: size, ppz, opz, huge, rep, nonempty, zspages, objects, bytes, heads[12]
+ *   fullness[256] x 12 u64;  handles[] x 3 u32: loc, info, crc;  zspages[] x 4 u32: first,
+ *   prev, next, inuse | freeobj << 16;  pages[pfn] u32: next page of the zspage.
+ * Lock order: class Mutex -> meta Mutex (the free chain of handle records).
+ * ------------------------------------------------------------------------------------------- */
+#define C_WORDS 24
+#define C_NONEMPTY 5
+#define C_ZSPAGES 6
+#define C_OBJECTS 7
+#define C_BYTES 8
+#define C_HEADS 9
+#define F_WORDS 12
+#define H_WORDS 3
+#define SIZE_MASK 0x1FFFu
+#define SLOT_SHIFT 13
+#define SLOT_MASK 0x7FFu
+#define GEN_SHIFT 24
+#define HUGE_SLOT SLOT_MASK
+#define Z_PREV 1
+#define Z_NEXT 2
+#define IDX_SHIFT 8
+#define IDX_MASK ((1ull << 28) - 1)
+#define HGEN_SHIFT 36
+#define HANDLE_LIMIT (1ull << 44)
+#define PARTIAL_MASK 0x7FEull /* groups 1..10 */
+#define NGROUPS 12
+
+struct zs_class {
+    int present, size, ppz, opz, huge, hdr;
+    MutexObject *lock;
+};
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer vC, vF, vH, vZ, vP, vS, vA;
+    int have_views;
+    uint64_t *C, *F, *S;
+    uint32_t *H, *Z, *P;
+    unsigned char *A;
+    Py_ssize_t hcap;    /* records the handles array can hold */
+    Py_ssize_t hlimit;  /* records the region's file covers (refreshed by fstat) */
+    int s_hfree, s_hcount;
+    int state_fd;
+    long long h_offset; /* byte offset of the handles array in the region's file */
+    unsigned char class_for[SWAPD_PAGE_SIZE + 1];
+    struct zs_class cls[256];
+    MutexObject *meta;
+    PyObject *locks;    /* the Mutex objects, kept alive */
+    PyObject *py_malloc, *py_free, *py_read, *py_write;
+} ZsFastObject;
+
+static inline int fullness_group(int inuse, int opz)
+{
+    if (inuse == 0)
+        return 0;
+    if (inuse == opz)
+        return 11;
+    return (100 * inuse / opz) / 10 + 1;
+}
+
+static inline void zs_list(ZsFastObject *f, int ci, uint32_t z, int g)
+{
+    uint64_t *c = f->C + (size_t)ci * C_WORDS;
+    uint32_t head = (uint32_t)c[C_HEADS + g];
+    uint32_t *zr = f->Z + ((size_t)z << 2);
+    zr[Z_PREV] = 0;
+    zr[Z_NEXT] = head;
+    if (head)
+        f->Z[((size_t)head << 2) + Z_PREV] = z;
+    c[C_HEADS + g] = z;
+    c[C_NONEMPTY] |= 1ull << g;
+    f->F[(size_t)ci * F_WORDS + g] += 1;
+}
+
+static inline void zs_unlist(ZsFastObject *f, int ci, uint32_t z, int g)
+{
+    uint64_t *c = f->C + (size_t)ci * C_WORDS;
+    uint32_t *zr = f->Z + ((size_t)z << 2);
+    uint32_t p = zr[Z_PREV], n = zr[Z_NEXT];
+    if (p) {
+        f->Z[((size_t)p << 2) + Z_NEXT] = n;
+    } else {
+        c[C_HEADS + g] = n;
+        if (!n)
+            c[C_NONEMPTY] &= ~(1ull << g);
+    }
+    if (n)
+        f->Z[((size_t)n << 2) + Z_PREV] = p;
+    zr[Z_PREV] = zr[Z_NEXT] = 0;
+    f->F[(size_t)ci * F_WORDS + g] -= 1;
+}
+
+/* Arena address of slot ``slot`` (its start, before the header) of zspage z. */
+static inline size_t zs_slot_addr(ZsFastObject *f, struct zs_class *k, uint32_t z, unsigned slot,
+                                  uint32_t *pfn_out)
+{
+    size_t off = (size_t)slot * (size_t)k->size;
+    size_t pno = off >> 12;
+    uint32_t pfn = f->Z[(size_t)z << 2];
+    while (pno--)
+        pfn = f->P[pfn];
+    *pfn_out = pfn;
+    return ((size_t)pfn << 12) + (off & 4095);
+}
+
+/* Take a free handle record (the meta lock is taken here); 0 when only the slow path can. */
+static uint32_t zs_take_record(ZsFastObject *f)
+{
+    uint32_t hi;
+    mutex_lock_nogil(f->meta);
+    hi = (uint32_t)f->S[f->s_hfree];
+    if (hi) {
+        f->S[f->s_hfree] = f->H[(size_t)hi * H_WORDS];
+    } else {
+        uint64_t cnt = f->S[f->s_hcount];
+        if ((Py_ssize_t)cnt >= f->hcap) {
+            hi = 0;
+        } else {
+            if ((Py_ssize_t)cnt >= f->hlimit) {
+                struct stat st;
+                if (fstat(f->state_fd, &st) == 0 && st.st_size > f->h_offset)
+                    f->hlimit = (Py_ssize_t)((st.st_size - f->h_offset) / (H_WORDS * 4));
+                if (f->hlimit > f->hcap)
+                    f->hlimit = f->hcap;
+            }
+            if ((Py_ssize_t)cnt < f->hlimit) {
+                hi = (uint32_t)cnt;
+                f->S[f->s_hcount] = cnt + 1;
+            }
+        }
+    }
+    mutex_unlock(f->meta);
+    return hi;
+}
+
+static inline void zs_put_record(ZsFastObject *f, uint32_t hi)
+{
+    mutex_lock_nogil(f->meta);
+    f->H[(size_t)hi * H_WORDS] = (uint32_t)f->S[f->s_hfree];
+    f->S[f->s_hfree] = hi;
+    mutex_unlock(f->meta);
+}
+
+/* malloc of ``size`` bytes (1..4096) with the class lock held; 0 = slow path. */
+static uint64_t zs_malloc_locked(ZsFastObject *f, int ci, int size)
+{
+    struct zs_class *k = &f->cls[ci];
+    uint64_t *c = f->C + (size_t)ci * C_WORDS;
+    if (k->huge)
+        return 0;
+    uint64_t mask = c[C_NONEMPTY] & PARTIAL_MASK;
+    if (!mask)
+        return 0;
+    uint32_t hi = zs_take_record(f);
+    if (!hi)
+        return 0;
+    int g = 63 - __builtin_clzll(mask);
+    uint32_t z = (uint32_t)c[C_HEADS + g];
+    uint16_t *zh = (uint16_t *)(f->Z + ((size_t)z << 2));
+    unsigned slot = zh[7];
+    uint32_t pfn;
+    size_t a = zs_slot_addr(f, k, z, slot, &pfn);
+    uint32_t link;
+    memcpy(&link, f->A + a, 4);
+    zh[7] = (uint16_t)(link >> 1);
+    int inuse = zh[6] + 1;
+    zh[6] = (uint16_t)inuse;
+    int ng = fullness_group(inuse, k->opz);
+    if (ng != g) {
+        zs_unlist(f, ci, z, g);
+        zs_list(f, ci, z, ng);
+    }
+    uint32_t *h = f->H + (size_t)hi * H_WORDS;
+    uint32_t gen = ((h[1] >> GEN_SHIFT) + 1) & 0xFF;
+    h[0] = z;
+    h[1] = (uint32_t)size | (slot << SLOT_SHIFT) | (gen << GEN_SHIFT);
+    h[2] = 0;
+    uint64_t handle = ((uint64_t)gen << HGEN_SHIFT) | ((uint64_t)hi << IDX_SHIFT) | (uint64_t)ci;
+    c[C_OBJECTS] += 1;
+    c[C_BYTES] += (uint64_t)size;
+    if (k->hdr) {
+        uint64_t tag = (handle << 1) | 1;
+        memcpy(f->A + a, &tag, 8);
+    }
+    return handle;
+}
+
+/* The live record of ``handle`` (its class lock held), or NULL. */
+static inline uint32_t *zs_record(ZsFastObject *f, uint64_t handle, int ci)
+{
+    uint64_t hi = (handle >> IDX_SHIFT) & IDX_MASK;
+    if (hi == 0 || hi >= f->S[f->s_hcount] || (Py_ssize_t)hi >= f->hcap)
+        return NULL;
+    uint32_t *h = f->H + hi * H_WORDS;
+    uint32_t info = h[1];
+    if (!(info & SIZE_MASK) || (info >> GEN_SHIFT) != (handle >> HGEN_SHIFT))
+        return NULL;
+    if ((((info >> SLOT_SHIFT) & SLOT_MASK) == HUGE_SLOT) != (f->cls[ci].huge != 0))
+        return NULL;
+    return h;
+}
+
+/* The object's bytes as (up to) two parts. */
+static inline int zs_parts(ZsFastObject *f, int ci, uint32_t *h, unsigned char **p1,
+                           size_t *n1, unsigned char **p2)
+{
+    struct zs_class *k = &f->cls[ci];
+    uint32_t info = h[1];
+    size_t size = info & SIZE_MASK;
+    unsigned slot = (info >> SLOT_SHIFT) & SLOT_MASK;
+    if (slot == HUGE_SLOT) {
+        *p1 = f->A + ((size_t)h[0] << 12);
+        *n1 = size;
+        *p2 = NULL;
+        return (int)size;
+    }
+    uint32_t pfn;
+    size_t start = zs_slot_addr(f, k, h[0], slot, &pfn);
+    /* slots start 16-byte aligned, so a slot's 8-byte header never straddles pages and at
+     * least 8 payload bytes follow it in the slot's first page */
+    size_t room = 4096 - (start & 4095) - (size_t)k->hdr;
+    *p1 = f->A + start + (size_t)k->hdr;
+    if (size <= room) {
+        *n1 = size;
+        *p2 = NULL;
+    } else {
+        *n1 = room;
+        *p2 = f->A + ((size_t)f->P[pfn] << 12);
+    }
+    return (int)size;
+}
+
+/* free with the class lock held: 1 done, 0 slow path (nothing changed). */
+static int zs_free_locked(ZsFastObject *f, int ci, uint64_t handle)
+{
+    struct zs_class *k = &f->cls[ci];
+    uint32_t *h = zs_record(f, handle, ci);
+    if (h == NULL || k->huge)
+        return 0;
+    uint32_t info = h[1];
+    uint32_t z = h[0];
+    uint16_t *zh = (uint16_t *)(f->Z + ((size_t)z << 2));
+    int inuse = zh[6] - 1;
+    int g = fullness_group(inuse + 1, k->opz), ng = fullness_group(inuse, k->opz);
+    if (ng == 0)
+        return 0;  /* the zspage empties: its pages go back to the arena (Python) */
+    uint64_t *c = f->C + (size_t)ci * C_WORDS;
+    c[C_OBJECTS] -= 1;
+    c[C_BYTES] -= info & SIZE_MASK;
+    unsigned slot = (info >> SLOT_SHIFT) & SLOT_MASK;
+    uint32_t pfn;
+    size_t a = zs_slot_addr(f, k, z, slot, &pfn);
+    uint32_t link = (uint32_t)zh[7] << 1;
+    memcpy(f->A + a, &link, 4);
+    zh[7] = (uint16_t)slot;
+    zh[6] = (uint16_t)inuse;
+    if (ng != g) {
+        zs_unlist(f, ci, z, g);
+        zs_list(f, ci, z, ng);
+    }
+    h[1] = info & ~(SIZE_MASK | (SLOT_MASK << SLOT_SHIFT));
+    zs_put_record(f, (uint32_t)((handle >> IDX_SHIFT) & IDX_MASK));
+    return 1;
+}
+
+static inline int zs_class_of(ZsFastObject *f, uint64_t handle)
+{
+    if (handle == 0 || handle >= HANDLE_LIMIT)
+        return -1;
+    int ci = (int)(handle & 0xFF);
+    return f->cls[ci].present ? ci : -1;
+}
+
+static void ZsFast_dealloc(ZsFastObject *self)
+{
+    if (self->have_views) {
+        PyBuffer_Release(&self->vC);
+        PyBuffer_Release(&self->vF);
+        PyBuffer_Release(&self->vH);
+        PyBuffer_Release(&self->vZ);
+        PyBuffer_Release(&self->vP);
+        PyBuffer_Release(&self->vS);
+        PyBuffer_Release(&self->vA);
+    }
+    Py_XDECREF(self->meta);
+    Py_XDECREF(self->locks);
+    Py_XDECREF(self->py_malloc);
+    Py_XDECREF(self->py_free);
+    Py_XDECREF(self->py_read);
+    Py_XDECREF(self->py_write);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *ZsFast_release(ZsFastObject *self, PyObject *unused)
+{
+    if (self->have_views) {
+        self->have_views = 0;
+        PyBuffer_Release(&self->vC);
+        PyBuffer_Release(&self->vF);
+        PyBuffer_Release(&self->vH);
+        PyBuffer_Release(&self->vZ);
+        PyBuffer_Release(&self->vP);
+        PyBuffer_Release(&self->vS);
+        PyBuffer_Release(&self->vA);
+    }
+    Py_CLEAR(self->py_malloc);
+    Py_CLEAR(self->py_free);
+    Py_CLEAR(self->py_read);
+    Py_CLEAR(self->py_write);
+    Py_RETURN_NONE;
+}
+
+static int ZsFast_init(ZsFastObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"classes", "fullness", "handles", "zspages", "pages", "scalars",
+                             "arena", "geometry", "class_for", "locks", "meta", "s_hfree",
+                             "s_hcount", "hcap", "state_fd", "h_offset", "fallbacks", NULL};
+    PyObject *oC, *oF, *oH, *oZ, *oP, *oS, *oA, *geom, *cfor, *locks, *meta, *fb;
+    int s_hfree, s_hcount, fd;
+    Py_ssize_t hcap;
+    long long hoff;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOiiniLO", kwlist, &oC, &oF, &oH, &oZ,
+                                     &oP, &oS, &oA, &geom, &cfor, &locks, &meta, &s_hfree,
+                                     &s_hcount, &hcap, &fd, &hoff, &fb))
+        return -1;
+    if (self->have_views) {
+        PyErr_SetString(PyExc_RuntimeError, "ZsFast: already initialized");
+        return -1;
+    }
+    Py_buffer *vs[7] = {&self->vC, &self->vF, &self->vH, &self->vZ, &self->vP, &self->vS,
+                        &self->vA};
+    PyObject *os_[7] = {oC, oF, oH, oZ, oP, oS, oA};
+    for (int i = 0; i < 7; i++) {
+        if (get_buffer(os_[i], vs[i], 1, "ZsFast: state array") < 0) {
+            while (i--)
+                PyBuffer_Release(vs[i]);
+            return -1;
+        }
+    }
+    self->have_views = 1;
+    self->C = self->vC.buf;
+    self->F = self->vF.buf;
+    self->H = self->vH.buf;
+    self->Z = self->vZ.buf;
+    self->P = self->vP.buf;
+    self->S = self->vS.buf;
+    self->A = self->vA.buf;
+    self->hcap = hcap;
+    self->hlimit = 0;
+    self->s_hfree = s_hfree;
+    self->s_hcount = s_hcount;
+    self->state_fd = fd;
+    self->h_offset = hoff;
+    if (self->vH.len < hcap * H_WORDS * 4 || self->vC.len < 256 * C_WORDS * 8
+            || self->vF.len < 256 * F_WORDS * 8) {
+        PyErr_SetString(PyExc_ValueError, "ZsFast: a state array is smaller than its capacity");
+        return -1;
+    }
+    Py_buffer cb;
+    if (get_buffer(cfor, &cb, 0, "ZsFast: class_for") < 0)
+        return -1;
+    if (cb.len != SWAPD_PAGE_SIZE + 1) {
+        PyBuffer_Release(&cb);
+        PyErr_SetString(PyExc_ValueError, "ZsFast: class_for must have 4097 entries");
+        return -1;
+    }
+    memcpy(self->class_for, cb.buf, SWAPD_PAGE_SIZE + 1);
+    PyBuffer_Release(&cb);
+    if (!PyList_Check(geom) || PyList_GET_SIZE(geom) != 256 || !PyList_Check(locks)
+            || PyList_GET_SIZE(locks) != 256 || !PyObject_TypeCheck(meta, &MutexType)) {
+        PyErr_SetString(PyExc_TypeError, "ZsFast: geometry and locks must be lists of 256, "
+                        "meta a Mutex");
+        return -1;
+    }
+    for (int i = 0; i < 256; i++) {
+        PyObject *gi = PyList_GET_ITEM(geom, i), *li = PyList_GET_ITEM(locks, i);
+        struct zs_class *k = &self->cls[i];
+        memset(k, 0, sizeof(*k));
+        if (gi == Py_None)
+            continue;
+        if (!PyArg_ParseTuple(gi, "iiiii", &k->size, &k->ppz, &k->opz, &k->huge, &k->hdr))
+            return -1;
+        if (!PyObject_TypeCheck(li, &MutexType)) {
+            PyErr_SetString(PyExc_TypeError, "ZsFast: a class lock is not a Mutex");
+            return -1;
+        }
+        k->lock = (MutexObject *)li;
+        k->present = 1;
+    }
+    for (int s = 1; s <= SWAPD_PAGE_SIZE; s++)
+        if (!self->cls[self->class_for[s]].present) {
+            PyErr_Format(PyExc_ValueError, "ZsFast: size %d maps to no class", s);
+            return -1;
+        }
+    if (!PyArg_ParseTuple(fb, "OOOO", &self->py_malloc, &self->py_free, &self->py_read,
+                          &self->py_write))
+        return -1;
+    Py_INCREF(self->py_malloc);
+    Py_INCREF(self->py_free);
+    Py_INCREF(self->py_read);
+    Py_INCREF(self->py_write);
+    Py_INCREF(meta);
+    self->meta = (MutexObject *)meta;
+    Py_INCREF(locks);
+    self->locks = locks;
+    return 0;
+}
+
+#define ZS_READY(self) do { if (!(self)->have_views) { \
+    PyErr_SetString(PyExc_ValueError, "ZsFast: released"); return NULL; } } while (0)
+
+static PyObject *ZsFast_malloc(ZsFastObject *self, PyObject *arg)
+{
+    ZS_READY(self);
+    if (PyLong_CheckExact(arg)) {
+        long size = PyLong_AsLong(arg);
+        if (size > 0 && size <= SWAPD_PAGE_SIZE) {
+            int ci = self->class_for[size];
+            MutexObject *m = self->cls[ci].lock;
+            uint64_t h;
+            if (pthread_mutex_trylock(&m->mu) == 0) {
+                m->acquires++;
+                m->locked = 1;
+            } else {
+                Py_BEGIN_ALLOW_THREADS
+                mutex_lock_nogil(m);
+                Py_END_ALLOW_THREADS
+            }
+            h = zs_malloc_locked(self, ci, (int)size);
+            mutex_unlock(m);
+            if (h)
+                return PyLong_FromUnsignedLongLong(h);
+        }
+        PyErr_Clear();
+    }
+    return PyObject_CallOneArg(self->py_malloc, arg);
+}
+
+static inline MutexObject *lock_gil(MutexObject *m)
+{
+    if (pthread_mutex_trylock(&m->mu) == 0) {
+        m->acquires++;
+        m->locked = 1;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        mutex_lock_nogil(m);
+        Py_END_ALLOW_THREADS
+    }
+    return m;
+}
+
+static PyObject *ZsFast_free(ZsFastObject *self, PyObject *arg)
+{
+    ZS_READY(self);
+    if (PyLong_CheckExact(arg)) {
+        uint64_t h = PyLong_AsUnsignedLongLong(arg);
+        int ci = PyErr_Occurred() ? -1 : zs_class_of(self, h);
+        PyErr_Clear();
+        if (ci >= 0) {
+            MutexObject *m = lock_gil(self->cls[ci].lock);
+            int done = zs_free_locked(self, ci, h);
+            mutex_unlock(m);
+            if (done)
+                Py_RETURN_NONE;
+        }
+    }
+    return PyObject_CallOneArg(self->py_free, arg);
+}
+
+static PyObject *ZsFast_read(ZsFastObject *self, PyObject *arg)
+{
+    ZS_READY(self);
+    if (PyLong_CheckExact(arg)) {
+        uint64_t h = PyLong_AsUnsignedLongLong(arg);
+        int ci = PyErr_Occurred() ? -1 : zs_class_of(self, h);
+        PyErr_Clear();
+        if (ci >= 0) {
+            char tmp[SWAPD_PAGE_SIZE];
+            int n = -1;
+            MutexObject *m = lock_gil(self->cls[ci].lock);
+            uint32_t *rec = zs_record(self, h, ci);
+            if (rec != NULL) {
+                unsigned char *p1, *p2;
+                size_t n1;
+                n = zs_parts(self, ci, rec, &p1, &n1, &p2);
+                memcpy(tmp, p1, n1);
+                if (p2)
+                    memcpy(tmp + n1, p2, (size_t)n - n1);
+            }
+            mutex_unlock(m);
+            if (n >= 0)
+                return PyBytes_FromStringAndSize(tmp, n);
+        }
+    }
+    return PyObject_CallOneArg(self->py_read, arg);
+}
+
+static PyObject *ZsFast_write(ZsFastObject *self, PyObject *args)
+{
+    PyObject *ho, *data;
+    ZS_READY(self);
+    if (!PyArg_ParseTuple(args, "OO", &ho, &data))
+        return NULL;
+    if (PyLong_CheckExact(ho) && PyObject_CheckBuffer(data)) {
+        uint64_t h = PyLong_AsUnsignedLongLong(ho);
+        int ci = PyErr_Occurred() ? -1 : zs_class_of(self, h);
+        PyErr_Clear();
+        Py_buffer v;
+        if (ci >= 0 && PyObject_GetBuffer(data, &v, PyBUF_C_CONTIGUOUS) == 0) {
+            int done = 0;
+            MutexObject *m = lock_gil(self->cls[ci].lock);
+            uint32_t *rec = zs_record(self, h, ci);
+            if (rec != NULL && (rec[1] & SIZE_MASK) == (uint32_t)v.len) {
+                unsigned char *p1, *p2;
+                size_t n1;
+                int n = zs_parts(self, ci, rec, &p1, &n1, &p2);
+                memcpy(p1, v.buf, n1);
+                if (p2)
+                    memcpy(p2, (char *)v.buf + n1, (size_t)n - n1);
+                rec[2] = (uint32_t)crc32(0L, v.buf, (uInt)v.len);
+                done = 1;
+            }
+            mutex_unlock(m);
+            PyBuffer_Release(&v);
+            if (done)
+                Py_RETURN_NONE;
+        }
+        PyErr_Clear();
+    }
+    return PyObject_CallFunctionObjArgs(self->py_write, ho, data, NULL);
+}
+
+PyDoc_STRVAR(store_objects_doc,
+"store_objects(src, lens, handles, start=0) -> int\n\n"
+"For j = start, start+1, ...: when lens[j] > 0, malloc(lens[j]) and write the bytes at\n"
+"src[j*4096:] into the object (its CRC-32 recorded), handles[j] = the handle; lens[j] <= 0\n"
+"needs no object (handles[j] = 0).  Stops before the first object the fast path cannot\n"
+"allocate (a huge object, a new zspage, growth) and returns its index (len(lens) when all are\n"
+"done): the caller allocates that one with the pool's malloc, in order, and calls again.\n"
+"lens: int32 items, handles: uint64 items.  The GIL is released; class locks are taken.");
+
+static PyObject *ZsFast_store_objects(ZsFastObject *self, PyObject *args)
+{
+    PyObject *so, *lo, *ho;
+    Py_ssize_t start = 0, n, j;
+    Py_buffer src, len, hv;
+    ZS_READY(self);
+    if (!PyArg_ParseTuple(args, "OOO|n", &so, &lo, &ho, &start))
+        return NULL;
+    if (get_buffer(so, &src, 0, "store_objects: src") < 0)
+        return NULL;
+    if (get_buffer(lo, &len, 0, "store_objects: lens") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    if (get_buffer(ho, &hv, 1, "store_objects: handles") < 0) {
+        PyBuffer_Release(&len);
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    n = len.len / (Py_ssize_t)sizeof(int32_t);
+    if (start < 0 || hv.len < n * 8 || src.len < n * SWAPD_PAGE_SIZE) {
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&len);
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "store_objects: buffers do not match lens");
+        return NULL;
+    }
+    {
+        const int32_t *lens = len.buf;
+        uint64_t *hs = hv.buf;
+        const unsigned char *s = src.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (j = start; j < n; j++) {
+            int size = lens[j];
+            if (size <= 0) {
+                hs[j] = 0;
+                continue;
+            }
+            if (size > SWAPD_PAGE_SIZE)
+                break;
+            int ci = self->class_for[size];
+            MutexObject *m = self->cls[ci].lock;
+            mutex_lock_nogil(m);
+            uint64_t h = zs_malloc_locked(self, ci, size);
+            if (h) {
+                uint32_t *rec = zs_record(self, h, ci);
+                unsigned char *p1, *p2;
+                size_t n1;
+                const unsigned char *d = s + j * SWAPD_PAGE_SIZE;
+                zs_parts(self, ci, rec, &p1, &n1, &p2);
+                memcpy(p1, d, n1);
+                if (p2)
+                    memcpy(p2, d + n1, (size_t)size - n1);
+                rec[2] = (uint32_t)crc32(0L, d, (uInt)size);
+            }
+            mutex_unlock(m);
+            if (!h)
+                break;
+            hs[j] = h;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&hv);
+    PyBuffer_Release(&len);
+    PyBuffer_Release(&src);
+    return PyLong_FromSsize_t(j);
+}
+
+PyDoc_STRVAR(decode_objects_doc,
+"decode_objects(handles, values, dst, offset=0) -> int\n\n"
+"Page j of dst (at offset + j*4096) becomes: when handles[j] is 0, the fill of values[j]; else\n"
+"the object's bytes decompressed (lz4), or copied when the object is 4096 bytes.  Returns the\n"
+"pages written: stops before the first handle that is not live or object that does not\n"
+"decode.  Nothing is freed.  handles, values: uint64 items.  The GIL is released.");
+
+static PyObject *ZsFast_decode_objects(ZsFastObject *self, PyObject *args)
+{
+    PyObject *ho, *vo, *dso;
+    Py_ssize_t offset = 0, n, j;
+    Py_buffer hv, vv, dst;
+    ZS_READY(self);
+    if (!PyArg_ParseTuple(args, "OOO|n", &ho, &vo, &dso, &offset))
+        return NULL;
+    if (get_buffer(ho, &hv, 0, "decode_objects: handles") < 0)
+        return NULL;
+    if (get_buffer(vo, &vv, 0, "decode_objects: values") < 0) {
+        PyBuffer_Release(&hv);
+        return NULL;
+    }
+    if (get_buffer(dso, &dst, 1, "decode_objects: dst") < 0) {
+        PyBuffer_Release(&vv);
+        PyBuffer_Release(&hv);
+        return NULL;
+    }
+    n = hv.len / 8;
+    if (vv.len < n * 8 || offset < 0 || dst.len < offset + n * SWAPD_PAGE_SIZE) {
+        PyBuffer_Release(&dst);
+        PyBuffer_Release(&vv);
+        PyBuffer_Release(&hv);
+        PyErr_SetString(PyExc_ValueError, "decode_objects: buffers do not match handles");
+        return NULL;
+    }
+    {
+        const uint64_t *hs = hv.buf, *vals = vv.buf;
+        unsigned char *d = (unsigned char *)dst.buf + offset;
+        Py_BEGIN_ALLOW_THREADS
+        for (j = 0; j < n; j++) {
+            unsigned char *page = d + j * SWAPD_PAGE_SIZE;
+            uint64_t h = hs[j];
+            if (!h) {
+                fill_page(page, vals[j]);
+                continue;
+            }
+            int ci = zs_class_of(self, h);
+            if (ci < 0)
+                break;
+            char tmp[SWAPD_PAGE_SIZE];
+            int size = -1;
+            MutexObject *m = self->cls[ci].lock;
+            mutex_lock_nogil(m);
+            uint32_t *rec = zs_record(self, h, ci);
+            if (rec != NULL) {
+                unsigned char *p1, *p2;
+                size_t n1;
+                size = zs_parts(self, ci, rec, &p1, &n1, &p2);
+                memcpy(tmp, p1, n1);
+                if (p2)
+                    memcpy(tmp + n1, p2, (size_t)size - n1);
+            }
+            mutex_unlock(m);
+            if (size < 0)
+                break;
+            if (size == SWAPD_PAGE_SIZE) {
+                memcpy(page, tmp, SWAPD_PAGE_SIZE);
+            } else {
+                char out[SWAPD_PAGE_SIZE];
+                if (LZ4_decompress_safe(tmp, out, size, SWAPD_PAGE_SIZE) != SWAPD_PAGE_SIZE)
+                    break;
+                memcpy(page, out, SWAPD_PAGE_SIZE);
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&hv);
+    return PyLong_FromSsize_t(j);
+}
+
+PyDoc_STRVAR(free_objects_doc,
+"free_objects(handles, start=0) -> int\n\n"
+"free() each nonzero handles[j], j = start, ...; returns the index of the first one the fast\n"
+"path cannot free (its zspage would empty, a huge object, a handle not live), len when all\n"
+"are freed: the caller frees that one with the pool's free and calls again.  The GIL is\n"
+"released.");
+
+static PyObject *ZsFast_free_objects(ZsFastObject *self, PyObject *args)
+{
+    PyObject *ho;
+    Py_ssize_t start = 0, n, j;
+    Py_buffer hv;
+    ZS_READY(self);
+    if (!PyArg_ParseTuple(args, "O|n", &ho, &start))
+        return NULL;
+    if (get_buffer(ho, &hv, 0, "free_objects: handles") < 0)
+        return NULL;
+    n = hv.len / 8;
+    if (start < 0)
+        start = n;
+    {
+        const uint64_t *hs = hv.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (j = start; j < n; j++) {
+            uint64_t h = hs[j];
+            if (!h)
+                continue;
+            int ci = zs_class_of(self, h);
+            if (ci < 0)
+                break;
+            MutexObject *m = self->cls[ci].lock;
+            mutex_lock_nogil(m);
+            int done = zs_free_locked(self, ci, h);
+            mutex_unlock(m);
+            if (!done)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&hv);
+    return PyLong_FromSsize_t(j);
+}
+
+static PyMethodDef ZsFast_methods[] = {
+    {"malloc", (PyCFunction)ZsFast_malloc, METH_O, "malloc(size) -> handle (ZsPool.malloc)."},
+    {"free", (PyCFunction)ZsFast_free, METH_O, "free(handle) -> None (ZsPool.free)."},
+    {"read", (PyCFunction)ZsFast_read, METH_O, "read(handle) -> bytes (ZsPool.read)."},
+    {"write", (PyCFunction)ZsFast_write, METH_VARARGS,
+     "write(handle, data) -> None (ZsPool.write, with the object's CRC-32)."},
+    {"store_objects", (PyCFunction)ZsFast_store_objects, METH_VARARGS, store_objects_doc},
+    {"decode_objects", (PyCFunction)ZsFast_decode_objects, METH_VARARGS, decode_objects_doc},
+    {"free_objects", (PyCFunction)ZsFast_free_objects, METH_VARARGS, free_objects_doc},
+    {"release", (PyCFunction)ZsFast_release, METH_NOARGS,
+     "release() -> None: drop the views of the state (before the pool closes)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ZsFastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "swapd._native._core.ZsFast",
+    .tp_basicsize = sizeof(ZsFastObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "zsmalloc's fast paths over a pool's state region (see swapd/_native/zsmalloc.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ZsFast_init,
+    .tp_dealloc = (destructor)ZsFast_dealloc,
+    .tp_methods = ZsFast_methods,
+};
+
 static PyMethodDef core_methods[] = {
     {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
     {"decode_pages", decode_pages, METH_VARARGS, decode_pages_doc},
@@ -291,6 +1216,17 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
+    if (PyType_Ready(&MutexType) < 0 || PyType_Ready(&ZsFastType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MutexType);
+    Py_INCREF(&ZsFastType);
+    if (PyModule_AddObject(m, "Mutex", (PyObject *)&MutexType) < 0
+            || PyModule_AddObject(m, "ZsFast", (PyObject *)&ZsFastType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "ABI_VERSION", ABI_VERSION) < 0
             || PyModule_AddIntConstant(m, "PAGE_SIZE", SWAPD_PAGE_SIZE) < 0
             || PyModule_AddStringConstant(m, "LZ4_VERSION", LZ4_versionString()) < 0) {

@@ -81,6 +81,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
+import swapd._native.zsmalloc as _native_zs
 import swapd.impl as _impl
 from swapd.arena import PAGE_SHIFT, PAGE_SIZE
 from swapd.compress import fill_page, same_filled_value
@@ -122,6 +123,7 @@ from swapd.layer.tier import CompressedTier, Tier  # CompressedTier: the compres
 
 # The compiled implementation of the batch operations, or None (swapd/impl.py chose, once).
 _NATIVE = _impl.native()
+_fast_of = _native_zs.fast_of  # a backend's compiled zsmalloc fast paths, or None
 
 __all__ = ["LayerConfig", "LayerStats", "SwapLayer"]
 
@@ -1183,8 +1185,9 @@ class SwapLayer:
 
     def store_batch(self, region: int, start: int, pages: Page) -> list[bool]:
         """Store the run of pages ``start .. start+n-1`` of ``region`` from ``pages`` (n whole
-        pages, back to back): ``store`` of each page in order; entry j of the result is False
-        where that store was refused (StoreRejected, counted as ``store`` counts it).
+        pages, back to back): ``free_batch`` of the run, then ``store`` of each page in order;
+        entry j of the result is False where that store was refused (StoreRejected, counted as
+        ``store`` counts it).
 
         Raises ObjectSizeError when ``pages`` is not whole pages, EntryNotFoundError when the
         run is not inside the region; a region removed meanwhile refuses the rest.  O(n)
@@ -1200,6 +1203,10 @@ class SwapLayer:
                 and self._t0c.compressor.name == "lz4"):
             return self._store_batch_native(nat, region, start, n, view)
         out = [False] * n
+        try:
+            self.free_batch(region, start, n)
+        except EntryNotFoundError:
+            return out
         for j in range(n):
             try:
                 self.store(region, start + j, view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE])
@@ -1212,7 +1219,8 @@ class SwapLayer:
 
     def _store_batch_native(self, nat: Any, region: int, start: int, n: int,
                             view: memoryview) -> list[bool]:
-        """store_batch with one compiled compression pass and one lock hold (see above)."""
+        """store_batch with one compiled compression pass and one lock hold (see above); with
+        the compiled zsmalloc, the objects are allocated and written by one compiled call."""
         cfg = self._config
         comp = bytearray(n * PAGE_SIZE)
         lens = array("i", bytes(4 * n))
@@ -1223,6 +1231,27 @@ class SwapLayer:
         be = t0.backend
         maxobj = t0.max_object
         lower = cfg.store_incompressible and self._ntiers > 1  # a raw page or a bypass
+        # What each page needs, decided before any change: objs[j] > 0 an object of that many
+        # bytes (PAGE_SIZE: the raw page), 0 none (same-filled: vals[j]; or refused:
+        # reject[j]); STOP: the single-page path from j on (a side-table value, a bypass).
+        stop = PAGE_SIZE + 1
+        objs = array("i", bytes(4 * n))
+        reject = [False] * n
+        for j in range(n):
+            length = lens[j]
+            if length < 0:
+                if encode_value(vals[j]) is None:
+                    objs[j] = stop
+            elif 0 < length <= maxobj:
+                objs[j] = length
+            elif lower and maxobj >= PAGE_SIZE:
+                objs[j] = PAGE_SIZE
+            elif lower:
+                objs[j] = stop
+            else:
+                reject[j] = True
+        fast = _fast_of(be)
+        handles = array("Q", bytes(8 * n))
         cview = memoryview(comp)
         out = [False] * n
         j = 0
@@ -1236,67 +1265,72 @@ class SwapLayer:
             prv = self._prev
             s = cl.lists[0]
             ref = self._ref_bit
+            base = reg.base + start
             drop = self._drop_locked
-            g = reg.base + start
-            while j < n:
-                length = lens[j]
+            for g in range(base, base + n):
                 if words[g]:
                     drop(g, cl)
-                if length < 0:  # same-filled: the value goes into the word
-                    payload = encode_value(vals[j])
-                    if payload is None:
-                        break  # a side-table value: the single-page path
-                    words[g] = TAG_SAME | payload
-                    cl.same += 1
-                    cl.stored += 1
-                    cl.zswpout += 1
-                    out[j] = True
-                    j += 1
-                    g += 1
-                    continue
-                o = j * PAGE_SIZE
-                if length and length <= maxobj:
-                    data = cview[o:o + length]
-                elif lower and maxobj >= PAGE_SIZE:
-                    data = view[o:o + PAGE_SIZE]
-                    length = PAGE_SIZE
-                elif lower:
-                    break  # for the next tier: the single-page path does it
-                else:
-                    cl.reject_compress_poor += 1
-                    j += 1
-                    g += 1
-                    continue
-                if be.total_pages() >= self.limit_pages or self._reached_full:
-                    break  # admission and writeback: the single-page path
-                try:
-                    h = be.malloc(length)
-                except (PoolExhaustedError, ObjectSizeError):
+            while j < n:
+                length = objs[j]
+                if length >= stop:
                     break
-                try:
-                    be.write(h, data)
-                except BaseException:
-                    be.free(h)
-                    raise
-                if h > KEY_MAX:
-                    w = self._make_word(g, 0, h, length)
-                else:
-                    w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
-                words[g] = w | ref
-                head = nxt[s]
-                nxt[g] = head
-                prv[g] = s
-                prv[head] = g
-                nxt[s] = g
-                cl.counts[0] += 1
-                cl.stored += 1
-                cl.compr_bytes += length
-                if length == PAGE_SIZE:
-                    cl.incompressible += 1
-                cl.zswpout += 1
-                out[j] = True
-                j += 1
-                g += 1
+                done = j  # pages [j, done) have their objects (if any) in handles[]
+                admit = be.total_pages() < self.limit_pages and not self._reached_full
+                if length and not admit:
+                    break  # admission and writeback: the single-page path
+                if fast is not None and admit:
+                    # no new page comes to the pool in this call (that is a slow path, where
+                    # it stops), so the admission check holds for every object it allocates
+                    done = fast.store_objects(comp, objs, handles, j)
+                if done == j and length:
+                    # one object through the pool's own malloc (a huge object, a new zspage)
+                    o = j * PAGE_SIZE
+                    data = cview[o:o + length] if length < PAGE_SIZE else view[o:o + length]
+                    try:
+                        h = be.malloc(length)
+                    except (PoolExhaustedError, ObjectSizeError):
+                        break
+                    try:
+                        be.write(h, data)
+                    except BaseException:
+                        be.free(h)
+                        raise
+                    handles[j] = h
+                    done = j + 1
+                elif done == j:
+                    done = j + 1
+                for i in range(j, done):
+                    g = base + i
+                    length = objs[i]
+                    if not length:
+                        if reject[i]:
+                            cl.reject_compress_poor += 1
+                            continue
+                        words[g] = TAG_SAME | encode_value(vals[i])  # type: ignore[operator]
+                        cl.same += 1
+                        cl.stored += 1
+                        cl.zswpout += 1
+                        out[i] = True
+                        continue
+                    h = handles[i]
+                    if h > KEY_MAX:
+                        w = self._make_word(g, 0, h, length)
+                    else:
+                        w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
+                    words[g] = w | ref
+                    head = nxt[s]
+                    nxt[g] = head
+                    prv[g] = s
+                    prv[head] = g
+                    nxt[s] = g
+                    cl.counts[0] += 1
+                    cl.stored += 1
+                    cl.compr_bytes += length
+                    if length == PAGE_SIZE:
+                        cl.incompressible += 1
+                    cl.zswpout += 1
+                    out[i] = True
+                j = done
         for k in range(j, n):
             try:
                 self.store(region, start + k, view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
@@ -1334,6 +1368,7 @@ class SwapLayer:
         t0 = self._t0c
         assert t0 is not None
         be = t0.backend
+        fast = _fast_of(be)
         done = 0
         while done < n:
             with self._lock:
@@ -1343,30 +1378,51 @@ class SwapLayer:
                 cl = reg.client
                 words = self._words
                 base = reg.base + start
-                items: list[bytes | int] = []
+                handles = array("Q")
+                values = array("Q")
                 j = done
                 while j < n:
                     w = words[base + j]
                     tag = w & TAG_MASK
                     if tag == TAG_TIER0 and not w & (SIDE | WB | CLEAN):
-                        items.append(be.read(w >> KEY_SHIFT))
+                        handles.append(w >> KEY_SHIFT)
+                        values.append(0)
                     elif tag == TAG_SAME and not w & (SIDE | CLEAN):
-                        items.append(decode_value(w))
+                        handles.append(0)
+                        values.append(decode_value(w))
                     else:
                         break
                     j += 1
-                k = nat.decode_pages(items, view, done * PAGE_SIZE) if items else 0
+                if not handles:
+                    k = 0
+                elif fast is not None:
+                    k = fast.decode_objects(handles, values, view, done * PAGE_SIZE)
+                else:
+                    items = [be.read(h) if h else v for h, v in zip(handles, values)]
+                    k = nat.decode_pages(items, view, done * PAGE_SIZE)
+                # free the k objects in order (the compiled zsmalloc frees what it can)
+                i = 0
+                while i < k:
+                    if fast is not None:
+                        i = min(k, fast.free_objects(handles[:k], i))
+                        if i >= k:
+                            break
+                    h = handles[i]
+                    if h:
+                        be.free(h)
+                    i += 1
                 prv = self._prev
                 nxt = self._next
                 pol = self._policy
                 for g in range(base + done, base + done + k):
                     w = words[g]
                     if w & TAG_MASK == TAG_SAME:
-                        self._drop_locked(g, cl)
+                        words[g] = 0
+                        cl.same -= 1
+                        cl.stored -= 1
                         cl.zswpin += 1
                         continue
                     length = (w >> LEN_SHIFT) & LEN_MASK
-                    be.free(w >> KEY_SHIFT)
                     p = prv[g]
                     nx = nxt[g]
                     nxt[p] = nx
@@ -1382,7 +1438,7 @@ class SwapLayer:
                         pol.remove(g)
                     cl.zswpin += 1
                 done += k
-                if k < len(items):
+                if k < len(handles):
                     return done  # an object that does not decode: ``load`` reports it
             if done < n:  # a page the batch does not take: the single-page path
                 try:
