@@ -10,7 +10,7 @@ Usage::
         print(client.stats()["faults"])
         region.close()
 
-Design (docs/protocol.md has the wire format; DESIGN.md sec. 6 the reasons):
+Design (docs/protocol.md has the wire format; docs/design.md sec. 11 the reasons):
 
 * A :class:`Region` is a memfd of the requested size mapped ``MAP_SHARED``
   (it *is* an :class:`mmap.mmap`, so it supports the buffer protocol, slicing and
@@ -49,7 +49,7 @@ Thread-safety: a Client serializes its requests with a lock, so regions and the
 client may be used from several threads.
 
 Prior art: UMap's client/handler split (LLNL umap), and the mechanisms measured
-in MECHANISMS.md secs. 2.1, 2.5 and 2.6.
+in docs/design.md secs. 11.2, 11.6 and 11.7.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ from swapd.errors import (
     RequestError,
     SwapdError,
 )
+from swapd.pages import PAGE_SIZE
 
-PAGE_SIZE = mmap.PAGESIZE
 _MADV_DONTFORK = 10  # <asm-generic/mman-common.h>
 
 # Live clients, so that a forked child can drop its copies of their descriptors.

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from swapd.errors import ConfigError
-
-PAGE_SIZE = 4096
+from swapd.pages import PAGE_SIZE as PAGE_SIZE
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
@@ -135,7 +134,7 @@ class PagerConfig:
     # Serve each client thread on the CPU it faults on: the loop and the faulting thread
     # are pinned to that CPU (the thread's affinity is narrowed; see
     # swapd.daemon.pager.Pager._follow_locked).  On a VM whose idle vCPUs halt, a wake-up
-    # across vCPUs costs 50-100 us (MECHANISMS.md 2.7), twice per fault.  Off by default:
+    # across vCPUs costs 50-100 us (docs/design.md sec. 11.8), twice per fault.  Off by default:
     # with inline reclaim, which runs between faults, a client faulting back to back on
     # the loop's own CPU leaves no gap, and its resident set outgrows its limit (up to
     # the hard slack) until the reclaimer gets a time slice of its own.

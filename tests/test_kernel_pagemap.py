@@ -125,7 +125,7 @@ def test_categories_with_sync_write_protect(client: ClientProcess) -> None:
         PageRegion(c.addr(6), c.addr(8), wfp),
         PageRegion(c.addr(8), c.addr(16), P.PAGE_IS_WRITTEN),  # never mapped
     ]
-    # sync WP: WP_MATCHING is silently skipped (MECHANISMS.md 2.4)
+    # sync WP: WP_MATCHING is silently skipped (docs/design.md sec. 11.5)
     assert pagemap_scan(c.pid, c.base, c.addr(16), category_mask=P.PAGE_IS_WRITTEN,
                         return_mask=P.PAGE_IS_WRITTEN, flags=P.PM_SCAN_WP_MATCHING) == []
     w = read_pagemap_entries(c.pid, c.base, 8)

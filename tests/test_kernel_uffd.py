@@ -99,7 +99,7 @@ def local() -> Iterator[_Local]:
 
 
 def test_ioctl_numbers_match_the_compiled_header() -> None:
-    # Values checked by compiling against <linux/userfaultfd.h> (MECHANISMS.md sec. 3).
+    # Values checked by compiling against <linux/userfaultfd.h> (docs/design.md sec. 11.9).
     assert U.UFFDIO_API == 0xC018AA3F
     assert U.UFFDIO_REGISTER == 0xC020AA00
     assert U.UFFDIO_UNREGISTER == 0x8010AA01

@@ -132,7 +132,7 @@ def test_costs_table(tmp_path: Path) -> None:
     p.write_text('{"fault_us": 1}')
     with pytest.raises(ConfigError, match="missing"):
         CostTable.load(p)
-    assert "MECHANISMS.md" in DEFAULT_COSTS.source
+    assert "docs/design.md sec. 11" in DEFAULT_COSTS.source
     reqs = _reqs(800, 200)
     cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=20 * 4096, disk_bytes=4 << 20)
     slow = run_full(reqs, cfg, CORPUS, CostTable(10, 0, 0, 0, 0, 0, "x"))

@@ -94,7 +94,7 @@ def test_cli_full_mode_json(trace: Path, capsys: pytest.CaptureFixture[str]) -> 
     for k in ("refaults_by_tier", "lru_inversions", "writebacks", "pool_density",
               "compression_ratio", "modelled_time_s", "layer", "costs"):
         assert k in d
-    assert "zswpout" in d["layer"] and "MECHANISMS.md" in d["costs"]["source"]
+    assert "zswpout" in d["layer"] and "docs/design.md sec. 11" in d["costs"]["source"]
 
 
 def test_cli_sweep_and_mrc(trace: Path, tmp_path: Path,
@@ -129,7 +129,8 @@ def test_cli_human_summary(trace: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["sim", "--trace", str(trace), "--capacity", "40", "--backend", "zbud",
                  "--pool-mib", "0.05", "--corpus-pages", "64"]) == 0
     out = capsys.readouterr().out
-    for word in ("miss ratio", "refaults", "LRU inversions", "modelled time", "MECHANISMS.md"):
+    for word in ("miss ratio", "refaults", "LRU inversions", "modelled time",
+                 "docs/design.md sec. 11"):
         assert word in out
 
 

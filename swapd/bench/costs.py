@@ -5,7 +5,7 @@ with the real code paths:
 
 * ``fault_us``: client-observed fault round trip of a minimal Python pager (a
   cross-process shmem MISSING fault answered with ``UFFDIO_COPY``; the (a) side of
-  ``swapd bench faults``).  If userfaultfd is unavailable, the MECHANISMS.md figure is
+  ``swapd bench faults``).  If userfaultfd is unavailable, the docs/design.md sec. 11 figure is
   kept and the table says so.
 * ``compress_us`` / ``decompress_us``: the chosen compressor on the corpus's pages.
 * ``disk_write_us``: ``DiskTier.store_batch`` of ``writeback_batch`` (32) pages, per page,
@@ -14,7 +14,8 @@ with the real code paths:
   (``fdatasync`` + ``POSIX_FADV_DONTNEED``): a cold read from the device, with its CRC.
 * ``evict_us``: ``preadv`` of a 64-page batch from a memfd into a reused buffer plus the
   ``fallocate(PUNCH_HOLE)``, per page; the write-protect ioctl of the real eviction
-  (MECHANISMS.md: ~0.4 us per page in 64-page batches) needs a client and is not included.
+  (docs/design.md sec. 11.1: ~0.4 us per page in 64-page batches) needs a client and is not
+  included.
 
 ``--dir`` puts the disk file on the file system the disk tier will use (default: the
 system temporary directory).  Writes the table to ``-o FILE`` (default costs.json).
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PAGE = 4096
+from swapd.pages import PAGE_SIZE as PAGE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pages", type=int, default=2048, help="pages per disk measurement")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-faults", action="store_true",
-                   help="do not measure the fault round trip (keep the MECHANISMS.md figure)")
+                   help="do not measure the fault round trip (keep the docs/design.md "
+                        "sec. 11 figure)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -154,13 +156,13 @@ def run(args: argparse.Namespace) -> int:
         w_us, r_us = _disk(pages, args.pages, args.reps, tmp)
         evict_us = _evict(pages, args.reps)
         fault_us = DEFAULT_COSTS.fault_us
-        fault_src = "MECHANISMS.md (not measured: --no-faults)"
+        fault_src = "docs/design.md sec. 11 (not measured: --no-faults)"
         if not args.no_faults:
             try:
                 fault_us = _fault(max(1, min(args.reps, 3)), Path(tmp))
                 fault_src = "measured: bare UFFDIO_COPY pager, median client latency"
             except (OSError, SystemExit) as exc:
-                fault_src = f"MECHANISMS.md (measurement failed: {exc})"
+                fault_src = f"docs/design.md sec. 11 (measurement failed: {exc})"
     details.update({
         "fault": fault_src, "compressor": args.compressor,
         "corpus": args.corpus or "synthetic(1024, seed=0)",
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for k in ("fault_us", "evict_us", "compress_us", "decompress_us", "disk_read_us",
                   "disk_write_us"):
-            print(f"{k:15s} {d[k]:8.2f}   (MECHANISMS.md default "
+            print(f"{k:15s} {d[k]:8.2f}   (docs/design.md sec. 11 default "
                   f"{getattr(DEFAULT_COSTS, k):.2f})")
         print(f"fault: {fault_src}")
         print(f"wrote {args.output}")

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-PAGE = 4096
+from swapd.pages import PAGE_SIZE as PAGE
 
 # The client.  Parameters as JSON in argv[1]; prints one JSON line.  The latency loop is
 # the same for every side.

@@ -19,7 +19,7 @@ the modes alternating), and the median ops/s of ``--reps`` repetitions is report
 the ratio class/pool per workload, as a table or, with ``--json``, as JSON.  By default
 the process is pinned to one CPU: only one thread runs Python at a time anyway, and on a
 VM a GIL hand-off to a thread parked on another vCPU waits tens of microseconds for that
-vCPU to wake (see MECHANISMS.md), which swamps the lock costs with noise; ``--cpus all``
+vCPU to wake (see docs/design.md sec. 11), which swamps the lock costs with noise; ``--cpus all``
 measures with it.
 
 How to read the numbers.  CPython's GIL lets one thread run Python code at a time, so
@@ -34,7 +34,7 @@ kernel debate measured something else: CPUs running truly in parallel and bounci
 lock's cache line.  In 2022 the pool lock was judged to make no significant difference
 (it was a step towards writeback inside zsmalloc); in 2024, with that writeback gone, the
 per-class locks came back after a kernel build with zswap showed about 27% more system
-time with the pool lock (the figure DESIGN.md quotes).  Take from this bench the direction
+time with the pool lock).  Take from this bench the direction
 and how it changes with the number of classes the hot objects fall into, not the
 magnitude: real parallel contention on many CPUs widens the gap, and the GIL caps
 parallelism at one thread.  Note also what both modes share: the page arena's lock and

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-PAGE = 4096
+from swapd.pages import PAGE_SIZE as PAGE
 
 # The child workload.  It receives its parameters as JSON in argv[1] and prints one JSON
 # line with ns/page for each phase.  The same code runs over a kernel mapping and over a

@@ -26,7 +26,7 @@ page fault, under the owning ``Session.lock`` and by the page's state byte
   that page is aborted (state back to RESIDENT, write protection cleared, which
   wakes the writer); phase 3 of the batch drops the stored copy.
 * WP on SWAPPED: the batch finished first; ``UFFDIO_WAKE`` and the client
-  refaults MISSING and gets the stored copy (MECHANISMS.md 2.3, resolution b).
+  refaults MISSING and gets the stored copy (docs/design.md sec. 11.4, resolution b).
 * WP on RESIDENT/HOLE: a stale uffd-wp marker; clear it.
 * UNMAP of the whole region: free everything (layer and fds); of a part: the
   pages there become GONE and their stored copies are dropped.  REMAP of the
@@ -51,7 +51,7 @@ the reclaimer may call :meth:`mark_gone_locked` under ``Session.lock``.
 
 Prior art: ``mm/swap_state.c`` (readahead window), ``mm/workingset.c``
 (refault distance), UMap's fill workers (LLNL umap ``FillWorkers.cpp``),
-MECHANISMS.md secs. 2.2, 2.3, 2.5.
+docs/design.md secs. 11.3, 11.4, 11.6.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ class Pager:
         Why: the thread blocked in its fault is woken by our UFFDIO_COPY, and its next
         fault wakes us.  When the two run on different vCPUs that halt when idle, each of
         those wake-ups is an IPI to a halted vCPU, 50-100 us on these machines
-        (MECHANISMS.md 2.7: blocking handler pinned to the same vCPU 23-44 us per fault,
+        (docs/design.md sec. 11.8: blocking handler pinned to the same vCPU 23-44 us per fault,
         to different vCPUs 107-139 us).  Pinning only the loop is not enough: the loop
         is still busy after the COPY, so the scheduler wakes the client on the other,
         idle vCPU.  Measured with ``swapd demo --size 128M --limit 32M`` on a quiet
@@ -453,7 +453,7 @@ class Pager:
         else:
             window = 0  # random access: no readahead until a sequential fault
         region.ra_window = window
-        # the window counts the faulting page (MECHANISMS.md: COPY p, then [p+1, p+k))
+        # the window counts the faulting page (docs/design.md sec. 11: COPY p, then [p+1, p+k))
         self._readahead_locked(region, idx + 1, window - 1)
 
     def _readahead_locked(self, region: ManagedRegion, start: int, window: int) -> int:

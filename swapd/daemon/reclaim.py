@@ -8,7 +8,7 @@ evicts from the session with the most resident pages.  The pager runs one
 batch itself (direct reclaim, ``mm/vmscan.c``'s throttling of an allocating
 task) when a client runs more than ``hard_slack_pages`` over its limit.
 
-An eviction batch has three phases (MECHANISMS.md 2.3):
+An eviction batch has three phases (docs/design.md sec. 11.4):
 
 1. under ``Session.lock``: take victims from the policy, group them into runs
    of contiguous pages per region, ``UFFDIO_WRITEPROTECT`` each run, mark the
@@ -26,7 +26,7 @@ An eviction batch has three phases (MECHANISMS.md 2.3):
    changed meanwhile (a write aborted its eviction, the client discarded or
    unmapped it) keeps the new state and its stored copy is invalidated.
 
-Recency (DESIGN.md sec. 5/6): faults insert pages into the policy; the software
+Recency (docs/design.md secs. 10 and 11.5): faults insert pages into the policy; the software
 referenced bit adds hits for resident pages: each sweep zaps a slice of a
 region with ``process_madvise(MADV_PAGEOUT)`` (the client's PTEs go, the page
 cache stays; with no swap the data stays in the memfd), and the next sweep
@@ -37,7 +37,7 @@ Lock order: ``Session.lock`` -> layer locks (see ``swapd.daemon.session``);
 ``Reclaimer._cond`` is a leaf (kick only sets a flag).
 
 Prior art: ``mm/vmscan.c`` (watermarks, direct reclaim), ``mm/zswap.c``
-(``shrink_memcg_cb``'s second chance), MECHANISMS.md secs. 2.3 and 2.4.
+(``shrink_memcg_cb``'s second chance), docs/design.md secs. 11.4 and 11.5.
 """
 
 from __future__ import annotations

@@ -50,13 +50,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swapd.errors import InvariantError
+from swapd.pages import PAGE_SHIFT as PAGE_SHIFT
+from swapd.pages import PAGE_SIZE as PAGE_SIZE
 
 if TYPE_CHECKING:
     from swapd.kernel.uffd import Userfaultfd
     from swapd.policy import Policy
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 
 HOLE, RESIDENT, EVICTING, SWAPPED, GONE = range(5)
 STATE_NAMES = ("HOLE", "RESIDENT", "EVICTING", "SWAPPED", "GONE")

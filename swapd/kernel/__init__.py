@@ -12,7 +12,7 @@
 * :mod:`swapd.kernel.errors` -- the named exceptions (errno + meaning).
 * :mod:`swapd.kernel.zram` -- zram devices for the kernel baselines.
 
-Facts about this kernel (Linux 6.18) are measured in ``MECHANISMS.md``; each
+Facts about this kernel (Linux 6.18) are measured in ``docs/design.md`` (section 11); each
 struct is quoted from its uapi header above its Python layout.  Nothing in
 ``swapd.layer`` imports this package.
 """

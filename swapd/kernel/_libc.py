@@ -3,7 +3,7 @@
 Each entry point gets its own ctypes function object with fixed ``argtypes``
 (``CDLL.__getitem__`` returns a fresh object, so two signatures of the variadic
 ``syscall(2)`` do not clobber each other).  All are created once at import; a
-call costs about 0.4 us on top of the system call (MECHANISMS.md sec. 0).
+call costs about 0.4 us on top of the system call (docs/design.md sec. 11.0).
 Errors are read with :func:`ctypes.get_errno` (``use_errno=True``).
 
 x86_64 system call numbers (``arch/x86/entry/syscalls/syscall_64.tbl``) are
@@ -16,6 +16,9 @@ import ctypes
 import ctypes.util
 import platform
 
+from swapd.pages import PAGE_SHIFT as PAGE_SHIFT
+from swapd.pages import PAGE_SIZE as PAGE_SIZE
+
 if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - other arches
     # The ioctl numbers and structs are arch-independent, the syscall numbers are not.
     raise ImportError(f"swapd.kernel supports x86_64 only, not {platform.machine()}")
@@ -25,8 +28,6 @@ SYS_pidfd_open = 434  # Linux 5.3
 SYS_pidfd_getfd = 438  # Linux 5.6
 SYS_process_madvise = 440  # Linux 5.10
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

@@ -5,7 +5,7 @@ subclass of :class:`KernelError`, which is an :class:`OSError` (``.errno`` is
 the kernel's errno) and a :class:`swapd.errors.SwapdError`.  Besides the errno
 it carries ``op`` (the call that failed, e.g. ``"UFFDIO_COPY"``) and
 ``meaning`` (what that errno means *for that call* on Linux 6.18, as measured in
-``MECHANISMS.md`` sec. 4 and read in ``fs/userfaultfd.c`` / ``mm/userfaultfd.c``).
+docs/design.md sec. 11.10 and read in ``fs/userfaultfd.c`` / ``mm/userfaultfd.c``).
 
 The userfaultfd errors are split by what the pager must do next:
 
@@ -144,7 +144,7 @@ _UFFD_BY_ERRNO: dict[int, type[UffdError]] = {
 }
 
 # What an errno means for one specific ioctl, where it differs from the class default
-# (MECHANISMS.md sec. 4; fs/userfaultfd.c, mm/userfaultfd.c).
+# (docs/design.md sec. 11.10; fs/userfaultfd.c, mm/userfaultfd.c).
 _UFFD_MEANINGS: dict[tuple[str, int], str] = {
     ("UFFDIO_API", _errno.EINVAL): "API already negotiated on this fd, or a requested "
     "feature is not supported by this kernel",

@@ -1,7 +1,7 @@
 """memfd_create(2), hole punching and hole walking, and a reusable page buffer.
 
 A client's managed memory is a memfd (shmem) that the client maps
-MAP_SHARED; the daemon never maps it (MECHANISMS.md sec. 4: reading a hole
+MAP_SHARED; the daemon never maps it (docs/design.md sec. 11.4: reading a hole
 through a daemon mapping allocates a zero page and the client then reads zeros
 with no fault).  The daemon reads pages with ``preadv`` into a
 :class:`PageBuffer` (a hole reads as zeros without allocating), frees them with
@@ -10,7 +10,7 @@ with no fault).  The daemon reads pages with ``preadv`` into a
 
 ``PageBuffer`` is page-aligned and pre-touched so that neither ``preadv`` into
 it nor UFFDIO_COPY out of it takes page faults: a fresh 256 KiB ``os.pread``
-buffer doubled the eviction read cost (MECHANISMS.md sec. 2.3).
+buffer doubled the eviction read cost (docs/design.md sec. 11.4).
 
 Prior art: ``mm/shmem.c`` (``shmem_fallocate``, ``shmem_file_llseek``) and
 ``mm/memfd.c``.

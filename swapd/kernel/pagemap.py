@@ -5,7 +5,7 @@ a page is *mapped* in the client (PAGE_IS_PRESENT), whether it is a hole with a
 uffd-wp marker (PAGE_IS_SWAPPED) and whether it is write-protected (present
 without PAGE_IS_WRITTEN).  Zapping a slice with
 ``process_madvise(MADV_PAGEOUT)`` and scanning PRESENT later is the software
-referenced bit (MECHANISMS.md sec. 2.4).  Kernel cost: 18 ns per page for a
+referenced bit (docs/design.md sec. 11.5).  Kernel cost: 18 ns per page for a
 PRESENT scan; parsing costs ~0.4 us per returned region, so ask for large
 regions (a small ``return_mask``) and use ``max_pages``.
 
@@ -205,7 +205,7 @@ def _scan(fd: int, start: int, end: int, flags: int, category_mask: int, anyof: 
 def read_pagemap_entries(pid: int, start: int, npages: int) -> list[int]:
     """The raw 64-bit pagemap words of ``npages`` pages from ``start`` (PM_* bits).
 
-    55-127 ns per page (MECHANISMS.md sec. 1).  O(npages).
+    55-127 ns per page (docs/design.md sec. 11.1).  O(npages).
     """
     fd = _open_pagemap(pid)
     try:

@@ -2,7 +2,7 @@
 
 The daemon keeps a pidfd per client in its poll set: a userfaultfd shows
 nothing when its process exits (no POLLHUP, read gives EAGAIN, ioctls give
-ESRCH), while a pidfd polls ``POLLIN|POLLHUP`` (MECHANISMS.md sec. 2.5).
+ESRCH), while a pidfd polls ``POLLIN|POLLHUP`` (docs/design.md sec. 11.6).
 ``pidfd_getfd`` lets a restarted daemon take a client's userfaultfd back
 (sec. 2.6); ``process_madvise(MADV_PAGEOUT)`` clears the software referenced
 bit of a client's pages (sec. 2.4); SO_PEERCRED authenticates a client.

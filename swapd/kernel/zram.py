@@ -41,8 +41,8 @@ from pathlib import Path
 from types import TracebackType
 
 from swapd.errors import ZramError
+from swapd.pages import PAGE_SIZE
 
-PAGE_SIZE = 4096
 _BATCH = 64  # pages per O_DIRECT write
 
 

@@ -1,4 +1,4 @@
-"""The generalized swap-LRU layer (DESIGN.md section 4).
+"""The generalized swap-LRU layer (docs/design.md section 2).
 
 Public API (the binding contract with the daemon and the simulator):
 

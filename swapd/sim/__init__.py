@@ -1,6 +1,6 @@
 """The simulator: traces and synthetic workloads replayed through the real policies and layer.
 
-Modules (DESIGN.md section 7, issue 5):
+Modules (docs/design.md section 10, issue 5):
 
 * :mod:`swapd.sim.trace` -- text, CSV and libCacheSim oracleGeneral traces, streamed.
 * :mod:`swapd.sim.gen` -- seeded synthetic workloads (zipf, scan, shift, loop).

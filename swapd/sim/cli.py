@@ -15,7 +15,7 @@
 Trace formats: text (one page id per line), csv (time,page,op,size), oracleGeneral
 (libCacheSim binary; .zst accepted).  Page contents come from --corpus FILE
 (``swapd corpus capture``) or a synthetic corpus; modelled time from --costs FILE
-(``swapd bench costs``) or built-in figures from MECHANISMS.md.
+(``swapd bench costs``) or built-in figures from docs/design.md sec. 11.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def _add_full(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus-pages", type=int, default=4096, metavar="N",
                    help="pages of the synthetic corpus (default 4096)")
     g.add_argument("--costs", default=None, metavar="FILE",
-                   help="cost table from `swapd bench costs` (default: MECHANISMS.md figures)")
+                   help="cost table from `swapd bench costs` (default: docs/design.md "
+                        "sec. 11 figures)")
     g.add_argument("--seed", type=int, default=0, help="seed of page contents (default 0)")
     g.add_argument("--shrink-interval", type=float, default=0.1, metavar="S",
                    help="modelled seconds between proactive shrinker runs (default 0.1, the "

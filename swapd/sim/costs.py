@@ -4,21 +4,21 @@ Design.  Full-mode simulation counts events (faults, loads per tier, stores,
 writebacks); modelled time multiplies each count by a per-page cost.  The
 costs come from a JSON table written by ``swapd bench costs`` on the machine
 (``--costs FILE``), or, when none is given, from the figures measured on
-these machines and recorded in ``/work/shared/MECHANISMS.md`` (Linux 6.18,
+these machines and recorded in docs/design.md (section 11) (Linux 6.18,
 2 vCPUs), labelled as such in every report (``source``).
 
-Built-in defaults and where they come from (MECHANISMS.md):
+Built-in defaults and where they come from (docs/design.md sec. 11.1):
 
 * ``fault_us`` 25.1: client-observed fault round trip, cross-process shmem
   MISSING fault served by ``UFFDIO_COPY`` from a Python handler (21.8 / 28.4 us
-  in two runs, section 2.2).  Used for every fault, zero-page ones included
+  in two runs, section 11.3).  Used for every fault, zero-page ones included
   (``UFFDIO_ZEROPAGE`` measured 22.9 / 24.7 us).
 * ``evict_us`` 2.6: write-protect + ``pread`` + punch per page, batches of 64
-  (section 2.3).
+  (section 11.4).
 * ``compress_us`` 1.95 / ``decompress_us`` 1.65: lz4 per page, the middle of
   the measured 1.4-2.5 / 0.9-2.4 us ranges.
-* ``disk_write_us`` / ``disk_read_us`` 3.7: MECHANISMS.md has no device
-  figure; these are its 4 KiB ``pread`` cost (page cache), a lower bound.
+* ``disk_write_us`` / ``disk_read_us`` 3.7: section 11 has no device
+  figure; these are a 4 KiB ``pread`` from the page cache there, a lower bound.
   Measure with ``swapd bench costs`` for a device-backed figure.
 
 Frozen; no locks.
@@ -96,6 +96,6 @@ DEFAULT_COSTS = CostTable(
     decompress_us=1.65,
     disk_read_us=3.7,
     disk_write_us=3.7,
-    source="built-in defaults from MECHANISMS.md (not measured on this machine; "
+    source="built-in defaults from docs/design.md sec. 11 (not measured on this machine; "
            "disk figures are page-cache pread costs)",
 )

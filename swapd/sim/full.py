@@ -44,7 +44,7 @@ resident (tracked by the policy), stored in the layer}; the layer's ``state``
 agrees; counts add up (hits + faults == accesses).  Lock order: none (one
 thread drives the layer; the layer takes its own locks).
 
-Prior art: the daemon's reclaim path (DESIGN.md section 6), ``mm/zswap.c``'s
+Prior art: the daemon's reclaim path (docs/design.md section 6), ``mm/zswap.c``'s
 store/load/writeback counters, libCacheSim's request loop.
 """
 

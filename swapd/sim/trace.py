@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
 from swapd.errors import ConfigError, TraceFormatError
+from swapd.pages import PAGE_SIZE
 
-PAGE_SIZE = 4096
 MAX_PAGE_ID = (1 << 64) - 1
 
 FORMATS = ("text", "csv", "oracleGeneral")
