@@ -159,3 +159,52 @@ def test_disk_only_layer(tmp_path: Path) -> None:
         lay._check()
     finally:
         lay.close()
+
+
+def test_table_region_adopted_after_random_operations_has_the_same_indexes() -> None:
+    """Seeded extents and side records; the table adopted from its memfd rebuilds the same
+    extent index, free extents and side table, and both pass _check."""
+    import os
+
+    from swapd.layer.table import EXT_LIST, EXT_REGION, SIDE
+
+    rng = random.Random(81)
+    t = SwapTable(1 << 16, max_extents=1024)
+    live: dict[int, int] = {}  # base -> npages
+    sides: dict[int, int] = {}  # g -> word
+    for step in range(600):
+        r = rng.random()
+        if r < 0.4 or not live:
+            n = rng.randrange(1, 64)
+            base = t.alloc_extent(n, EXT_REGION if n > 1 else EXT_LIST, step, step % 7)
+            live[base] = n
+        elif r < 0.6:
+            base = rng.choice(sorted(live))
+            for g in [g for g in sides if base <= g < base + live[base]]:
+                t.side.free(sides.pop(g))
+                t.words[g] = 0
+            t.free_extent(base)
+            del live[base]
+        else:
+            base = rng.choice(sorted(live))
+            g = base + rng.randrange(live[base])
+            if g in sides:
+                t.side.free(sides.pop(g))
+                t.words[g] = 0
+            else:
+                w = 1 | t.side.put(g, rng.getrandbits(64))
+                t.words[g] = w
+                sides[g] = w
+                assert w & SIDE
+    t._check()
+    u = SwapTable.adopt(os.dup(t.region.fd), writable=False)
+    try:
+        assert dict(u._extents) == dict(t._extents) == live
+        assert dict(u._free) == dict(t._free)
+        assert u.side.as_dict() == t.side.as_dict()
+        assert {g: u.side.value(w) for g, w in sides.items()} == t.side.as_dict()
+        assert u.extent_records() == t.extent_records()
+        u._check()
+    finally:
+        u.close()
+        t.close()

@@ -181,3 +181,4 @@ def test_a_region_of_another_kind_is_refused_by_name(tmp_path: Path) -> None:
             SwapTable.adopt(os.dup(fds["tier0.disk"]))
     finally:
         lay.close()
+
