@@ -321,8 +321,11 @@ def _wait_cluster_ok(nodes: Sequence[RedisServer], timeout: float) -> None:
 class DelayProxy:
     """A TCP forwarder on 127.0.0.1 adding ``delay_s`` per direction to every chunk.
 
-    Stands in for netem's delay where the kernel lacks it (see the module docstring).  One
-    thread per connection direction; stopped by :meth:`close`.
+    Stands in for netem's delay where the kernel lacks it (see the module docstring): each
+    chunk is sent on once its own delay has passed, so chunks in flight overlap as on a wire.
+    The delay is a sleep, so it is at least ``delay_s`` and coarser than netem's (tens of
+    microseconds of timer slack).  Two threads per connection direction; stopped by
+    :meth:`close`.
     """
 
     def __init__(self, target: tuple[str, int], delay_s: float) -> None:
@@ -357,19 +360,45 @@ class DelayProxy:
                 self._threads.append(t)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        """Read ``src`` as data arrives, stamping each chunk; a writer sends each chunk to
+        ``dst`` once its own delay has passed (chunks in flight overlap, as on a wire)."""
+        import collections
+
         d = self.delay_s
+        q: collections.deque[tuple[float, bytes]] = collections.deque()
+        ready = threading.Condition()
+        done = False
+
+        def writer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    with ready:
+                        while not q and not done:
+                            ready.wait(0.2)
+                        if not q:
+                            break
+                        due, data = q.popleft()
+                    left = due - time.perf_counter()
+                    if left > 0:  # sleep, not spin: a spinning thread holds the GIL
+                        time.sleep(left)
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
         with contextlib.suppress(OSError):
             while not self._stop.is_set():
                 data = src.recv(1 << 16)
                 if not data:
                     break
-                if d:
-                    t = time.perf_counter() + d
-                    while time.perf_counter() < t:  # sub-millisecond: sleep is too coarse
-                        pass
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+                with ready:
+                    q.append((time.perf_counter() + d, data))
+                    ready.notify()
+        with ready:
+            done = True
+            ready.notify()
+        w.join(5)
 
     def close(self) -> None:
         """Stop forwarding and close every socket."""

@@ -983,13 +983,15 @@ class SwapLayer:
         # A slow tier: the read runs outside the lock (the entry is busy, off its list).
         return self._end_load(region, g, cl, t, w, tier.load_batch([key]))[0]
 
-    def load_many(self, region: int, index: int, n: int) -> list[bytes]:
+    def load_many(self, region: int, index: int, n: int, *,
+                  one_stretch: bool = False) -> list[bytes]:
         """The pages of the swapped-out run from ``index`` (at most ``n``), loaded in order.
 
         For readahead: consecutive entries of one slow tier are fetched with one
         ``load_batch`` (one round trip to a remote tier) outside the lock; other entries as
         :meth:`load`.  Stops at the first page that is not swapped out or fails to load (a
-        failure of the first page raises as :meth:`load` does).  O(n) plus the I/O.
+        failure of the first page raises as :meth:`load` does); with ``one_stretch``, also
+        after one slow-tier run or one other page.  O(n) plus the I/O.
         """
         out: list[bytes] = []
         while len(out) < n:
@@ -1031,6 +1033,8 @@ class SwapLayer:
                     if out:
                         return out
                     raise
+                if one_stretch:
+                    return out
                 continue
             try:
                 pages = self._tiers[t].load_batch(keys)
@@ -1049,7 +1053,7 @@ class SwapLayer:
                         self._end_load(region, g2, cl, t, w2, None)
                     raise
                 out.append(got[0])
-            if len(pages) < len(run):
+            if len(pages) < len(run) or one_stretch:
                 return out
         return out
 
@@ -1352,15 +1356,26 @@ class SwapLayer:
         """
         view = self._run_view(region, start, n, into)
         nat = _NATIVE
-        if nat is not None and self._fast_ok and self._exclusive:
-            return self._load_run_native(nat, region, start, n, view)
-        for j in range(n):
+        native = nat is not None and self._fast_ok and self._exclusive
+        done = 0
+        while done < n:
+            if native:  # the compressed stretch in one compiled call
+                done += self._load_run_native(nat, region, start + done, n - done,
+                                              view[done * PAGE_SIZE:])
+                if done >= n:
+                    break
+            # the next stretch: a slow tier's run in one load_batch (one round trip to a
+            # remote tier), or one page
             try:
-                page = self.load(region, start + j)
+                pages = self.load_many(region, start + done, n - done, one_stretch=native)
             except (CorruptPageError, TierIOError, EntryNotFoundError):
-                return j
-            view[j * PAGE_SIZE:(j + 1) * PAGE_SIZE] = page
-        return n
+                return done
+            for page in pages:
+                view[done * PAGE_SIZE:(done + 1) * PAGE_SIZE] = page
+                done += 1
+            if not pages:
+                return done
+        return done
 
     def _load_run_native(self, nat: Any, region: int, start: int, n: int,
                          view: memoryview) -> int:
@@ -1440,13 +1455,8 @@ class SwapLayer:
                 done += k
                 if k < len(handles):
                     return done  # an object that does not decode: ``load`` reports it
-            if done < n:  # a page the batch does not take: the single-page path
-                try:
-                    page = self.load(region, start + done)
-                except (CorruptPageError, TierIOError, EntryNotFoundError):
-                    return done
-                view[done * PAGE_SIZE:(done + 1) * PAGE_SIZE] = page
-                done += 1
+            if done < n:  # a page the batch does not take: load_run's load_many takes it,
+                return done  # with the rest of its slow tier's run in one batch
         return done
 
     def free_batch(self, region: int, start: int, n: int) -> int:
