@@ -6,7 +6,14 @@ go through (a) the backend alone -- compress, malloc, write, then read, decompre
 backend and no pool pressure.  Rounds alternate, as in ``common.interleaved_medians``, but are
 timed in CPU time of the benchmarking thread, so that other processes on a busy machine do not
 skew the ratio; the medians give ``backend_pages_per_s`` and ``layer_pages_per_s`` (store+load
-round trips per second) and ``overhead`` = backend rate / layer rate - 1.  Target: at most 0.25.
+round trips per second) and ``overhead`` = backend rate / layer rate - 1.  Target: at most 0.25
+(issue 4); at most 0.10 with the compiled implementation (issue 8).  Under the compiled
+implementation (``impl``, swapd/impl.py) a zsmalloc backend also runs the batch paths side by
+side: the backend alone through its compiled batch calls (``compress_pages``,
+``store_objects``, ``decode_objects``, ``free_objects``; swapd/bench/throughput.py's batch
+path) against the layer's ``store_batch`` and ``load_run`` in runs of ``--run`` pages (the
+reclaimer's eviction batches and the pager's readahead runs): ``batch_overhead`` and the
+``batch`` record.
 
 Inversions: ``--pages`` pages are stored in a known recency order (page 0 coldest) into a layer
 whose pool is limited to ``--pool-fraction`` of their uncompressed size, with a disk tier below.
@@ -22,6 +29,7 @@ shrinker later writes back the colder pages, so it can be 0 where the counter is
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -59,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-fraction", type=float, default=0.1,
                    help="pool limit as a fraction of the inversion pages' size (0.1)")
     p.add_argument("--state-dir", default=None, help="directory for the disk tier's file")
+    p.add_argument("--run", type=int, default=64,
+                   help="pages per store_batch / load_run in the batch variant (64)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -119,6 +129,56 @@ def _throughput(backend: str, pages: list[bytes], reps: int) -> dict[str, Any]:
             "target_overhead": 0.25}
 
 
+def _throughput_batch(backend: str, pages: list[bytes], reps: int,
+                      run: int) -> dict[str, Any] | None:
+    """Backend alone through the compiled batch calls vs the layer's store_batch/load_run."""
+    from swapd._native.zsmalloc import fast_of
+    from swapd.bench.throughput import batch_round_trip
+    from swapd.impl import native
+
+    nat = native()
+    n = len(pages)
+    arena = 4 * n + 1024
+    be_alone = make_backend(backend, max_pages=arena, arena_cache_pages=arena)
+    be_layer = make_backend(backend, max_pages=arena, arena_cache_pages=arena)
+    fast = fast_of(be_alone)
+    if nat is None or fast is None:
+        be_alone.close()
+        be_layer.close()
+        return None
+    lay = SwapLayer([CompressedTier("lz4", be_layer, TierLimits(ram_total_bytes=1 << 40))],
+                    config=LayerConfig(pool_limit_bytes=1 << 40))
+    region = lay.add_region("bench", n)
+    src = b"".join(pages)
+    out = bytearray(len(src))
+    alone = batch_round_trip(nat, fast, be_alone, pages)
+
+    def layered() -> None:
+        view = memoryview(src)
+        dst = memoryview(out)
+        for s0 in range(0, n, run):
+            k = min(run, n - s0)
+            lay.store_batch(region, s0, view[s0 * PAGE_SIZE:(s0 + k) * PAGE_SIZE])
+        for s0 in range(0, n, run):
+            k = min(run, n - s0)
+            if lay.load_run(region, s0, k, dst[s0 * PAGE_SIZE:(s0 + k) * PAGE_SIZE]) != k:
+                raise AssertionError("load_run stopped early")
+
+    try:
+        layered()
+        if out != src:
+            raise AssertionError("the layer's batch paths returned other bytes")
+        med = _cpu_medians({"backend": alone, "layer": layered}, reps)
+        lay._check()
+    finally:
+        lay.close()
+        be_alone.close()
+    b_rate = n / med["backend"]
+    l_rate = n / med["layer"]
+    return {"backend": backend, "pages": n, "run": run, "backend_pages_per_s": b_rate,
+            "layer_pages_per_s": l_rate, "overhead": b_rate / l_rate - 1}
+
+
 def _inversions(backend: str, pages: list[bytes], fraction: float, kernel_like: bool,
                 state_dir: str | None) -> dict[str, Any]:
     n = len(pages)
@@ -176,21 +236,33 @@ def run(args: argparse.Namespace) -> int:
         print("error: the corpus has no compressible page")
         return 2
     inv_pages = [usable[i % len(usable)] for i in range(args.pages)]
-    thr, inv = [], []
+    thr, inv, batch = [], [], []
     for name in backend_names(args):
         thr.append(_throughput(name, usable, args.reps))
+        b = _throughput_batch(name, usable, args.reps, args.run)
+        if b is not None:
+            batch.append(b)
         for kernel_like in (False, True):
             inv.append(_inversions(name, inv_pages, args.pool_fraction, kernel_like,
                                    args.state_dir))
     if args.json:
         # top level: zsmalloc (zswap's default allocator) when measured, else the first backend
+        from swapd.impl import describe
+
         main = next((t for t in thr if t["backend"] == "zsmalloc"), thr[0])
         out: dict[str, Any] = dict(main)
+        out["impl"] = describe()
+        out["loadavg"] = os.getloadavg()[0]
+        mb = next((b for b in batch if b["backend"] == main["backend"]), None)
+        if mb is not None:
+            out["batch_overhead"] = mb["overhead"]
+            out["batch"] = mb
         for i in inv:
             if i["backend"] == main["backend"]:
                 key = "inversion_default" if i["mode"] == "default" else "inversion_kernel_like"
                 out[key] = i
         out["throughput"] = thr
+        out["throughput_batch"] = batch
         out["inversions"] = inv
         print_json(out)
         return 0
@@ -198,7 +270,12 @@ def run(args: argparse.Namespace) -> int:
                 ["backend", "pages", "backend/s", "layer/s", "overhead"],
                 [(t["backend"], t["pages"], t["backend_pages_per_s"], t["layer_pages_per_s"],
                   f"{100 * t['overhead']:+.1f}%") for t in thr],
-                caption="target: overhead <= +25%")
+                caption="target: overhead <= +25% (python), +10% (compiled)")
+    if batch:
+        print_table(f"compiled batch paths, runs of {args.run} pages (medians)",
+                    ["backend", "pages", "backend/s", "layer/s", "overhead"],
+                    [(b["backend"], b["pages"], b["backend_pages_per_s"],
+                      b["layer_pages_per_s"], f"{100 * b['overhead']:+.1f}%") for b in batch])
     cols = ["backend", "mode", "lru_inversions", "recency_inversions", "written_back_pages",
             "disk_slots_used", "pool_limit_hit", "pswpout"]
     print_table(f"inversion experiment ({args.pages} pages, pool {args.pool_fraction:.0%})",

@@ -1,7 +1,25 @@
-"""zsmalloc with per-class locks vs one pool lock: N threads storing, loading and freeing.
+"""zsmalloc with per-class locks vs one pool lock: parallel writers outside the GIL.
 
-``swapd bench locks [--threads N] [--ops N] [--reps N] [--cpus one|all|LIST] [--json]``
-runs N threads at once
+With the compiled implementation (swapd/impl.py), ``swapd bench locks [--writers N]
+[--files PATH ...] [--rounds N] [--reps N] [--json]`` runs N writer threads on every CPU
+allowed, each storing its share of a corpus of variable-size objects into one zsmalloc pool
+and freeing them again, round after round, with the compiled batch calls
+(``ZsFast.store_objects``: malloc + write + CRC-32 of each object; ``free_objects``) which
+take the class (or pool) lock per object with the GIL released -- so the writers really run
+on both CPUs at once and contend for the locks the way kernel CPUs do.  The objects are what
+a build server's cache would store: the 4 KiB pages of object files (``--files``: files or
+directories, by default the shared objects of this Python's ``lib-dynload``) compressed with
+lz4, huge ones (at or above ``huge_class_size``, stored one per page) left out.  A call that
+needs a new zspage or empties one drops to the pool's Python path (under the GIL) for that
+object.  Reported per mode (``class``, ``pool``), medians of ``--reps`` interleaved runs:
+``ops_per_s`` (a store or a free is one op), ``lock_wait_ms`` (time writers spent waiting for
+the class/pool and meta mutexes, summed over writers), ``contended`` (share of lock
+acquisitions that had to wait), and ``cpu_per_wall`` (process CPU time over wall time: near
+the CPU count when the writers run in parallel).  ``--gil`` runs the old GIL-bound bench
+below instead (it is also what runs under ``SWAPD_IMPL=python``).
+
+The GIL-bound bench: ``swapd bench locks --gil [--threads N] [--ops N] [--reps N]
+[--cpus one|all|LIST] [--json]`` runs N threads at once
 on one zsmalloc pool (``backends/zsmalloc.py``), with ``lock="class"`` (a lock per size
 class: the kernel before 6.2 and again since 6.11, "mm/zsmalloc: change back to
 per-size_class lock") and with ``lock="pool"`` (one lock for the pool: 6.2 to 6.10,
@@ -74,6 +92,17 @@ WORKLOADS = (Workload("few-classes", 1400, 1440), Workload("many-classes", 64, 3
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``swapd bench locks``."""
+    p.add_argument("--gil", action="store_true",
+                   help="run the GIL-bound bench (Python threads calling malloc/write/read/free)")
+    p.add_argument("--writers", type=int, default=8,
+                   help="writer threads outside the GIL (default 8)")
+    p.add_argument("--files", action="append", default=[], metavar="PATH",
+                   help="files or directories whose pages are the objects (repeatable; "
+                        "default: this Python's lib-dynload shared objects)")
+    p.add_argument("--rounds", type=int, default=20,
+                   help="store-and-free rounds per writer per run (default 20)")
+    p.add_argument("--max-objects", type=int, default=20000,
+                   help="objects of the corpus used (default 20000)")
     p.add_argument("--threads", type=int, default=4, help="threads at once (default 4)")
     p.add_argument("--ops", type=int, default=30000,
                    help="ops (store, load or free) per thread per run (default 30000)")
@@ -185,8 +214,191 @@ def classes_touched(w: Workload) -> int:
         pool.close()
 
 
+def file_objects(paths: list[str], limit: int, huge: int) -> list[bytes]:
+    """lz4 blocks of the 4 KiB pages of the files under ``paths`` (below ``huge`` bytes; pages
+    that are all one byte value left out, as swap keeps those in the swap table)."""
+    import lz4.block
+
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _dirs, names in os.walk(p):
+                files.extend(os.path.join(root, n) for n in sorted(names))
+        else:
+            files.append(p)
+    out: list[bytes] = []
+    for f in sorted(files):
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        for o in range(0, len(data) - 4095, 4096):
+            pg = data[o:o + 4096]
+            if pg.count(pg[:1]) == 4096:
+                continue
+            c = lz4.block.compress(pg, store_size=False)
+            if len(c) < huge:
+                out.append(c)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def _default_files() -> list[str]:
+    import sysconfig
+
+    d = sysconfig.get_config_var("DESTSHARED") or ""
+    return [d] if d and os.path.isdir(d) else [os.path.dirname(os.__file__)]
+
+
+def _writer(pool: ZsPool, fast: object, src: bytes, lens: object, rounds: int,
+            start: threading.Barrier, errors: list[BaseException], counts: list[int]) -> None:
+    """Store every object of ``src``/``lens`` and free them all, ``rounds`` times."""
+    from array import array
+
+    n = len(lens)  # type: ignore[arg-type]
+    st, fr = fast.store_objects, fast.free_objects  # type: ignore[attr-defined]
+    view = memoryview(src)
+    ops = 0
+    try:
+        start.wait()
+        for _ in range(rounds):
+            handles = array("Q", bytes(8 * n))
+            j = 0
+            while j < n:
+                j = st(src, lens, handles, j)
+                if j < n:  # a new zspage: the pool's Python path
+                    k = lens[j]  # type: ignore[index]
+                    h = pool.malloc(k)
+                    pool.write(h, view[j * 4096:j * 4096 + k])
+                    handles[j] = h
+                    j += 1
+            j = 0
+            while j < n:
+                j = fr(handles, j)
+                if j < n:  # an emptied zspage: the pool's Python path
+                    pool.free(handles[j])
+                    j += 1
+            ops += 2 * n
+    except BaseException as exc:
+        errors.append(exc)
+        start.abort()
+    counts.append(ops)
+
+
+def run_writers(mode: str, objects: list[bytes], writers: int, rounds: int) -> dict[str, float]:
+    """One run of the compiled writers on a fresh pool; ops/s, lock wait, contention."""
+    from array import array
+
+    from swapd._native.zsmalloc import fast_of
+
+    pool = ZsPool(lock=mode, max_pages=len(objects) + 4096 * writers)
+    try:
+        fast = fast_of(pool)
+        if fast is None:
+            raise SystemExit("error: the compiled zsmalloc is not running (see swapd --version)")
+        shares = [objects[k::writers] for k in range(writers)]
+        srcs = []
+        for sh in shares:
+            buf = bytearray(4096 * len(sh))
+            for j, o in enumerate(sh):
+                buf[j * 4096:j * 4096 + len(o)] = o
+            srcs.append((bytes(buf), array("i", [len(o) for o in sh])))
+        locks = list(dict.fromkeys([c.lock for c in pool.classes] + [pool._meta_lock]))
+        before = [lk.stats() for lk in locks]
+        start = threading.Barrier(writers + 1)
+        errors: list[BaseException] = []
+        counts: list[int] = []
+        ts = [threading.Thread(target=_writer, args=(pool, fast, src, lens, rounds, start,
+                                                     errors, counts))
+              for src, lens in srcs]
+        for t in ts:
+            t.start()
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            pass
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        if errors:
+            raise errors[0]
+        pool._check()
+        if pool.total_pages():
+            raise AssertionError(f"{pool.total_pages()} pages left after freeing everything")
+        after = [lk.stats() for lk in locks]
+        acq = sum(a["acquires"] - b["acquires"] for a, b in zip(after, before))
+        cont = sum(a["contended"] - b["contended"] for a, b in zip(after, before))
+        wait = sum(a["wait_ns"] - b["wait_ns"] for a, b in zip(after, before))
+        return {"ops_per_s": sum(counts) / wall, "lock_wait_ms": wait / 1e6,
+                "contended": cont / acq if acq else 0.0, "cpu_per_wall": cpu / wall}
+    finally:
+        pool.close()
+
+
+def run_compiled(args: argparse.Namespace) -> int:
+    """The writers bench (module docstring); table or JSON."""
+    for opt in ("writers", "rounds", "reps", "max_objects"):
+        if getattr(args, opt) <= 0:
+            print(f"error: --{opt.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    probe = ZsPool(max_pages=8)
+    huge = probe.huge_class_size
+    probe.close()
+    paths = args.files or _default_files()
+    objects = file_objects(paths, args.max_objects, huge)
+    if len(objects) < args.writers:
+        print(f"error: --files gave {len(objects)} objects, fewer than the writers",
+              file=sys.stderr)
+        return 2
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    for r in range(args.reps):
+        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+            runs[mode].append(run_writers(mode, objects, args.writers, args.rounds))
+    from swapd.impl import describe
+
+    med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in runs[m][0]} for m in MODES}
+    sizes = sorted(len(o) for o in objects)
+    cpus = sorted(os.sched_getaffinity(0))
+    probe = ZsPool(max_pages=8)
+    nclasses = len({probe.class_for(sz).index for sz in set(sizes)})
+    probe.close()
+    result: dict[str, object] = {
+        "impl": describe(), "loadavg": os.getloadavg()[0], "writers": args.writers,
+        "cpus": cpus, "rounds": args.rounds, "reps": args.reps,
+        "objects": len(objects), "object_bytes_median": sizes[len(sizes) // 2],
+        "object_bytes_range": [sizes[0], sizes[-1]], "files": paths, "classes": nclasses,
+        **{m: {**med[m], "runs": runs[m]} for m in MODES},
+        "class_over_pool": med["class"]["ops_per_s"] / med["pool"]["ops_per_s"],
+    }
+    if args.json:
+        print_json(result)
+        return 0
+    rows = [(m, med[m]["ops_per_s"], med[m]["lock_wait_ms"], f"{100 * med[m]['contended']:.2f}%",
+             med[m]["cpu_per_wall"]) for m in MODES]
+    print_table(f"zsmalloc lock modes: {args.writers} writers outside the GIL on CPUs "
+                f"{','.join(map(str, cpus))}, {len(objects):,} objects "
+                f"({nclasses} classes), median of {args.reps}",
+                ("lock", "ops/s", "lock wait ms", "contended", "cpu/wall"), rows,
+                caption=f"class/pool {med['class']['ops_per_s'] / med['pool']['ops_per_s']:.2f}"
+                        f"; loadavg {os.getloadavg()[0]:.2f}; objects: lz4 pages of "
+                        f"{', '.join(paths)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; print a table or JSON; 0 on success."""
+    from swapd.impl import native
+
+    if not args.gil:
+        if native() is not None:
+            return run_compiled(args)
+        print("note: the compiled implementation is not running; running the GIL-bound "
+              "bench (--gil)", file=sys.stderr)
     for opt in ("threads", "ops", "reps", "window"):
         if getattr(args, opt) <= 0:
             print(f"error: --{opt} must be positive", file=sys.stderr)
