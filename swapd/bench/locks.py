@@ -71,6 +71,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from backends.zsmalloc import ZsPool
 from swapd.bench.common import print_json, print_table
@@ -305,7 +306,9 @@ def run_writers(mode: str, objects: list[bytes], writers: int, rounds: int) -> d
             for j, o in enumerate(sh):
                 buf[j * 4096:j * 4096 + len(o)] = o
             srcs.append((bytes(buf), array("i", [len(o) for o in sh])))
-        locks = list(dict.fromkeys([c.lock for c in pool.classes] + [pool._meta_lock]))
+        locks: list[Any] = list(dict.fromkeys(
+            [c.lock for c in pool.classes] + [getattr(pool, "_meta_lock", None)]))
+        locks = [lk for lk in locks if lk is not None]
         before = [lk.stats() for lk in locks]
         start = threading.Barrier(writers + 1)
         errors: list[BaseException] = []
