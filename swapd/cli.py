@@ -73,8 +73,53 @@ def build_parser() -> argparse.ArgumentParser:
                            description=getattr(m, "DESCRIPTION", None) or m.__doc__ or help_,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         m.add_arguments(p)
-        p.set_defaults(_run=m.run)
+        # a command narrating itself (the daemon, the exporter) sets LOG_LEVEL = logging.INFO
+        p.set_defaults(_run=m.run, _log_level=getattr(m, "LOG_LEVEL", logging.WARNING))
     return parser
+
+
+def journald_stderr() -> bool:
+    """True if stderr is connected to the journal (``$JOURNAL_STREAM`` is ``DEV:INODE`` of it).
+
+    systemd.exec(5): a service compares the variable with fstat() of its stderr,
+    since a child may have inherited the variable but not the stream.
+    """
+    import os
+
+    val = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in val.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<PRIORITY>logger: message`` -- journald records the priority and its own timestamp
+    (sd-daemon(3): a ``<N>`` prefix on a line of stderr sets its syslog level)."""
+
+    _PRIO = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+             (logging.INFO, 6))
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = next((p for lvl, p in self._PRIO if record.levelno >= lvl), 7)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(verbose: int, base: int = logging.WARNING) -> None:
+    """Log to stderr at ``base`` (less with ``-v``); no own timestamps under journald."""
+    handler = logging.StreamHandler()
+    if journald_stderr():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.DEBUG, min(base, logging.WARNING - 10 * min(verbose, 2))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_logging(args.verbose, getattr(args, "_log_level", logging.WARNING))
     try:
         rc = args._run(args)
     except SwapdError as exc:

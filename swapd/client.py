@@ -390,10 +390,39 @@ class Client:
         return int(self._request("set_limit", resident_bytes=resident_bytes)["resident_bytes"])
 
     def stats(self, scope: str = "client") -> dict[str, Any]:
-        """The daemon's counters for this client (``scope="client"``) or all (``"all"``)."""
+        """The daemon's counters for this client (``scope="client"``) or all (``"all"``).
+
+        ``"all"`` comes in pages (each reply stays below the frame limit); they are
+        joined here, so the result holds every client.
+        """
         reply = self._request("stats", scope=scope)
         stats: dict[str, Any] = reply["stats"]
+        while scope == "all" and stats.get("next_after") is not None:
+            more = self._request("stats", scope=scope, after=stats["next_after"])["stats"]
+            stats["clients"].extend(more["clients"])
+            stats["next_after"] = more.get("next_after")
+        stats.pop("next_after", None)
         return stats
+
+    def ctl(self, knob: str | None = None, value: Any = None, *, client: int | None = None,
+            set_value: bool = False) -> Any:
+        """Read (or with ``set_value``, change) a runtime knob; returns the value in effect.
+
+        ``knob`` None returns every knob: ``{"knobs": {...}, "clients": {id: {...}}}``.
+        ``client``: a session id, for the per-client knobs.  Changing needs root or
+        the daemon's uid (RequestError ``permission`` otherwise).
+        """
+        fields: dict[str, Any] = {}
+        if knob is not None:
+            fields["knob"] = knob
+        if client is not None:
+            fields["client"] = client
+        if set_value:
+            fields["value"] = value
+        reply = self._request("ctl", **fields)
+        if knob is None:
+            return {"knobs": reply["knobs"], "clients": reply["clients"]}
+        return reply["value"]
 
     # --- lifetime ---------------------------------------------------------------------
 

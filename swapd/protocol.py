@@ -50,7 +50,7 @@ ERROR_CODES = (
     "restarted",        # notice (id null): the daemon restarted after a crash; resend
 )
 
-OPS = ("hello", "map", "unmap", "set_limit", "advise", "stats", "ping", "restart")
+OPS = ("hello", "map", "unmap", "set_limit", "advise", "stats", "ping", "restart", "ctl")
 ADVICE = ("cold", "willneed", "dontneed")
 
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)

@@ -248,7 +248,7 @@ def test_client_killed_mid_fault_frees_everything(tmp_path: Path) -> None:
 
         def freed() -> bool:
             s = stats_all(d.socket)
-            return s["daemon"]["clients"] == 1 and s["total"]["layer"]["stored_pages"] == 0 \
+            return s["daemon"]["clients"] == 0 and s["total"]["layer"]["stored_pages"] == 0 \
                 and s["total"]["layer"].get("disk_pages", 0) == 0
         wait_for(freed, what="the killed client's pages to be freed")
 

@@ -49,6 +49,8 @@ def test_cli_lists_every_command_of_the_readme() -> None:
     assert documented, "README lists no commands"
     missing = documented - listed
     assert not missing, f"README documents commands the CLI lacks: {sorted(missing)}"
+    undocumented = listed - documented
+    assert not undocumented, f"the README's command table lacks: {sorted(undocumented)}"
 
 
 def _public_modules() -> list[str]:

@@ -391,12 +391,12 @@ except RequestError as e:
 
 
 def _alone(daemon: DaemonProc) -> bool:
-    """True once the daemon serves no client but the one asking."""
+    """True once the daemon serves no client (the asking one is not counted)."""
     from swapd.errors import QuotaExceededError, RequestError
     from tests.test_daemon_helpers import stats_all
 
     try:
-        return bool(stats_all(daemon.socket)["daemon"]["clients"] == 1)
+        return bool(stats_all(daemon.socket)["daemon"]["clients"] == 0)
     except (QuotaExceededError, RequestError):
         return False
 

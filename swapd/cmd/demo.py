@@ -307,8 +307,8 @@ def show(r: dict[str, Any]) -> None:
         ("store rejects (kept resident)", f"{c['store_rejects']:,}"),
         ("compression ratio", f"{r['compression_ratio']:.2f}" if r["compression_ratio"]
          else "-"),
-        ("compressed tier: pages / pool bytes",
-         f"{layer.get('stored_pages', 0):,} / {layer.get('pool_total_size', 0):,}"),
+        ("compressed tier: pages / compressed bytes",
+         f"{layer.get('stored_pages', 0):,} / {layer.get('compr_data_size', 0):,}"),
         ("same-filled pages", f"{layer.get('same_filled_pages', 0):,}"),
         ("disk tier pages", f"{layer.get('disk_pages', 0):,}"),
         ("writebacks (zswpwb)", f"{layer.get('zswpwb', 0):,}"),

@@ -1,9 +1,15 @@
 """swapd stats: print a running daemon's counters.
 
-Connects to the control socket and prints, per client and in total, the
-layer's kernel-named counters (stored_pages, pool_total_size, zswpin, zswpout,
-zswpwb, written_back_pages, reject_* ...), the pager's fault counters and the
-fault service-time percentiles (p50/p99).  --json prints the raw reply.
+Connects to the control socket and prints the daemon's version, tiers,
+policies and runtime knobs, then, in total and per client, the layer's
+kernel-named counters (stored_pages, zswpin, zswpout, zswpwb,
+written_back_pages, reject_* ...), the pager's fault counters and the fault
+service-time percentiles (p50/p99).  ``pool_total_size`` (bytes of pool
+pages) appears in the total only; a client's share of the pool is its
+``compr_data_size``.  Its own connection is not counted as a client.
+--json prints the raw reply, including the effective configuration
+(``daemon.config``) -- ``swapd config show`` prints it with each value's
+source.
 """
 
 from __future__ import annotations
@@ -32,9 +38,17 @@ def render(stats: dict[str, Any]) -> str:
     """A plain-text rendering of ``Client.stats("all")``."""
     d = stats["daemon"]
     t = stats["total"]
-    lines = [f"swapd pid {d['pid']} on {d['socket']}: {d['clients']} client(s), "
-             f"up {d['uptime_s']:.0f}s, global limit {d['global_limit_pages']} pages, "
-             f"impl {d.get('impl', '?')}"]
+    info = d.get("info", {})
+    lines = [f"swapd {info.get('version', '?')} pid {d['pid']} on {d['socket']}: "
+             f"{d['clients']} client(s), up {d['uptime_s']:.0f}s, "
+             f"global limit {d['global_limit_pages']} pages, impl {d.get('impl', '?')}"]
+    if info:
+        lines.append(f"  tiers: {info['backend']} + {info['compressor']}, disk {info['disk']}; "
+                     f"reclaim policy {info['reclaim_policy']}, demotion "
+                     f"{info['demotion_policy']}; config {d.get('config_file') or 'defaults'}")
+    knobs = d.get("knobs") or {}
+    if knobs:
+        lines.append("  knobs: " + "  ".join(f"{k} {_fmt(v)}" for k, v in knobs.items()))
 
     def block(title: str, s: dict[str, Any]) -> None:
         lat = s["latency"]

@@ -85,6 +85,10 @@ class EventLoop:
     def stop(self) -> None:
         """Ask :meth:`run` to return (thread- and signal-safe)."""
         self._stop = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look at its flags now (thread- and signal-safe)."""
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
@@ -142,15 +146,18 @@ class EventLoop:
             now = time.monotonic()
             if inline and now >= next_sweep:
                 reclaimer.sweep_refbits()
-                layer.shrink_step()
+                if d.shrinker_enabled:
+                    layer.shrink_step()
                 next_sweep = now + interval
             if wd_interval and now >= next_wd:
                 d.notify("WATCHDOG=1")
                 next_wd = now + wd_interval
             d.keeper.tick(now)
-            if cfg.daemon.check_invariants and now >= next_check:
+            if d.cfg.daemon.check_invariants and now >= next_check:
                 d.check()
                 next_check = now + 1.0
+            if d.reload_requested:  # SIGHUP, applied between events
+                d.reload()
             if len(d.sessions) != self._status_n:  # no formatting on the fault path
                 self._update_status()
         d.notify("STOPPING=1")

@@ -315,5 +315,49 @@ class Ops:
         if scope == "client":
             return {"stats": session_stats(self.daemon, session)}
         if scope == "all":
-            return {"stats": all_stats(self.daemon)}
+            after = self._int(obj, "after") if "after" in obj else 0
+            # the asking connection (swapd stats, the exporter) is not a client to report,
+            # unless it maps memory itself
+            exclude = session if not session.regions else None
+            return {"stats": all_stats(self.daemon, exclude=exclude, after=after)}
         raise Refused("bad_request", f"scope {scope!r} is not 'client' or 'all'")
+
+    def _op_ctl(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Read or change a runtime knob (swapd.daemon.control, docs/protocol.md)."""
+        from swapd.daemon import control
+
+        knob = obj.get("knob")
+        client = obj.get("client")
+        if knob is None:
+            if "value" in obj:
+                raise Refused("bad_request", "'value' without 'knob'")
+            clients = {str(s.id): control.client_knobs(self.daemon, s)
+                       for s in self.daemon.live_sessions()}
+            return {"knobs": control.global_knobs(self.daemon), "clients": clients}
+        if not isinstance(knob, str):
+            raise Refused("bad_request", f"'knob' must be a string, got {knob!r}")
+        target: Session | None = None
+        if client is not None:
+            sid = self._int(obj, "client", minimum=1)
+            target = self.daemon.sessions.get(sid)
+            if target is None or target.dead:
+                raise Refused("not_found", f"no client {sid}")
+        if "value" not in obj:  # read
+            if target is not None:
+                knobs = control.client_knobs(self.daemon, target)
+                if knob not in knobs:
+                    raise Refused("bad_request", f"unknown client knob {knob!r} (client knobs: "
+                                  f"{', '.join(control.CLIENT_KNOBS)})")
+                return {"knob": knob, "client": target.id, "value": knobs[knob]}
+            knobs = control.global_knobs(self.daemon)
+            if knob not in knobs:
+                raise Refused("bad_request", f"unknown knob {knob!r} (knobs: "
+                              f"{', '.join(knobs)})")
+            return {"knob": knob, "value": knobs[knob]}
+        if not control.authorised(session):
+            raise Refused("permission", f"changing knobs is allowed to root and the daemon's "
+                          f"uid ({os.geteuid()}) only, not uid {session.uid}")
+        if target is not None:
+            value = control.set_client(self.daemon, target, knob, obj["value"])
+            return {"knob": knob, "client": target.id, "value": value}
+        return {"knob": knob, "value": control.set_global(self.daemon, knob, obj["value"])}

@@ -369,6 +369,8 @@ class Pager:
     def _latency(self, session: Any, t0: int) -> None:
         dt = self.clock_ns() - t0
         session.latency_ns.append(dt)
+        session.fault_hist[dt.bit_length()] += 1  # swapd/metrics.py: log2 buckets, no lock
+        session.fault_ns += dt
         self.latency_ns.append(dt)
 
     def _zeropage_locked(self, region: ManagedRegion, idx: int) -> None:
@@ -437,6 +439,8 @@ class Pager:
         self._copy_locked(region, region.start + (idx << PAGE_SHIFT), self._src0, PAGE_SIZE)
         dt = self.clock_ns() - t0  # the thread is awake: the rest is off its path
         session.latency_ns.append(dt)
+        session.fault_hist[dt.bit_length()] += 1
+        session.fault_ns += dt
         self.latency_ns.append(dt)
         region.state[idx] = RESIDENT
         session.resident += 1

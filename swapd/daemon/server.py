@@ -73,7 +73,8 @@ def build_layer(cfg: Config, state_path: Path, *, clock: Callable[[], float] | N
     from swapd.layer.build import build_layer as build
 
     return build(cfg.layer, state_path, clock=clock, max_pages=max_pages, options=options,
-                 tiers=cfg.tier_chain(), tier_options=cfg.tier)
+                 tiers=cfg.tier_chain(), tier_options=cfg.tier,
+                 backend_options=cfg.backend_options())
 
 
 class Daemon:
@@ -101,6 +102,11 @@ class Daemon:
         self.started = time.monotonic()
         self.clients_total = 0
         self.departed: dict[str, int] = {}  # counters of ended sessions (loop thread)
+        self.departed_hist = [0] * 64  # fault histograms of ended sessions (loop thread)
+        self.departed_fault_ns = 0
+        self.shrinker_enabled = True  # swapd ctl shrinker=off: no proactive writeback
+        self.reload_requested = False  # SIGHUP: the loop reloads the config between events
+        self.last_reload: dict[str, Any] | None = None  # {"ok", "message"} of the last reload
         self.admission = Admission(self, cfg)
         self.ops = Ops(self)
         self.recorder: Recorder | None = None
@@ -167,7 +173,8 @@ class Daemon:
             os.chmod(path, self.cfg.daemon.socket_mode)
             if self.cfg.daemon.socket_group:
                 gid = resolve_groups((self.cfg.daemon.socket_group,)).pop()
-                os.chown(path, -1, gid)
+                if gid != os.getegid():  # no chown(2) needed (and none allowed by the unit)
+                    os.chown(path, -1, gid)
             sock.listen(64)
         except OSError as exc:
             sock.close()
@@ -212,6 +219,19 @@ class Daemon:
         """Ask the loop to return (thread- and signal-safe)."""
         if self.loop is not None:
             self.loop.stop()
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload the configuration on the loop thread (signal-safe)."""
+        self.reload_requested = True
+        if self.loop is not None:
+            self.loop.wake()
+
+    def reload(self) -> None:
+        """Reload the configuration file now (loop thread; see swapd.daemon.control)."""
+        from swapd.daemon.control import reload
+
+        self.reload_requested = False
+        reload(self)
 
     def serve_forever(self, *, ready: Callable[[], None] | None = None) -> None:
         """Run the event loop until :meth:`stop` (see :meth:`EventLoop.run`).
@@ -344,6 +364,13 @@ class Daemon:
         self.keeper.session_ended(session)
         for k, v in session.counters.as_dict().items():
             self.departed[k] = self.departed.get(k, 0) + v
+        for i, n in enumerate(session.fault_hist):
+            self.departed_hist[i] += n
+        self.departed_fault_ns += session.fault_ns
+        if session.recorder is not None:
+            from swapd.daemon.control import session_ended
+
+            session_ended(self, session)
 
     # --- statistics (kept as methods for callers of the daemon object) -----------------------
 

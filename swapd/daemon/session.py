@@ -197,6 +197,11 @@ class Session:
         self.policy = policy  # under lock; keys are page_key(region, index) of RESIDENT pages
         self.counters = Counters()  # under lock
         self.latency_ns: collections.deque[int] = collections.deque(maxlen=latency_samples)
+        # Fault service times as a histogram (swapd/metrics.py): fault_hist[ns.bit_length()]
+        # counts, fault_ns sums.  Loop thread only, no lock: one writer, readers copy.
+        self.fault_hist = [0] * 64
+        self.fault_ns = 0
+        self.recorder: Any = None  # ctl "record": this client's own trace (Recorder), or None
         self.dead = False  # under lock; torn down (pidfd HUP, EOF, ESRCH)
         self.evicting = 0  # under lock; eviction batches in phase 2
         self.reclaiming = False  # reclaimer only: over the limit, not yet at the low watermark

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import swapd.impl as swapd_impl
+from swapd import protocol
 from swapd.config import PAGE_SIZE
 from swapd.daemon.session import (
     EVICTING,
@@ -31,7 +32,7 @@ from swapd.errors import EntryNotFoundError
 if TYPE_CHECKING:
     from swapd.daemon.server import Daemon
 
-__all__ = ["all_stats", "as_dict", "session_stats"]
+__all__ = ["all_stats", "as_dict", "daemon_info", "histogram", "session_stats"]
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -55,6 +56,19 @@ def runs_of(pages: set[int]) -> list[list[int]]:
     return runs
 
 
+# Per client these LayerStats names would mean something else than in total (the client's
+# compressed bytes and disk pages, not the pool's pages and the disk's slots): a client's view
+# leaves them out, and its share of the pool is compr_data_size (docs/protocol.md, stats).
+_TOTAL_ONLY = ("pool_total_size", "mem_used_total", "disk_slots_used")
+# A stats reply stays below the frame limit: clients beyond this budget go to the next page.
+_PAGE_BUDGET = protocol.MAX_FRAME - 16 * 1024
+
+
+def histogram(s: Session) -> dict[str, Any]:
+    """The session's fault service-time histogram (swapd/metrics.py), copied.  O(64)."""
+    return {"counts": list(s.fault_hist), "sum_ns": s.fault_ns}
+
+
 def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
     """One client's statistics.  O(pages of its regions)."""
     assert daemon.layer is not None
@@ -71,36 +85,111 @@ def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
             "latency": LatencySummary.of(list(s.latency_ns)).as_dict(),
             "poisoned": {str(r.id): runs_of(r.poisoned) for r in s.regions.values()
                          if r.poisoned},
+            "fault_histogram": histogram(s),
+            "knobs": client_knobs(daemon, s),
         }
     try:
-        out["layer"] = as_dict(daemon.layer.stats(s.id))
+        layer = as_dict(daemon.layer.stats(s.id))
     except EntryNotFoundError:  # no region stored anything yet, or already freed
-        out["layer"] = {}
+        layer = {}
+    for k in _TOTAL_ONLY:
+        layer.pop(k, None)
+    out["layer"] = layer
     return out
 
 
-def all_stats(daemon: Daemon) -> dict[str, Any]:
-    """The daemon's, the totals' and every live client's statistics."""
+def client_knobs(daemon: Daemon, s: Session) -> dict[str, Any]:
+    """The per-client runtime knobs of ``swapd ctl`` in effect for ``s``."""
+    from swapd.daemon.control import client_knobs as knobs
+
+    return knobs(daemon, s)
+
+
+def daemon_info(daemon: Daemon) -> dict[str, Any]:
+    """Version, tiers and policies in effect (``swapd_info`` of the exporter)."""
+    from swapd import __version__
+
+    cfg = daemon.cfg
+    return {"version": __version__, "backend": cfg.layer.backend,
+            "compressor": cfg.layer.compressor, "reclaim_policy": cfg.reclaim.policy,
+            "demotion_policy": cfg.layer.demotion_policy,
+            "disk": "on" if cfg.layer.disk else "off"}
+
+
+def all_stats(daemon: Daemon, *, exclude: Session | None = None,
+              after: int = 0) -> dict[str, Any]:
+    """The daemon's, the totals' and every live client's statistics.
+
+    ``exclude``: the asking session (a ``swapd stats`` connection is not a client
+    to report).  The clients are paged to keep the reply below the frame limit:
+    those with a session id above ``after``, as many as fit; ``next_after`` is
+    the id to continue from, or None.  The daemon's figures and the totals are in
+    the first page only (``after`` = 0).
+    """
+    import json
+
+    from swapd.config import as_dict as config_dict
+
     assert daemon.layer is not None
-    sessions = [s for s in list(daemon.sessions.values()) if not s.dead]
-    clients = [session_stats(daemon, s) for s in sessions]
-    counters: dict[str, int] = dict(daemon.departed)
-    for c in clients:
-        for k, v in c["counters"].items():
-            counters[k] = counters.get(k, 0) + v
-    samples = list(daemon.pager.latency_ns) if daemon.pager is not None else []
-    return {
-        "daemon": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - daemon.started, 3),
-                   "socket": str(daemon.socket_path), "clients": len(clients),
-                   "clients_total": daemon.clients_total,
-                   "global_limit_pages": daemon.cfg.limits.global_resident_bytes // PAGE_SIZE,
-                   "reclaimer_errors": daemon.reclaimer.errors if daemon.reclaimer else 0,
-                   "impl": swapd_impl.describe()},
-        "total": {"resident_pages": sum(c["resident_pages"] for c in clients),
-                  "managed_pages": sum(c["managed_pages"] for c in clients),
-                  "counters": counters,
-                  "latency": LatencySummary.of(samples).as_dict(),
-                  "layer": as_dict(daemon.layer.stats()),
-                  "tiers": daemon.layer.tier_stats()},
-        "clients": clients,
-    }
+    sessions = sorted((s for s in list(daemon.sessions.values())
+                       if not s.dead and s is not exclude), key=lambda s: s.id)
+    out: dict[str, Any] = {}
+    budget = _PAGE_BUDGET
+    if after == 0:
+        counters: dict[str, int] = dict(daemon.departed)
+        hist = list(daemon.departed_hist)
+        hist_ns = daemon.departed_fault_ns
+        resident = managed = 0
+        for s in sessions:
+            with s.lock:
+                for k, v in s.counters.as_dict().items():
+                    counters[k] = counters.get(k, 0) + v
+                resident += s.resident
+                managed += s.managed_pages
+            for i, n in enumerate(list(s.fault_hist)):
+                hist[i] += n
+            hist_ns += s.fault_ns
+        samples = list(daemon.pager.latency_ns) if daemon.pager is not None else []
+        cfg = daemon.cfg
+        out["daemon"] = {
+            "pid": os.getpid(), "uptime_s": round(time.monotonic() - daemon.started, 3),
+            "socket": str(daemon.socket_path), "clients": len(sessions),
+            "clients_total": daemon.clients_total,
+            "global_limit_pages": cfg.limits.global_resident_bytes // PAGE_SIZE,
+            "reclaimer_errors": daemon.reclaimer.errors if daemon.reclaimer else 0,
+            "impl": swapd_impl.describe(),
+            "info": daemon_info(daemon),
+            "knobs": daemon_knobs(daemon),
+            "last_reload": daemon.last_reload,
+            "config_file": cfg.path or None,
+            "config": config_dict(cfg),
+        }
+        out["total"] = {"resident_pages": resident, "managed_pages": managed,
+                        "counters": counters,
+                        "latency": LatencySummary.of(samples).as_dict(),
+                        "fault_histogram": {"counts": hist, "sum_ns": hist_ns},
+                        "layer": as_dict(daemon.layer.stats()),
+                        "tiers": daemon.layer.tier_stats()}
+        budget -= len(json.dumps(out))
+    clients: list[dict[str, Any]] = []
+    next_after = None
+    for s in sessions:
+        if s.id <= after:
+            continue
+        c = session_stats(daemon, s)
+        size = len(json.dumps(c)) + 1
+        if clients and size > budget:
+            next_after = clients[-1]["session"]
+            break
+        budget -= size
+        clients.append(c)
+    out["clients"] = clients
+    out["next_after"] = next_after
+    return out
+
+
+def daemon_knobs(daemon: Daemon) -> dict[str, Any]:
+    """The global runtime knobs of ``swapd ctl`` in effect."""
+    from swapd.daemon.control import global_knobs
+
+    return global_knobs(daemon)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swapd.compress import get_compressor
-from swapd.config import LayerSection
 from swapd.errors import ConfigError
 from swapd.layer.core import LayerConfig, SwapLayer
 from swapd.layer.tier import Tier, TierContext
 from swapd.plugins import make_tier
+
+if TYPE_CHECKING:  # swapd.config imports swapd.layer (LayerSection is a LayerConfig)
+    from swapd.config import LayerSection
 
 
 def _layer_config(section: LayerSection, options: Mapping[str, Any] | None) -> LayerConfig:
@@ -57,6 +59,7 @@ def build_layer(section: LayerSection, state_path: Path, *,
                 options: Mapping[str, Any] | None = None,
                 tiers: Sequence[str] | None = None,
                 tier_options: Mapping[str, Mapping[str, Any]] | None = None,
+                backend_options: Mapping[str, Any] | None = None,
                 instance: str = "swapd") -> SwapLayer:
     """The chain of tiers named by ``tiers`` (default ``section.tiers``, without "disk" when
     ``section.disk`` is false), each built by its plugin's ``from_config`` with its
@@ -65,7 +68,8 @@ def build_layer(section: LayerSection, state_path: Path, *,
     ``clock`` is the layer's clock (default: the layer's own, ``time.monotonic``);
     ``max_pages`` caps the compressed tiers' arenas (default: the backend's); ``options``
     overrides :class:`LayerConfig` fields after the section (ConfigError if one is
-    not a field); ``instance`` names this daemon instance (files, remote keys).  A disk
+    not a field); ``backend_options`` are the ``[backend.NAME]`` options of
+    ``section.backend``; ``instance`` names this daemon instance (files, remote keys).  A disk
     tier's file is created in ``state_path`` unless ``section.disk_path`` names one, and is
     removed when the layer closes.  On failure, the tiers built so far are closed.
     """
@@ -74,7 +78,8 @@ def build_layer(section: LayerSection, state_path: Path, *,
         t for t in section.tiers if section.disk or t != "disk"]
     ctx = TierContext(state_path=state_path, instance=instance,
                       compressor=get_compressor(section.compressor).name,
-                      backend=section.backend, max_pages=max_pages,
+                      backend=section.backend, backend_options=dict(backend_options or {}),
+                      max_pages=max_pages,
                       disk_path=section.disk_path, disk_bytes=section.disk_bytes,
                       disk_seal=section.disk_seal)
     built: list[Tier] = []

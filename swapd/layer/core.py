@@ -341,24 +341,16 @@ class SwapLayer:
         self._wb_full = 0                            # under _lock
         self._wb_skipped = 0                         # under _lock
         self._closed = False
+        # Per-client limits (swapd ctl): client -> (zswap_max_bytes or None, writeback allowed),
+        # as cgroup v2's memory.zswap.max / memory.zswap.writeback.  Under _lock; usually empty.
+        self._caps: dict[Hashable, tuple[int | None, bool]] = {}
         t0 = self._tiers[0]
         # the admission of zswap applies to a compressed tier 0 (any tier with compressed=True
         # offers CompressedTier's methods; no tier is special-cased by its type)
         self._t0c: CompressedTier | None = cast(CompressedTier, t0) if t0.compressed else None
-        if self._t0c is not None:
-            lim = self._t0c.limits
-            if cfg.pool_limit_bytes is not None:
-                limit_bytes = cfg.pool_limit_bytes
-            else:
-                limit_bytes = int(lim.ram_total_bytes * cfg.pool_limit_percent / 100)
-            if lim.max_bytes is not None:
-                limit_bytes = min(limit_bytes, lim.max_bytes)
-            self.limit_pages = limit_bytes >> PAGE_SHIFT
-        else:
-            self.limit_pages = 0
-        self.accept_pages = int(self.limit_pages * cfg.accept_threshold_percent / 100)
-        self.shrink_start_pages = int(self.limit_pages * cfg.shrinker_start_percent / 100)
+        self._set_limits(cfg)
         self._policy: Any = None
+        self._demotion = demotion_policy  # the name in effect (set_demotion_policy)
         if demotion_policy != "lru":
             from swapd.plugins import make_policy
 
@@ -520,6 +512,123 @@ class SwapLayer:
                 return fill_page(self._table.side.value(w) if w & SIDE else decode_value(w))
             return self._tiers[tag - TAG_TIER0].load(self._key_locked(g, w))
 
+    # -- runtime control (swapd ctl, SIGHUP) -----------------------------------------------
+
+    def _set_limits(self, cfg: LayerConfig) -> None:
+        """Pool limit, accept threshold and shrinker start, in pages, from ``cfg``.  O(1)."""
+        if self._t0c is not None:
+            lim = self._t0c.limits
+            if cfg.pool_limit_bytes is not None:
+                limit_bytes = cfg.pool_limit_bytes
+            else:
+                limit_bytes = int(lim.ram_total_bytes * cfg.pool_limit_percent / 100)
+            if lim.max_bytes is not None:
+                limit_bytes = min(limit_bytes, lim.max_bytes)
+            self.limit_pages = limit_bytes >> PAGE_SHIFT
+        else:
+            self.limit_pages = 0
+        self.accept_pages = int(self.limit_pages * cfg.accept_threshold_percent / 100)
+        self.shrink_start_pages = int(self.limit_pages * cfg.shrinker_start_percent / 100)
+
+    # Fields reconfigure() may change: admission and shrinker tunables.  The others shape
+    # entries already stored (same_filled, exclusive_loads, second_chance...) or the fast
+    # path chosen at construction.
+    LIVE_FIELDS = frozenset({
+        "pool_limit_bytes", "pool_limit_percent", "accept_threshold_percent",
+        "shrink_until_accept", "reject_to_disk_when_full", "shrinker_start_percent",
+        "shrinker_batch", "shrinker_refault_window", "shrinker_backoff_min",
+        "shrinker_backoff_max"})
+
+    @property
+    def config(self) -> LayerConfig:
+        """The configuration in effect."""
+        return self._config
+
+    def reconfigure(self, config: LayerConfig) -> LayerConfig:
+        """Apply ``config`` to the running layer (as writing zswap's module parameters does).
+
+        Only :attr:`LIVE_FIELDS` may differ from the configuration in effect; ConfigError
+        names any other.  A lower pool limit takes effect at the next store (the pool is
+        then full, and shrinks as entries are written back or loaded).  Returns the
+        configuration now in effect.  O(1).
+        """
+        cur = self._config
+        fixed = [f.name for f in fields(LayerConfig) if f.name not in self.LIVE_FIELDS
+                 and getattr(config, f.name) != getattr(cur, f.name)]
+        if fixed:
+            raise ConfigError(f"cannot change {', '.join(fixed)} in a running layer")
+        with self._lock:
+            self._config = config
+            self._set_limits(config)
+            if self._t0c is not None and self._t0c.total_pages() < self.accept_pages:
+                self._reached_full = False
+        return config
+
+    @property
+    def demotion_policy(self) -> str:
+        """The demotion policy in effect: ``"lru"`` (the layer's LRU) or a policy plugin name."""
+        return self._demotion
+
+    def set_demotion_policy(self, name: str) -> str:
+        """Switch the demotion policy of a running layer; returns the name now in effect.
+
+        A plugin policy is seeded with every tier-0 entry of every client, coldest first
+        (as :meth:`adopt` does), so its order starts as the layer's LRU order; ``"lru"``
+        drops the plugin (the lists are kept in both modes).  Entries under writeback
+        finish as they started.  PluginError/ConfigError for an unknown name or bad
+        parameters, before anything changes.  O(entries of tier 0).
+        """
+        policy = None
+        if name != "lru":
+            from swapd.plugins import make_policy
+
+            policy = make_policy(name)
+        with self._lock:
+            if policy is not None:
+                table = self._table
+                for cl in self._clients.values():
+                    for g in reversed(table.iter_list(cl.lists[0], table.top)):
+                        policy.insert(g)
+            self._policy = policy
+            self._fast_ok = self._t0c is not None and policy is None
+            self._ref_bit = REF if self._config.second_chance and policy is None else 0
+            self._demotion = name
+        return name
+
+    def client_limits(self, client: Hashable) -> tuple[int | None, bool]:
+        """``(zswap_max_bytes or None, writeback allowed)`` of ``client``.  O(1)."""
+        with self._lock:
+            return self._caps.get(client, (None, True))
+
+    def set_client_limits(self, client: Hashable, *, zswap_max_bytes: int | bool | None = False,
+                          writeback: bool | None = None) -> tuple[int | None, bool]:
+        """Set ``client``'s cap on its compressed bytes and whether its entries may go to a
+        slower tier (cgroup v2's memory.zswap.max and memory.zswap.writeback); an argument
+        left out keeps its value.  Returns the limits in effect.  O(1).
+
+        Over its cap, a store of the client does not enter the pool (mm/zswap.c:
+        zswap_store() when obj_cgroup_may_zswap() fails): the page goes to the next tier
+        if writeback is allowed, else it is rejected (counted as ``pool_limit_hit``) and
+        stays resident.  With writeback off, demotion out of tier 0 skips the client, and
+        pages that would bypass the pool (incompressible on zbud, the kernel-like full
+        pool) are rejected instead of written to a slower tier, as mm/page_io.c's
+        swap_writepage() keeps them in memory.  Entries already stored stay where they are.
+        """
+        with self._lock:
+            cap, wb = self._caps.get(client, (None, True))
+            if zswap_max_bytes is not False:
+                if zswap_max_bytes is not None and (isinstance(zswap_max_bytes, bool)
+                                                    or zswap_max_bytes < 0):
+                    raise ConfigError(f"zswap_max_bytes must be >= 0, got {zswap_max_bytes}")
+                cap = zswap_max_bytes if not isinstance(zswap_max_bytes, bool) else None
+            if writeback is not None:
+                wb = bool(writeback)
+            if cap is None and wb:
+                self._caps.pop(client, None)
+            else:
+                self._caps[client] = (cap, wb)
+            return cap, wb
+
     # -- regions and clients ------------------------------------------------------------
 
     def add_region(self, client: Hashable, npages: int) -> int:
@@ -574,6 +683,7 @@ class SwapLayer:
             for name in _EVENTS:
                 self._departed[name] += getattr(cl, name)
             self._rr.remove(client)
+            self._caps.pop(client, None)
 
     def _lookup_locked(self, region: int, index: int) -> tuple[int, _Client]:
         reg = self._regions.get(region)
@@ -731,7 +841,13 @@ class SwapLayer:
                 words = self._words
                 if attempts == 0 and words[g]:
                     self._drop_locked(g, cl)
-                if data is not None and not bypass and self._fast_ok:
+                capped = nowb = False
+                if self._caps:  # per-client limits (set_client_limits)
+                    cap, wb = self._caps.get(cl.key, (None, True))
+                    nowb = not wb
+                    capped = (cap is not None and data is not None
+                              and cl.compr_bytes + len(data) > cap)
+                if data is not None and not bypass and not capped and self._fast_ok:
                     # fast path: the pool is under its limit and was not full (O(1))
                     assert t0 is not None
                     be = t0.backend
@@ -785,8 +901,16 @@ class SwapLayer:
                 if t0 is None:
                     direct = True
                     target = 0
+                elif capped:
+                    cl.pool_limit_hit += 1
+                    if nowb or self._ntiers == 1:
+                        raise StoreRejected("pool_limit_hit", "the client's zswap_max_bytes")
+                    direct = True
+                    target = 1
                 elif bypass:
                     cl.reject_compress_poor += 1  # counted, yet not refused: see below
+                    if nowb:
+                        raise StoreRejected("reject_compress_poor", "writeback is off")
                     direct = True
                     target = 1
                 else:
@@ -816,6 +940,8 @@ class SwapLayer:
                         raise StoreRejected("pool_limit_hit")  # counted above
                     if cfg.reject_to_disk_when_full:
                         self._shrink_requested = True
+                        if nowb:
+                            raise StoreRejected("pool_limit_hit")  # counted above
                         direct = True
                         target = 1
                     elif not cfg.shrink_until_accept:
@@ -1552,6 +1678,10 @@ class SwapLayer:
         while len(out) < n and tried < nclients:
             pos = self._rr_tier[src] % nclients
             cl = self._clients[self._rr[pos]]
+            if src == 0 and self._caps and not self._caps.get(cl.key, (None, True))[1]:
+                self._rr_tier[src] = pos + 1  # memory.zswap.writeback = 0: never demoted
+                tried += 1
+                continue
             s = cl.lists[src]
             budget = cl.counts[src] + n  # rotations are bounded by one pass over the list
             while len(out) < n and budget > 0:
