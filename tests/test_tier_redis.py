@@ -174,11 +174,56 @@ def test_daemon_runs_the_chain_from_its_config(tmp_path: Path, redis_host: Any) 
                 pages = [rng.randbytes(1500) + bytes(2596) for _ in range(n)]
                 for i in range(n):
                     reg[i * 4096:(i + 1) * 4096] = pages[i]
+                reg.advise(0, len(reg), "cold")
+                cold = c.stats("all")["total"]["tiers"]
                 bad = sum(reg[i * 4096:(i + 1) * 4096] != pages[i] for i in range(n))
                 bad += sum(reg[i * 4096:(i + 1) * 4096] != pages[i] for i in range(n))
-                out(bad=bad, stats=c.stats())
+                out(bad=bad, cold=cold, stats=c.stats("all")["total"]["tiers"])
         """, d.socket)
         assert r["bad"] == 0
-        tiers = stats_all(d.socket)["total"]["tiers"]
-        assert [t["name"] for t in tiers] == ["compressed", "disk", "redis"]
-        assert tiers[2]["demoted_in"] > 0 and tiers[2]["loads"] > 0, tiers
+        assert [t["name"] for t in r["cold"]] == ["compressed", "disk", "redis"]
+        assert r["cold"][2]["entries"] > 0, r["cold"]  # every page evicted: some are remote
+        assert r["stats"][2]["loads"] >= r["cold"][2]["entries"], r["stats"]  # all read back
+
+
+def test_adopted_layer_finds_its_remote_pages(tmp_path: Path,
+                                               redis_tier_options: dict[str, Any]) -> None:
+    """A restarted daemon adopts the id table with the swap table: every remote page comes
+    back, ids the table does not reference are released, nothing is reused early."""
+    import os
+
+    opts = dict(redis_tier_options)
+    opts.pop("capacity_bytes", None)
+    url = opts.pop("url")
+    tier = RedisTier(url, **opts)
+    disk = DiskTier(tmp_path, 16 * PAGE_SIZE, seal=False)
+    layer = SwapLayer([disk, tier], config=LayerConfig(), clock=lambda: 0.0)
+    rng = random.Random(7)
+    n = 120
+    pages = [page(rng, i) for i in range(n)]
+    r = layer.add_region("a", n)
+    for i, pg in enumerate(pages):
+        layer.store(r, i, pg)
+    remote = [i for i in range(n) if layer.state(r, i) is EntryState.REMOTE]
+    assert remote
+    tier.store_batch([page(rng, 999)])  # a store the table never committed (a crash)
+    fds = {k: os.dup(v) for k, v in layer.state_fds().items()}
+    assert "tier1.redis-ids" in fds
+    # the old process is gone without cleaning up (its tier must not delete the keys)
+    tier._keep = True
+    new = SwapLayer.adopt(fds, config=LayerConfig(), clock=lambda: 0.0,
+                          tier_options={"redis": {"url": url, "retry_s": 2.0}})
+    try:
+        new._check()
+        (rid,) = new.regions()
+        adopted = new.tier_stats()[1]
+        assert adopted["keys"] == len(remote)  # the stray id was released
+        for i in range(n):
+            assert new.load(rid, i) == pages[i]
+        new._check()
+    finally:
+        new.close()
+        # the old layer's table now describes the new owner's state: release only its own
+        # handles (as its process's exit would), never its entries
+        disk.close()
+        tier.close()

@@ -40,7 +40,8 @@ def _layer_config(section: LayerSection, options: Mapping[str, Any] | None) -> L
 def adopt_layer(section: LayerSection, fds: Mapping[str, int], *,
                 clock: Callable[[], float] | None = None,
                 options: Mapping[str, Any] | None = None,
-                seal_state: bytes | None = None) -> SwapLayer:
+                seal_state: bytes | None = None,
+                tier_options: Mapping[str, Mapping[str, Any]] | None = None) -> SwapLayer:
     """The layer whose state regions ``fds`` names (``SwapLayer.state_fds()``), with the
     section's settings; the fds are taken over.  ``seal_state``: the disk tier's sealer
     state (``Sealer.export_state()``) when it is sealed.  StateFormatError if a region
@@ -49,9 +50,10 @@ def adopt_layer(section: LayerSection, fds: Mapping[str, int], *,
     cfg = _layer_config(section, options)
     if clock is None:
         return SwapLayer.adopt(fds, config=cfg, demotion_policy=section.demotion_policy,
-                               seal_state=seal_state)
+                               seal_state=seal_state, tier_options=tier_options)
     return SwapLayer.adopt(fds, config=cfg, clock=clock,
-                           demotion_policy=section.demotion_policy, seal_state=seal_state)
+                           demotion_policy=section.demotion_policy, seal_state=seal_state,
+                           tier_options=tier_options)
 
 
 def build_layer(section: LayerSection, state_path: Path, *,

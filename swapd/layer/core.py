@@ -376,8 +376,7 @@ class SwapLayer:
         region.set("ntiers", self._ntiers)
         for i, t in enumerate(self._tiers):
             region.set(f"tier{i}", pack_name(t.state_name))
-            if isinstance(t, CompressedTier):
-                region.set(f"codec{i}", pack_name(t.compressor.name))
+            t.describe_state(region.set, i)
 
     def state_fds(self) -> dict[str, int]:
         """The named fds of every state region of the layer: ``"table"``, and each tier's
@@ -395,21 +394,26 @@ class SwapLayer:
     def adopt(cls, fds: Mapping[str, int], *, writable: bool = True,
               config: LayerConfig | None = None,
               clock: Callable[[], float] | None = time.monotonic,
-              demotion_policy: str = "lru", seal_state: bytes | None = None) -> SwapLayer:
+              demotion_policy: str = "lru", seal_state: bytes | None = None,
+              tier_options: Mapping[str, Mapping[str, Any]] | None = None) -> SwapLayer:
         """A layer over the state regions named by ``fds`` (as :meth:`state_fds` names them).
 
         The regions are taken over (closed with the layer): dup fds you want to keep.  The
         tiers are rebuilt from the table's description of them (``tier<i>``/``codec<i>``
         scalars), regions and clients from the table's extent records, gauges and list counts
         by a scan of the words.  A sealed disk tier needs ``seal_state`` (its sealer's
-        ``export_state()``).  Clients are named by their number (an int) afterwards.  An
+        ``export_state()``); a tier plugin gets its ``tier_options`` (``[tier.NAME]``), and is
+        found by the ``state_name`` the table recorded for it (``Tier.adopt_state``).  Keys a
+        tier holds that no word references are released (``Tier.reconcile``).  Clients are
+        named by their number (an int) afterwards.  An
         entry found under writeback (WB) is linked at the tail of its tier's list.  With
         ``writable=False`` nothing is written: use :meth:`peek` and :meth:`regions`.
         StateFormatError if a region is not one this code reads.  O(pages).
         """
-        from swapd.layer.tier import CompressedTier as _CT
-        from swapd.layer.tier import DiskTier as _DT
+        from swapd.plugins import available_tiers
         from swapd.state import StateFormatError
+
+        by_state = {c.state_name: c for c in available_tiers().values()}
 
         table = SwapTable.adopt(fds["table"], writable=writable)
         tiers: list[Tier] = []
@@ -421,18 +425,20 @@ class SwapLayer:
                 kind = unpack_name(table.region.get(f"tier{i}"))
                 mine = {k[len(f"tier{i}."):]: v for k, v in fds.items()
                         if k.startswith(f"tier{i}.")}
-                if kind == _CT.state_name:
-                    codec = unpack_name(table.region.get(f"codec{i}"))
-                    tiers.append(_CT.adopt(mine, codec, writable=writable))
-                elif kind == _DT.state_name:
-                    tiers.append(_DT.adopt(mine["disk"], mine["file"], writable=writable,
-                                           seal_state=seal_state))
-                else:
+                tcls = by_state.get(kind)
+                if tcls is None:
                     raise StateFormatError(f"swap table: tier {i} is {kind!r}, which this "
-                                           "swapd cannot adopt")
+                                           "swapd cannot adopt (no tier plugin keeps that "
+                                           "state)")
+                tiers.append(tcls.adopt_state(
+                    mine, get=table.region.get, index=i, writable=writable,
+                    options=dict((tier_options or {}).get(tcls.name, {})),
+                    seal_state=seal_state))
             self = cls(tiers, config=config, clock=clock, demotion_policy=demotion_policy,
                        table=table)
             self._rebuild_locked()
+            if writable:
+                self._reconcile_tiers_locked()
         except BaseException:
             for t in tiers:
                 t.close()
@@ -490,6 +496,22 @@ class SwapLayer:
             for cl in self._clients.values():
                 for g in reversed(table.iter_list(cl.lists[0], table.top)):
                     self._policy.insert(g)
+
+    def _reconcile_tiers_locked(self) -> None:
+        """Let every tier release the keys no word of the table references.  O(pages)."""
+        words = self._table.words
+        live: list[set[int]] = [set() for _ in self._tiers]
+        for reg in self._regions.values():
+            for g in range(reg.base, reg.base + reg.npages):
+                w = words[g]
+                tag = w & TAG_MASK
+                if tag >= TAG_TIER0:
+                    live[tag - TAG_TIER0].add(self._key_locked(g, w))
+        for t, tier in enumerate(self._tiers):
+            released = tier.reconcile(live[t])
+            if released:
+                log.warning("adopted tier %d (%s): released %d key(s) no entry references",
+                            t, tier.name, released)
 
     def regions(self) -> dict[int, tuple[Hashable, int]]:
         """``{region id: (client, npages)}``.  O(regions)."""
@@ -966,13 +988,20 @@ class SwapLayer:
             attempts += 1
 
     def _store_direct(self, region: int, index: int, t: int, page: bytes) -> None:
-        """Write ``page`` straight into tier ``t`` (a disk-like tier), then link it."""
+        """Write ``page`` straight into tier ``t`` (a disk-like tier), then link it.  A full
+        tier with a tier after it first demotes a batch of its coldest entries there."""
         tier = self._tiers[t]
         with self._lock:
             self._io_inflight += 1
         try:
             try:
-                keys = tier.store_batch([page])
+                try:
+                    keys = tier.store_batch([page])
+                except TierFullError:
+                    if t + 1 >= self._ntiers or not self.writeback(
+                            self._config.writeback_batch, t):
+                        raise
+                    keys = tier.store_batch([page])
             except (TierFullError, TierIOError) as exc:
                 with self._lock:
                     _, cl = self._lookup_locked(region, index)

@@ -52,7 +52,7 @@ import os
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,7 +71,7 @@ from swapd.errors import (
 from swapd.kernel import _libc
 from swapd.layer.seal import RECORD as SEAL_RECORD
 from swapd.layer.seal import Sealer
-from swapd.layer.table import EntryState
+from swapd.layer.table import EntryState, pack_name, unpack_name
 from swapd.pages import PAGE_SHIFT, PAGE_SIZE
 from swapd.state import ArraySpec, StateFormatError, StateRegion
 
@@ -196,6 +196,29 @@ class Tier(ABC):
     def state_fds(self) -> dict[str, int]:
         """Named fds of the tier's state regions (docs/state-format.md); none by default."""
         return {}
+
+    def describe_state(self, put: Callable[[str, int], None], index: int) -> None:
+        """Record in the swap table's scalars what :meth:`adopt_state` needs besides the
+        fds (``put(name, value)``; names are suffixed with the tier's index).  Nothing by
+        default."""
+        return None
+
+    @classmethod
+    def adopt_state(cls, fds: Mapping[str, int], *, get: Callable[[str], int], index: int,
+                    writable: bool, options: Mapping[str, Any],
+                    seal_state: bytes | None = None) -> Tier:
+        """The tier whose state regions ``fds`` names (taken over), for a restarted daemon.
+
+        ``get`` reads the scalars :meth:`describe_state` recorded, ``options`` are the tier's
+        ``[tier.NAME]`` options.  StateFormatError when the tier cannot adopt its state (the
+        default: a tier without state regions cannot survive its process).
+        """
+        raise StateFormatError(f"tier {cls.name!r} keeps no state a restarted daemon can adopt")
+
+    def reconcile(self, live: set[int]) -> int:
+        """After an adoption: release every key the table does not reference (a crash between
+        a store and the table's commit).  Returns the keys released.  Default: none."""
+        return 0
 
     @classmethod
     def from_config(cls, ctx: TierContext, options: Mapping[str, Any]) -> Tier:
@@ -373,6 +396,15 @@ class CompressedTier(Tier):
 
     def _check(self) -> None:
         self.backend._check()
+
+    def describe_state(self, put: Callable[[str, int], None], index: int) -> None:
+        put(f"codec{index}", pack_name(self.compressor.name))
+
+    @classmethod
+    def adopt_state(cls, fds: Mapping[str, int], *, get: Callable[[str], int], index: int,
+                    writable: bool, options: Mapping[str, Any],
+                    seal_state: bytes | None = None) -> CompressedTier:
+        return cls.adopt(fds, unpack_name(get(f"codec{index}")), writable=writable)
 
     @classmethod
     def adopt(cls, fds: Mapping[str, int], codec: str, *, writable: bool = True,
@@ -620,6 +652,15 @@ class DiskTier(Tier):
         self._crc = region.view("tag").cast("I") if sealer is None else None
         self.writes = 0  # under _lock: pwritev calls
         self.io_errors = 0  # under _lock
+
+    @classmethod
+    def adopt_state(cls, fds: Mapping[str, int], *, get: Callable[[str], int], index: int,
+                    writable: bool, options: Mapping[str, Any],
+                    seal_state: bytes | None = None) -> DiskTier:
+        if DISK_KIND not in fds or "file" not in fds:
+            raise StateFormatError(f"disk tier: state fds {sorted(fds)} lack "
+                                   f"{DISK_KIND!r} and 'file'")
+        return cls.adopt(fds[DISK_KIND], fds["file"], writable=writable, seal_state=seal_state)
 
     @classmethod
     def adopt(cls, region_fd: int, file_fd: int, *, path: str = "", writable: bool = True,

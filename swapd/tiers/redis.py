@@ -30,6 +30,13 @@
 # cluster's slot map between tries (a failover moves slots), and then fails with TierIOError:
 # the daemon poisons that access and counts it; it is never answered with zeros.
 #
+# State.  The id table (id -> bytes stored, 0 = not in use) is a state region (swapd/state,
+# kind "redis-ids", docs/state-format.md), so a restarted daemon adopts it with the swap table:
+# an id in use keeps its value in Redis; every id below the high-water mark that is not in use
+# may still have a value there (a delete not yet sent), so an adopted tier deletes those before
+# it reuses them; and ids in use that no swap-table word references (a crash between the SET and
+# the table's commit) are released by ``reconcile``.
+#
 # Invariants (``_check``): ids in use, free and queued for deletion are disjoint; used bytes is
 # the sum of the sizes of the ids in use.
 # Lock order: ``RedisTier._lock`` is a leaf (taken for id bookkeeping, never across a round trip).
@@ -41,8 +48,7 @@ import struct
 import threading
 import time
 import zlib
-from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lz4.block
@@ -51,6 +57,7 @@ from swapd.errors import ConfigError, CorruptPageError, InvariantError, TierFull
 from swapd.layer.table import EntryState
 from swapd.layer.tier import Tier, TierContext, _options
 from swapd.pages import PAGE_SIZE
+from swapd.state import ArraySpec, StateFormatError, StateRegion
 
 __all__ = ["RedisTier"]
 
@@ -58,6 +65,20 @@ _MAGIC = b"SWP1"
 _HEAD = struct.Struct("<4sIB")  # magic, crc32 of the page, codec
 _RAW, _LZ4 = 0, 1
 _FREE_FLUSH = 256  # queued deletes that force a round trip of their own
+IDS_KIND = "redis-ids"
+IDS_KIND_VERSION = 1
+MAX_IDS = 1 << 28  # reserved, not allocated: 1 GiB of address space for 4-byte records
+_NS_SCALARS = ["ns0", "ns1", "ns2", "ns3"]  # the namespace, 8 ASCII bytes each
+
+
+def _pack_ns(namespace: str) -> list[int]:
+    raw = namespace.encode().ljust(32, b"\0")
+    return [int.from_bytes(raw[i:i + 8], "little") for i in range(0, 32, 8)]
+
+
+def _unpack_ns(region: StateRegion) -> str:
+    raw = b"".join(region.get(n).to_bytes(8, "little") for n in _NS_SCALARS)
+    return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
 def encode_page(page: bytes) -> bytes:
@@ -106,20 +127,23 @@ class RedisTier(Tier):
     state = EntryState.REMOTE
     slow = True
     name = "redis"
+    state_name = "redis"
     description = "compressed, checksummed pages on Redis or Redis Cluster (remote tier)"
 
     def __init__(self, url: str, *, namespace: str = "swapd", cluster: bool = False,
                  replicas: int = 0, wait_timeout_ms: int = 1000, timeout_s: float = 1.0,
                  retry_s: float = 5.0, probe_interval_s: float = 0.5,
-                 capacity_bytes: int | None = None, keep: bool = False) -> None:
+                 capacity_bytes: int | None = None, keep: bool = False,
+                 region: StateRegion | None = None) -> None:
         import redis
 
         if replicas < 0 or wait_timeout_ms < 0 or timeout_s <= 0 or retry_s < 0:
             raise ConfigError("[tier.redis] replicas, wait_timeout_ms and retry_s must be >= 0, "
                               "timeout_s > 0")
-        if not namespace or any(c in namespace for c in " \t\n{}"):
-            raise ConfigError(f"[tier.redis] namespace {namespace!r}: a word without spaces "
-                              "or braces")
+        if (not namespace or len(namespace) > 32 or not namespace.isascii()
+                or any(c in namespace for c in " \t\n{}")):
+            raise ConfigError(f"[tier.redis] namespace {namespace!r}: up to 32 ASCII "
+                              "characters, no spaces or braces")
         self.url = url
         self.namespace = namespace
         self.cluster = cluster
@@ -146,11 +170,28 @@ class RedisTier(Tier):
         except (ValueError, *self._errors) as exc:
             raise ConfigError(f"[tier.redis] cannot use {url!r}: {exc}") from exc
         self._lock = threading.Lock()
-        self._sizes = array("I")        # under _lock: id -> stored bytes (0: not in use)
+        if region is None:
+            region = StateRegion.create(IDS_KIND, IDS_KIND_VERSION,
+                                        [ArraySpec("ids", "I", MAX_IDS)], _NS_SCALARS)
+            for name, v in zip(_NS_SCALARS, _pack_ns(namespace)):
+                region.set(name, v)
+        elif _unpack_ns(region) != namespace:
+            raise StateFormatError(f"redis tier: the id table is namespace "
+                                   f"{_unpack_ns(region)!r}, not {namespace!r}")
+        self.region = region
+        self._sizes = region.view("ids")  # under _lock: id -> stored bytes (0: not in use)
+        self._top = region.count("ids")   # under _lock: ids ever handed out (high-water mark)
         self._free: list[int] = []      # under _lock: ids that may be reused
         self._doomed: list[int] = []    # under _lock: freed ids whose delete is not sent yet
         self._used = 0                  # under _lock: bytes in use
         self._in_use = 0                # under _lock: ids in use
+        for i in range(self._top):      # an adopted table (see the module comment)
+            size = self._sizes[i]
+            if size:
+                self._used += size
+                self._in_use += 1
+            else:
+                self._doomed.append(i)
         self._up = True                 # under _lock
         self._next_probe = 0.0          # under _lock
         self.round_trips = 0            # under _lock
@@ -191,9 +232,13 @@ class RedisTier(Tier):
         ids: list[int] = []
         while len(ids) < n and self._free:
             ids.append(self._free.pop())
-        while len(ids) < n:
-            ids.append(len(self._sizes))
-            self._sizes.append(0)
+        if len(ids) < n:
+            top = self._top + n - len(ids)
+            if top > MAX_IDS:
+                raise TierFullError(f"redis tier {self.url}: all {MAX_IDS} ids in use")
+            self.region.set_count("ids", top)
+            ids.extend(range(self._top, top))
+            self._top = top
         return ids, doomed
 
     def _node_groups(self, keys: Sequence[bytes]) -> list[tuple[Any, list[int]]]:
@@ -355,7 +400,7 @@ class RedisTier(Tier):
 
     def free(self, key: int) -> None:
         with self._lock:
-            size = self._sizes[key] if 0 <= key < len(self._sizes) else 0
+            size = self._sizes[key] if 0 <= key < self._top else 0
             if not size:
                 raise InvariantError(f"redis tier: free of id {key} that is not in use")
             self._used -= size
@@ -393,21 +438,25 @@ class RedisTier(Tier):
 
     def _check(self) -> None:
         with self._lock:
-            in_use = {i for i, s in enumerate(self._sizes) if s}
+            in_use = {i for i in range(self._top) if self._sizes[i]}
             free, doomed = set(self._free), set(self._doomed)
             if in_use & free or in_use & doomed or free & doomed:
                 raise InvariantError("redis tier: an id is both in use and free or queued")
             if len(free) != len(self._free) or len(doomed) != len(self._doomed):
                 raise InvariantError("redis tier: an id is queued twice")
-            if sum(self._sizes) != self._used or len(in_use) != self._in_use:
+            total = sum(self._sizes[i] for i in in_use)
+            if total != self._used or len(in_use) != self._in_use:
                 raise InvariantError(f"redis tier: used {self._used} bytes / {self._in_use} "
-                                     f"ids, recount {sum(self._sizes)} / {len(in_use)}")
+                                     f"ids, recount {total} / {len(in_use)}")
 
     def close(self) -> None:
-        """Delete this instance's keys (unless ``keep``) and close the connections."""
+        """Delete this instance's keys (unless ``keep``) and close the connections.
+        Idempotent."""
+        if self.region.fd < 0:
+            return
         if not self._keep:
             with self._lock:
-                ids = [i for i, s in enumerate(self._sizes) if s] + self._doomed
+                ids = [i for i in range(self._top) if self._sizes[i]] + self._doomed
                 self._doomed = []
             try:
                 for lo in range(0, len(ids), 1024):
@@ -418,3 +467,42 @@ class RedisTier(Tier):
             self._r.close()
         except self._errors:
             pass
+        self.region.close()
+
+    # -- state across a restart ----------------------------------------------------------------
+
+    def state_fds(self) -> dict[str, int]:
+        """``{"redis-ids": the id table's region fd}``."""
+        return {IDS_KIND: self.region.fd}
+
+    @classmethod
+    def adopt_state(cls, fds: Mapping[str, int], *, get: Callable[[str], int], index: int,
+                    writable: bool, options: Mapping[str, Any],
+                    seal_state: bytes | None = None) -> RedisTier:
+        """The tier whose id table ``fds["redis-ids"]`` holds, on the store its ``[tier.redis]``
+        options name (the same as before the restart: the keys live there)."""
+        if IDS_KIND not in fds:
+            raise StateFormatError(f"redis tier: state fds {sorted(fds)} lack {IDS_KIND!r}")
+        if not writable:
+            raise StateFormatError("redis tier: its id table can only be adopted writable")
+        opts = dict(options)
+        if "url" not in opts:
+            raise StateFormatError("redis tier: adopting it needs [tier.redis] url")
+        region = StateRegion.adopt(fds[IDS_KIND], IDS_KIND, IDS_KIND_VERSION, writable=True)
+        try:
+            url = str(opts.pop("url"))
+            opts["namespace"] = _unpack_ns(region)  # where the adopted keys are
+            return cls(url, region=region, keep=True, **opts)
+        except BaseException:
+            region.close()
+            raise
+
+    def reconcile(self, live: set[int]) -> int:
+        with self._lock:
+            stray = [i for i in range(self._top) if self._sizes[i] and i not in live]
+            for i in stray:
+                self._used -= self._sizes[i]
+                self._sizes[i] = 0
+                self._in_use -= 1
+                self._doomed.append(i)
+        return len(stray)
