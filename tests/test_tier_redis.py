@@ -19,7 +19,7 @@ from swapd.errors import CorruptPageError, StoreRejected, TierIOError
 from swapd.layer import CompressedTier, DiskTier, EntryState, LayerConfig, SwapLayer, TierLimits
 from swapd.plugins import make_backend
 from swapd.tiers.redis import RedisTier, decode_page, encode_page
-from tests.test_daemon_helpers import BASE_CONFIG, daemon_running, needs_uffd, run_client, stats_all
+from tests.test_daemon_helpers import BASE_CONFIG, daemon_running, needs_uffd, run_client
 
 LIMITS = TierLimits(ram_total_bytes=1 << 30)
 
