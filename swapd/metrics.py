@@ -173,6 +173,7 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     total = stats.get("total", {})
     clients = stats.get("clients", [])
     yield from _scope("swapd_", total, [], [])
+    yield from _tiers(total.get("tiers", []))
     labels = ["session", "pid", "name"]
     per: dict[str, Metric] = {}
     for c in clients:
@@ -184,6 +185,38 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
             else:
                 prev.samples.extend(fam.samples)
     yield from per.values()
+
+
+# (key in a tier's stats, metric name, help, is a counter); labels: tier index and name
+_TIER_METRICS = (
+    ("entries", "swapd_tier_entries", "pages stored in the tier", False),
+    ("used_bytes", "swapd_tier_used_bytes", "memory, disk or remote bytes the tier holds", False),
+    ("capacity_bytes", "swapd_tier_capacity_bytes", "bytes the tier may hold", False),
+    ("available", "swapd_tier_available", "1 while the tier takes stores", False),
+    ("demoted_in", "swapd_tier_demoted_in", "pages demoted into the tier", True),
+    ("demoted_out", "swapd_tier_demoted_out", "pages demoted out of the tier", True),
+    ("loads", "swapd_tier_loads", "pages loaded from the tier", True),
+    ("load_errors", "swapd_tier_load_errors", "loads that failed (poisoned pages)", True),
+    ("store_errors", "swapd_tier_store_errors", "demotion batches the tier refused", True),
+)
+
+
+def _tiers(tiers: list[dict[str, Any]]) -> Iterator[Metric]:
+    """One family per tier figure, a sample per tier of the chain (docs/design.md, tiers)."""
+    labels = ["tier", "name"]
+    for key, name, doc, counter in _TIER_METRICS:
+        fam: CounterMetricFamily | GaugeMetricFamily = (
+            CounterMetricFamily(name, doc, labels=labels) if counter
+            else GaugeMetricFamily(name, doc, labels=labels))
+        n = 0
+        for t in tiers:
+            v = t.get(key)
+            if v is None:
+                continue
+            fam.add_metric([str(t.get("tier", "")), str(t.get("name", ""))], float(v))
+            n += 1
+        if n:
+            yield fam
 
 
 def _scope(prefix: str, s: Mapping[str, Any], labels: list[str], values: list[str], *,

@@ -86,6 +86,10 @@ def test_scrape_over_http_parses_with_prometheus_parser(tmp_path: Path) -> None:
                 assert fams["swapd_pool_total_size_bytes"].type == "gauge"
                 assert value(fams, "swapd_pool_total_size_bytes") > 0
                 assert value(fams, "swapd_faults", "swapd_faults_total") >= 64
+                # each tier of the chain, labelled with its index and name
+                assert value(fams, "swapd_tier_entries", tier="0", name="compressed") >= 0
+                assert value(fams, "swapd_tier_available", tier="1", name="disk") == 1
+                assert fams["swapd_tier_demoted_in"].type == "counter"
                 # per client, labelled; the exporter's own connection is not a client
                 pid = str(client.pid)
                 assert value(fams, "swapd_client_faults", "swapd_client_faults_total",

@@ -69,6 +69,7 @@ def test_frames_against_a_running_daemon(tmp_path: Path) -> None:
         text = console.export_text()
         assert "top-200" in text and "top-64" in text and "FAULTS/S" in text
         assert "sorted by faults" in text and "density" in text
+        assert "0:compressed" in text and "1:disk" in text  # each tier of the chain
         # the command, one frame for scripts
         r = subprocess.run([sys.executable, "-m", "swapd", "top", "--socket", str(d.socket),
                             "--once", "--interval", "0.2", "--sort", "resident", "--json"],

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from swapd.errors import ConfigError
@@ -66,6 +66,7 @@ class Frame:
     cpu_percent: float
     faults_s: float
     rows: list[Row]
+    tiers: list[str] = field(default_factory=list)  # one line per tier of the chain
 
 
 SORT_KEYS: dict[str, Callable[[Row], Any]] = {
@@ -137,7 +138,17 @@ def frame(prev: dict[str, Any] | None, cur: dict[str, Any], dt: float,
                  pool_bytes=pool, stored_bytes=orig, density=(orig / pool) if pool else 0.0,
                  disk_bytes=total_layer.get("disk_slots_used", 0) * PAGE,
                  disk_capacity=int(cfg.get("layer", {}).get("disk_bytes", 0)),
-                 cpu_percent=cpu_pct, faults_s=tot, rows=rows)
+                 cpu_percent=cpu_pct, faults_s=tot, rows=rows,
+                 tiers=[_tier_line(t) for t in cur["total"].get("tiers", [])])
+
+
+def _tier_line(t: dict[str, Any]) -> str:
+    """One tier of the chain: name, pages, bytes used of capacity, availability."""
+    cap = t.get("capacity_bytes")
+    used = f"{_mib(int(t.get('used_bytes', 0)))}" + (f"/{_mib(int(cap))}" if cap else "")
+    down = "" if t.get("available", True) else " UNAVAILABLE"
+    return (f"{t.get('tier', '?')}:{t.get('name', '?')} {t.get('entries', 0)} pages "
+            f"{used} MiB{down}")
 
 
 def _mib(n: int) -> str:
@@ -156,7 +167,8 @@ def render(f: Frame, sort: str) -> Any:
         f"pool {f.backend}+{f.compressor}: {_mib(f.pool_bytes)} MiB holding "
         f"{_mib(f.stored_bytes)} MiB (density {f.density:.2f})   disk "
         f"{_mib(f.disk_bytes)} / {_mib(f.disk_capacity)} MiB   reclaim {f.reclaim_policy}, "
-        f"demotion {f.demotion_policy}")
+        f"demotion {f.demotion_policy}" + ("\ntiers " + "  ->  ".join(f.tiers)
+                                             if f.tiers else ""))
     t = Table(title=None, expand=False, caption=f"sorted by {sort}")
     for col in ("ID", "PID", "NAME", "RES/LIMIT MiB", "COMPR MiB", "DISK MiB", "FAULTS/S",
                 "P99 us", "REFAULTS", "WB", "INV"):
