@@ -389,16 +389,19 @@ class Client:
         """Set this client's resident limit; returns the limit in effect (capped by quota)."""
         return int(self._request("set_limit", resident_bytes=resident_bytes)["resident_bytes"])
 
-    def stats(self, scope: str = "client") -> dict[str, Any]:
+    def stats(self, scope: str = "client", *, latency: bool = True) -> dict[str, Any]:
         """The daemon's counters for this client (``scope="client"``) or all (``"all"``).
 
         ``"all"`` comes in pages (each reply stays below the frame limit); they are
-        joined here, so the result holds every client.
+        joined here, so the result holds every client.  ``latency=False`` (``"all"``
+        only) spares the daemon the percentiles, which sort every kept sample.
         """
-        reply = self._request("stats", scope=scope)
+        extra: dict[str, Any] = {} if latency else {"latency": False}
+        reply = self._request("stats", scope=scope, **extra)
         stats: dict[str, Any] = reply["stats"]
         while scope == "all" and stats.get("next_after") is not None:
-            more = self._request("stats", scope=scope, after=stats["next_after"])["stats"]
+            more = self._request("stats", scope=scope, after=stats["next_after"],
+                                 **extra)["stats"]
             stats["clients"].extend(more["clients"])
             stats["next_after"] = more.get("next_after")
         stats.pop("next_after", None)

@@ -103,7 +103,7 @@ class ClientSource:
             if self._client is None:
                 self._client = connect(self.socket_path, name=self.name)
             try:
-                stats: dict[str, Any] = self._client.stats("all")
+                stats: dict[str, Any] = self._client.stats("all", latency=False)
                 return stats
             except (SwapdError, OSError):
                 self.close_locked()

@@ -9,7 +9,8 @@ off so that every touch is a fault).  Rounds
 alternate between *idle* and *scraped* (a thread GETs /metrics every ``--scrape-ms``
 during the round), ``--reps`` of each, interleaved; each mode's figure is the median over
 its rounds of the per-round median touch time.  ``scrape_ms`` is the median time of one
-GET of /metrics over HTTP (``--scrapes`` of them, clients idle).  The target: scraping
+GET of /metrics over HTTP (``--scrapes`` of them, clients idle); ``stats_request_ms`` the
+daemon's share of it (one ``stats all`` request over the socket).  The target: scraping
 costs the fault path at most 5% (``fault_p50_us_scraped / fault_p50_us_idle <= 1.05``).
 
 The machine is shared; ``loadavg`` is recorded with the figures.
@@ -143,6 +144,15 @@ def run(args: argparse.Namespace) -> int:
             return time.perf_counter() - t
 
         scrape_s = statistics.median(get() for _ in range(args.scrapes))
+        from swapd.client import connect
+
+        with connect(sock, name="bench-stats") as sc:  # the daemon's share of a scrape
+            def one() -> float:
+                t = time.perf_counter()
+                sc.stats("all", latency=False)
+                return time.perf_counter() - t
+
+            stats_s = statistics.median(one() for _ in range(args.scrapes))
 
         def round_(scraped: bool) -> float:
             stop = threading.Event()
@@ -170,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             (scraped if i % 2 else idle).append(round_(bool(i % 2)))
         out = {
             "scrape_ms": round(scrape_s * 1000, 2),
+            "stats_request_ms": round(stats_s * 1000, 2),
             "fault_p50_us_idle": round(statistics.median(idle), 2),
             "fault_p50_us_scraped": round(statistics.median(scraped), 2),
             "clients": args.clients, "pages_per_client": args.pages, "reps": args.reps,

@@ -319,7 +319,11 @@ class Ops:
             # the asking connection (swapd stats, the exporter) is not a client to report,
             # unless it maps memory itself
             exclude = session if not session.regions else None
-            return {"stats": all_stats(self.daemon, exclude=exclude, after=after)}
+            latency = obj.get("latency", True)
+            if not isinstance(latency, bool):
+                raise Refused("bad_request", f"'latency' must be true or false, got {latency!r}")
+            return {"stats": all_stats(self.daemon, exclude=exclude, after=after,
+                                       latency=latency)}
         raise Refused("bad_request", f"scope {scope!r} is not 'client' or 'all'")
 
     def _op_ctl(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:

@@ -69,8 +69,15 @@ def histogram(s: Session) -> dict[str, Any]:
     return {"counts": list(s.fault_hist), "sum_ns": s.fault_ns}
 
 
-def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
-    """One client's statistics.  O(pages of its regions)."""
+_NO_LATENCY = LatencySummary(0, 0.0, 0.0, 0.0, 0.0).as_dict()
+
+
+def session_stats(daemon: Daemon, s: Session, *, latency: bool = True) -> dict[str, Any]:
+    """One client's statistics.  O(pages of its regions + samples log samples).
+
+    ``latency=False`` leaves the percentiles at zero (no sort of the kept samples; the
+    exporter reads the histogram instead).
+    """
     assert daemon.layer is not None
     with s.lock:
         states = dict.fromkeys(STATE_NAMES, 0)
@@ -82,7 +89,8 @@ def session_stats(daemon: Daemon, s: Session) -> dict[str, Any]:
             "regions": len(s.regions), "managed_pages": s.managed_pages,
             "resident_pages": s.resident, "limit_pages": s.limit_pages,
             "pages": states, "counters": s.counters.as_dict(),
-            "latency": LatencySummary.of(list(s.latency_ns)).as_dict(),
+            "latency": (LatencySummary.of(list(s.latency_ns)).as_dict() if latency
+                        else dict(_NO_LATENCY)),
             "poisoned": {str(r.id): runs_of(r.poisoned) for r in s.regions.values()
                          if r.poisoned},
             "fault_histogram": histogram(s),
@@ -117,14 +125,15 @@ def daemon_info(daemon: Daemon) -> dict[str, Any]:
 
 
 def all_stats(daemon: Daemon, *, exclude: Session | None = None,
-              after: int = 0) -> dict[str, Any]:
+              after: int = 0, latency: bool = True) -> dict[str, Any]:
     """The daemon's, the totals' and every live client's statistics.
 
     ``exclude``: the asking session (a ``swapd stats`` connection is not a client
     to report).  The clients are paged to keep the reply below the frame limit:
     those with a session id above ``after``, as many as fit; ``next_after`` is
     the id to continue from, or None.  The daemon's figures and the totals are in
-    the first page only (``after`` = 0).
+    the first page only (``after`` = 0).  ``latency=False`` skips the percentiles
+    (sorting the daemon's 65536 kept samples costs tens of ms of the loop's time).
     """
     import json
 
@@ -149,7 +158,8 @@ def all_stats(daemon: Daemon, *, exclude: Session | None = None,
             for i, n in enumerate(list(s.fault_hist)):
                 hist[i] += n
             hist_ns += s.fault_ns
-        samples = list(daemon.pager.latency_ns) if daemon.pager is not None else []
+        samples = (list(daemon.pager.latency_ns) if daemon.pager is not None and latency
+                   else [])
         cfg = daemon.cfg
         out["daemon"] = {
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - daemon.started, 3),
@@ -176,7 +186,7 @@ def all_stats(daemon: Daemon, *, exclude: Session | None = None,
     for s in sessions:
         if s.id <= after:
             continue
-        c = session_stats(daemon, s)
+        c = session_stats(daemon, s, latency=latency)
         size = len(json.dumps(c)) + 1
         if clients and size > budget:
             next_after = clients[-1]["session"]
