@@ -82,3 +82,40 @@ def test_frames_against_a_running_daemon(tmp_path: Path) -> None:
                             "--once", "--interval", "0.1"], capture_output=True, text=True,
                            timeout=60, cwd=ROOT)
         assert r.returncode == 0 and "top-64" in r.stdout and "RES/LIMIT" in r.stdout
+
+
+def test_live_view_sorts_by_key_and_quits(tmp_path: Path) -> None:
+    """On a terminal (a pty), ``r`` re-sorts by resident memory and ``q`` quits."""
+    import os
+    import select
+
+    with daemon_running(tmp_path) as d, client(d.socket, 64):
+        master, slave = os.openpty()
+        p = subprocess.Popen([sys.executable, "-m", "swapd", "top", "--socket", str(d.socket),
+                              "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave,
+                             cwd=ROOT, env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+        os.close(slave)
+        seen = b""
+
+        def read_until(marker: bytes, timeout: float = 30.0) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + timeout
+            while marker not in seen and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    try:
+                        seen += os.read(master, 65536)
+                    except OSError:
+                        break
+            assert marker in seen, seen[-2000:]
+
+        try:
+            read_until(b"sorted by faults")
+            os.write(master, b"r")
+            read_until(b"sorted by resident")
+            os.write(master, b"q")
+            assert p.wait(30) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+            os.close(master)

@@ -6,17 +6,21 @@ refaults, writebacks (zswpwb) and LRU inversions.  Above them, the daemon:
 version, policies, the pool's density (original bytes per pool byte, per
 backend), disk use and the daemon's CPU.  Rates are counter differences over
 the refresh interval.  ``--sort KEY`` orders the rows (descending; ``id``
-ascending); ``--once`` prints one frame (measured over one ``--interval``)
-for scripts; ``--json`` prints that frame's rows as JSON.
+ascending); on a terminal a key changes the order while it runs (``f`` faults,
+``r`` resident, ``c`` compressed, ``d`` disk, ``p`` p99, ``R`` refaults, ``w``
+writebacks, ``i`` inversions, ``n`` name, ``I`` id; ``q`` quits); ``--once``
+prints one frame (measured over one ``--interval``) for scripts; ``--json``
+prints that frame's rows as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,6 +80,11 @@ SORT_KEYS: dict[str, Callable[[Row], Any]] = {
     "writebacks": lambda r: -r.writebacks, "inversions": lambda r: -r.inversions,
     "id": lambda r: r.id, "name": lambda r: r.name,
 }
+
+
+# Keys of the live view: key -> sort order.
+SORT_BY_KEY = {"f": "faults", "r": "resident", "c": "compressed", "d": "disk", "p": "p99",
+               "R": "refaults", "w": "writebacks", "i": "inversions", "n": "name", "I": "id"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,12 +215,55 @@ def run(args: argparse.Namespace) -> int:
             else:
                 console.print(render(f, args.sort))
             return 0
-        with Live(console=console, auto_refresh=False, screen=False) as live:
+        sort = args.sort
+        with _keys() as read_key, Live(console=console, auto_refresh=False,
+                                       screen=False) as live:
             while True:
-                time.sleep(args.interval)
+                key = read_key(args.interval)
+                if key == "q":
+                    return 0
+                sort = SORT_BY_KEY.get(key or "", sort)
                 cur = c.stats("all")
                 t1 = time.monotonic()
                 cpu1 = _cpu_ticks(pid)
-                live.update(render(frame(prev, cur, t1 - t0, (cpu0, cpu1), args.sort),
-                                   args.sort), refresh=True)
+                live.update(render(frame(prev, cur, t1 - t0, (cpu0, cpu1), sort), sort),
+                            refresh=True)
                 prev, t0, cpu0 = cur, t1, cpu1
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[Callable[[float], str | None]]:
+    """A reader of single key presses (cbreak mode while it lasts), or a plain sleep when
+    stdin is not a terminal.  The reader waits up to its timeout and returns the key."""
+    import select
+    import sys
+
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    if fd < 0 or not os.isatty(fd):
+        def sleep(timeout: float) -> str | None:
+            time.sleep(timeout)
+            return None
+
+        yield sleep
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def read(timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        key = None
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                key = os.read(fd, 1).decode(errors="replace")
+                if key in SORT_BY_KEY or key == "q":
+                    return key  # redraw at once in the new order
+        return key
+
+    try:
+        yield read
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
