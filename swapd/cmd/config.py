@@ -204,7 +204,7 @@ def _derived(cfg: C.Config) -> dict[str, str]:
     return {
         "daemon.socket": str(cfg.socket_path()),
         "daemon.state_dir": str(cfg.state_path()),
-        "layer.pool_limit_bytes": f"{C.format_size(pool)} ({pool} bytes)",
+        "layer.pool_limit_bytes": f"{C.human_size(pool)} ({pool} bytes)",
         "limits.max_clients": f"needs {C.descriptors_needed(cfg)} file descriptors",
     }
 
