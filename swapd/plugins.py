@@ -10,13 +10,14 @@ from loading -- as drgn loads its plugins.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from swapd.errors import PluginError
+from swapd.errors import ConfigError, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,104 @@ def available_policies() -> dict[str, type[Any]]:
     return available(POLICIES_GROUP)
 
 
+def backend_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options backend ``name``'s constructor takes, by name.
+
+    Collected from ``__init__`` of the class and of every base class it passes ``**options``
+    on to (a parameter named in a subclass wins), so ``max_pages`` and
+    ``arena_cache_pages`` of :class:`swapd.backend.Backend` are included.  PluginError for an
+    unknown backend.
+    """
+    return _options_of(load(BACKENDS_GROUP, name))
+
+
+def _options_of(cls: type[Any]) -> dict[str, inspect.Parameter]:
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
+            break
+        more = False
+        for i, prm in enumerate(sig.parameters.values()):
+            if i == 0:
+                continue  # self
+            if prm.kind is prm.VAR_KEYWORD:
+                more = True
+            elif prm.kind in (prm.KEYWORD_ONLY, prm.POSITIONAL_OR_KEYWORD):
+                out.setdefault(prm.name, prm)
+        if not more:
+            break
+    return out
+
+
+def coerce_option(owner: str, name: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default``; convert strings (from a command line
+    or a config file) to it.  Returns the value to pass; ConfigError naming ``owner`` and
+    ``name`` when it does not fit.  A parameter without a default, or with ``None``, takes
+    any value.
+    """
+    if default is inspect.Parameter.empty or default is None:
+        return value
+    want = type(default)
+    if isinstance(value, str) and want is not str:
+        v = value.strip()
+        try:
+            if want is bool:
+                low = v.lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(v)
+                return low in ("1", "true", "yes", "on")
+            if want is int:
+                return int(v, 0)
+            if want is float:
+                return float(v)
+        except ValueError:
+            raise ConfigError(f"{owner}: option {name!r} must be {want.__name__} "
+                              f"(like its default {default!r}), got {value!r}") from None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is bool and not isinstance(value, bool):
+        ok = False
+    elif want is int and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        raise ConfigError(f"{owner}: option {name!r} must be {want.__name__} "
+                          f"(like its default {default!r}), got {value!r}")
+    return value
+
+
 def make_backend(name: str, **options: Any) -> Any:
-    """Instantiate backend ``name`` with ``options`` (ConfigError on bad options)."""
-    return load(BACKENDS_GROUP, name)(**options)
+    """Instantiate backend ``name`` with ``options``, checked before the constructor runs.
+
+    Every option must be a keyword parameter of the backend's constructor (or of the base
+    classes it passes ``**options`` to) -- ConfigError naming the option and listing the
+    valid ones otherwise -- and of the type of that parameter's default; a string (from
+    ``--backend-opt NAME=VALUE`` or a ``[backend.NAME]`` config section) is converted to it.
+    The constructor's own range checks run after that.  PluginError for an unknown backend.
+    This one function is what the config, ``swapd sim`` and ``swapd bench`` all use.
+    """
+    return load(BACKENDS_GROUP, name)(**check_backend_options(name, options))
+
+
+def check_backend_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``options`` for backend ``name`` as :func:`make_backend` does, without
+    building it; return them converted.  ConfigError / PluginError as there."""
+    cls = load(BACKENDS_GROUP, name)
+    known = _options_of(cls)
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        prm = known.get(k)
+        if prm is None:
+            valid = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"backend {name!r} has no option {k!r}; its options: {valid}")
+        out[k] = coerce_option(f"backend {name!r}", k, v, prm.default)
+    return out
 
 
 def make_policy(name: str, capacity: int | None = None, **params: Any) -> Any:
