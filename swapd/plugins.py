@@ -189,12 +189,7 @@ def coerce_option(owner: str, name: str, value: Any, default: Any) -> Any:
                               f"(like its default {default!r}), got {value!r}") from None
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if want is bool and not isinstance(value, bool):
-        ok = False
-    elif want is int and isinstance(value, bool):
-        ok = False
-    else:
-        ok = isinstance(value, want)
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(f"{owner}: option {name!r} must be {want.__name__} "
                           f"(like its default {default!r}), got {value!r}")

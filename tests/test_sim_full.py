@@ -12,7 +12,7 @@ from swapd.errors import ConfigError
 from swapd.plugins import available_backends, available_policies
 from swapd.sim.contents import PageContents, mix64
 from swapd.sim.costs import DEFAULT_COSTS, CostTable
-from swapd.sim.full import FullConfig, FullSim, run_full
+from swapd.sim.full import FullConfig, FullSim, TierOverflowError, run_full
 from swapd.sim.gen import generate
 from swapd.sim.policy_only import run_policy_only
 from swapd.sim.trace import Request
@@ -89,15 +89,45 @@ def test_kernel_like_mode_counts_inversions() -> None:
     _consistent(kern, len(reqs))
 
 
-def test_no_disk_tier_keeps_rejected_pages_resident() -> None:
+def test_no_disk_tier_and_a_tiny_pool_stops_with_the_tier_and_size() -> None:
     reqs = _reqs(1500, 500, seed=5)
-    cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=8 * 4096, disk_bytes=0)
+    cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=8 * 4096, disk_bytes=0,
+                     trace_pages=len({r.page for r in reqs}))
+    with FullSim(cfg, CORPUS) as sim, pytest.raises(TierOverflowError) as ei:
+        sim.run(reqs)
+    msg = str(ei.value)
+    assert "compressed tier" in msg and "--allow-overflow" in msg and "request" in msg
+    assert "\n" not in msg
+
+
+def test_a_full_disk_tier_names_the_size_needed() -> None:
+    reqs = _reqs(3000, 800, seed=6)
+    distinct = len({r.page for r in reqs})
+    cfg = FullConfig(capacity=50, backend="zbud", pool_bytes=8 * 4096, disk_bytes=64 * 4096,
+                     trace_pages=distinct)
+    with FullSim(cfg, CORPUS) as sim, pytest.raises(TierOverflowError) as ei:
+        sim.run(reqs)
+    msg = str(ei.value)
+    need = (distinct - 50) * 4096 / (1 << 20)
+    assert "disk tier (0.2 MiB) is full" in msg, msg
+    assert f"{need:.1f} MiB" in msg, msg
+
+
+def test_allow_overflow_keeps_the_capacity_and_the_policy_miss_ratio() -> None:
+    from swapd.sim.policy_only import run_policy_only
+
+    reqs = _reqs(1500, 500, seed=5)
+    cfg = FullConfig(capacity=50, backend="zsmalloc", pool_bytes=8 * 4096, disk_bytes=0,
+                     allow_overflow=True)
     with FullSim(cfg, CORPUS) as sim:
         d = sim.run(reqs).to_dict()
         sim._check()
     _consistent(d, len(reqs))
     assert d["store_rejects"]  # a tiny pool and no disk: stores are refused
-    assert d["max_resident"] > 50  # ... and the refused pages stayed resident
+    assert d["overflow_pages"] > 0 and d["refaults_by_tier"].get("overflow", 0) > 0
+    assert d["max_resident"] == 50  # never above the capacity
+    po = run_policy_only([r.page for r in reqs], "lru", 50)
+    assert d["misses"] == po.misses  # the overflow store keeps the policy's own behaviour
 
 
 def test_layer_data_is_verified_and_writes_change_contents() -> None:

@@ -54,7 +54,8 @@ def test_full_sweep_writes_occupancy_and_density(trace: Path, tmp_path: Path) ->
     jobs = make_jobs(str(trace), None, ["lru"], [50, 150], ["zsmalloc", "zbud"], window=500,
                      pool_bytes=25 * 4096, disk_bytes=4 << 20, corpus_pages=128)
     out = run_sweep(jobs, tmp_path / "full", workers=2, progress=False)
-    assert {f.name for f in out.figures} == {"mrc.png", "occupancy.png", "density.png"}
+    assert {f.name for f in out.figures} == {"mrc.png", "occupancy.png", "density.png",
+                                            "time.png"}
     assert all(_png(f) for f in out.figures)
     rows = [r for r in csv.DictReader(out.csv.open()) if r["mode"] == "full"]
     assert len(rows) == 4

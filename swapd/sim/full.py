@@ -13,10 +13,24 @@ daemon's ``[reclaim] policy``).  On an access:
   contents (a wrong byte is an InvariantError: the simulator doubles as an
   end-to-end test of the layer and backends).  If the resident set is full,
   ``policy.victims`` chooses pages to evict and each is handed to
-  ``layer.store`` with its current contents; a :class:`StoreRejected` page stays
-  resident (as in the daemon) and the reason is counted.
+  ``layer.store`` with its current contents.
 * a write gives the page new contents (:mod:`swapd.sim.contents`); if a clean
   copy is kept in the layer (``exclusive_loads=False``) it is invalidated.
+
+The resident set never exceeds its target (``_resident_target()``: the
+capacity; the shared resident-set sizer of the fault path decides it once it
+exists), so a run measures the configuration it was given.  A store the layer
+rejects means the tiers below cannot hold the trace: the run stops with
+:class:`TierOverflowError`, which names the tier that was full and the size the
+trace needs there (at most its distinct pages minus the capacity, the pages
+that can be out at once).  With ``allow_overflow`` the rejected page goes to an
+unbounded *overflow* store instead (counted per reason and in
+``overflow_pages``; a refault from it is costed as a disk read), so resident
+pages stay at the capacity and the miss ratio stays that of the policy, while
+the report says how many pages did not fit.  (The daemon, which cannot drop a
+page, keeps a rejected page resident; a simulator that did the same would
+report a larger resident set than asked for, and miss ratios better than
+policy-only ones.)
 
 The layer is built as the daemon builds it from ``[layer]`` of its config
 (:class:`swapd.config.LayerSection`): a :class:`CompressedTier` (backend plugin,
@@ -37,10 +51,15 @@ disk_write_us`` (the disk tier stores whole pages), added at the end of the run
 clock).  No ``time.*`` is read.  The daemon's periodic work runs on the same
 clock: the proactive shrinker every ``shrink_interval_s`` (the daemon's
 ``ShrinkerThread``: ``shrink_step`` again while it writes back) and, if asked,
-``layer.compact()`` every ``compact_interval_s``.
+``layer.compact()`` every ``compact_interval_s`` (default 1 s: zsmalloc's pool
+is compacted by its shrinker under memory pressure, ``zs_shrinker_scan`` in
+``mm/zsmalloc.c``, not only when a store stalls; the layer itself compacts when
+writeback stops freeing pages, as in the daemon), and once more at the end of
+the run, before the pool's density is read.
 
 Invariants (``_check``): every dense page is in exactly one of {never touched,
-resident (tracked by the policy), stored in the layer}; the layer's ``state``
+resident (tracked by the policy), stored in the layer, overflow}; resident
+pages never exceed the capacity; the layer's ``state``
 agrees; counts add up (hits + faults == accesses).  Lock order: none (one
 thread drives the layer; the layer takes its own locks).
 
@@ -51,6 +70,7 @@ store/load/writeback counters, libCacheSim's request loop.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -72,7 +92,23 @@ _MASK = REGION_PAGES - 1
 RECLAIM_BATCH = 32  # victims tried per fault at most (SWAP_CLUSTER_MAX, mm/vmscan.c)
 
 # where[d] values
-_NEW, _RES, _OUT = 0, 1, 2
+_NEW, _RES, _OUT, _OVF = 0, 1, 2, 3
+
+# store rejects that mean "a tier is full" -> the tier that was (see _overflow_tier)
+_FULL_REASONS = ("pool_limit_hit", "reject_alloc_fail", "reject_reclaim_fail",
+                 "reject_disk_fail", "reject_compress_poor", "reject_compress_fail")
+
+
+class TierOverflowError(ConfigError):
+    """A tier of a full-mode run was too small for the trace (see the module docstring)."""
+
+
+class _Rejected(Exception):
+    """A store the layer rejected, on its way to the driver loop (which knows the request)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -89,7 +125,11 @@ class FullConfig:
     shrinker (the daemon's ``[reclaim] interval_ms``, 100 ms; each run repeats
     ``shrink_step`` while it writes back, as ``ShrinkerThread`` does; 0: never).
     ``compact_interval_s``: modelled seconds between ``layer.compact()`` calls
-    (0: never, as the daemon).
+    (0: only when the layer stalls).  ``allow_overflow``: pages the tiers reject go
+    to an unbounded overflow store instead of stopping the run.  ``backend_options``:
+    the backend's own options (``swapd.plugins.make_backend`` checks them).
+    ``trace_pages``: the trace's distinct pages, when known, for the size an
+    overflow error names.
     """
 
     policy: str = "lru"
@@ -106,7 +146,10 @@ class FullConfig:
     check_every: int = 0
     verify: bool = True
     shrink_interval_s: float = 0.1
-    compact_interval_s: float = 0.0
+    compact_interval_s: float = 1.0
+    allow_overflow: bool = False
+    backend_options: tuple[tuple[str, Any], ...] = ()
+    trace_pages: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -133,6 +176,8 @@ class FullResult:
     refaults_by_tier: dict[str, int]
     evictions: int  # pages handed to layer.store and accepted
     store_rejects: dict[str, int]
+    overflow_pages: int  # rejected pages sent to the overflow store (allow_overflow)
+    overflow_max: int  # most pages in the overflow store at once
     writes: int
     max_resident: int
     pages_compacted: int
@@ -158,6 +203,9 @@ class FullResult:
         d["compression_ratio"] = orig / compr if compr else None
         # pages held per page of pool memory (same-filled entries use none and are left out)
         d["pool_density"] = in_pool * PAGE_SIZE / used if used else None
+        # the same as bytes of pool memory per page stored in it (lower is denser)
+        d["pool_bytes_per_page"] = used / in_pool if in_pool else None
+        d["pool_pages_stored"] = in_pool
         d["lru_inversions"] = lay.get("lru_inversions", 0)
         d["writebacks"] = lay.get("written_back_pages", 0)
         d["modelled_us_per_access"] = (self.modelled_time_s * 1e6 / self.accesses
@@ -186,7 +234,8 @@ def build_layer(cfg: FullConfig, clock: Callable[[], float], workdir: str) -> An
     options = {**dict(cfg.layer_options), "pool_limit_bytes": cfg.pool_bytes}
     pool_pages = -(-cfg.pool_bytes // PAGE_SIZE)
     return layer_build_layer(section, Path(workdir), clock=clock,
-                             max_pages=2 * pool_pages + 256, options=options)
+                             max_pages=2 * pool_pages + 256, options=options,
+                             backend_options=dict(cfg.backend_options))
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
@@ -230,6 +279,7 @@ class FullSim:
         # counters
         self.accesses = self.hits = self.first_touch = self.refaults = 0
         self.evictions = self.writes = self.max_resident = 0
+        self.overflow_pages = self.overflow_now = self.overflow_max = 0
         self.refaults_by_tier: dict[str, int] = {}
         self.store_rejects: dict[str, int] = {}
         self.series: list[dict[str, Any]] = []
@@ -260,15 +310,18 @@ class FullSim:
                 self._regions.append(self.layer.add_region(self._client, REGION_PAGES))
         return d
 
-    def _evict_for_room(self) -> None:
-        """Make room for one page: store the policy's victims (at most RECLAIM_BATCH).
+    def _resident_target(self) -> int:
+        """Pages the resident set may hold now: the capacity.  The one place that decides
+        how many pages to evict (the fault path's resident-set sizer plugs in here)."""
+        return self.cfg.capacity
 
-        A rejected victim stays resident, so after rejects the resident set may exceed the
-        capacity; each later fault retries at most RECLAIM_BATCH victims (the kernel's
-        SWAP_CLUSTER_MAX bounds one reclaim pass the same way), keeping the work per fault
-        bounded when the layer rejects everything (pool full, no disk tier).
+    def _evict_for_room(self) -> None:
+        """Make room for one page: store the policy's victims until it fits the target.
+
+        Never leaves more than the target resident: a victim the layer rejects raises
+        :class:`TierOverflowError`, or with ``allow_overflow`` goes to the overflow store.
         """
-        over = min(self._resident + 1 - self.cfg.capacity, RECLAIM_BATCH)
+        over = self._resident + 1 - self._resident_target()
         if over <= 0:
             return
         pol = self.policy
@@ -279,15 +332,59 @@ class FullSim:
         for v in pol.victims(over):
             data = self.contents.data(self._page_of[v], self._version[v])
             self._now_us += costs.evict_us + costs.compress_us
+            self._resident -= 1
             try:
                 layer.store(regions[v >> REGION_SHIFT], v & _MASK, data)
             except StoreRejected as exc:
                 self.store_rejects[exc.reason] = self.store_rejects.get(exc.reason, 0) + 1
-                pol.insert(v)  # kept resident, as the daemon does
+                if not self.cfg.allow_overflow:
+                    raise _Rejected(exc.reason) from exc
+                where[v] = _OVF
+                self.overflow_pages += 1
+                self.overflow_now += 1
+                if self.overflow_now > self.overflow_max:
+                    self.overflow_max = self.overflow_now
                 continue
             where[v] = _OUT
-            self._resident -= 1
             self.evictions += 1
+
+    def _overflow_error(self, reason: str, request: int) -> TierOverflowError:
+        """The error for a store rejected with ``reason``: which tier, and what it needs."""
+        cfg = self.cfg
+        distinct = max(cfg.trace_pages, len(self._page_of))
+        out_max = max(0, distinct - cfg.capacity)
+        need_mib = out_max * PAGE_SIZE / (1 << 20)
+        at = f"at request {request}"
+        hint = "or pass --allow-overflow to count the pages that do not fit"
+        known = "" if cfg.trace_pages else "at least "
+        if reason == "reject_compress_poor" and not cfg.disk_bytes:
+            return TierOverflowError(
+                f"full mode: the compressed tier ({cfg.backend}) rejects a page that does not "
+                f"compress and there is no disk tier ({at}); give one with --disk-mib "
+                f"{math.ceil(need_mib)} ({known}{out_max} pages can be out at once), {hint}")
+        if cfg.disk_bytes and reason in ("reject_reclaim_fail", "reject_disk_fail",
+                                         "reject_compress_poor"):
+            return TierOverflowError(
+                f"full mode: the disk tier ({cfg.disk_bytes / (1 << 20):.1f} MiB) is full "
+                f"{at} ({reason}); this trace needs up to {need_mib:.1f} MiB there "
+                f"({known}{distinct} distinct pages - {cfg.capacity} resident): "
+                f"--disk-mib {math.ceil(need_mib)}, {hint}")
+        if not cfg.disk_bytes:
+            st = self.layer.stats()
+            in_pool = max(1, st.stored_pages - st.same_filled_pages)
+            per_page = max(1.0, st.pool_total_size / in_pool)
+            need = out_max * per_page / (1 << 20)
+            return TierOverflowError(
+                f"full mode: the compressed tier's pool ({cfg.pool_bytes / (1 << 20):.2f} MiB, "
+                f"{cfg.backend}) is full {at} ({reason}) and there is no disk tier; at "
+                f"{per_page:.0f} bytes of pool per page this trace needs about {need:.1f} MiB "
+                f"({known}{out_max} pages out at once): --pool-mib {math.ceil(need * 1.1)} or "
+                f"--disk-mib {math.ceil(need_mib)}, {hint}")
+        return TierOverflowError(
+            f"full mode: the layer rejected a page {at} ({reason}) with a pool of "
+            f"{cfg.pool_bytes / (1 << 20):.2f} MiB and a disk tier of "
+            f"{cfg.disk_bytes / (1 << 20):.1f} MiB; this trace can have {known}{out_max} pages "
+            f"({need_mib:.1f} MiB) out at once, {hint}")
 
     def _fault_in(self, d: int) -> None:
         costs = self.costs
@@ -295,6 +392,11 @@ class FullSim:
         if st == _NEW:
             self.first_touch += 1
             self._now_us += costs.fault_us
+        elif st == _OVF:
+            self._now_us += costs.fault_us + costs.disk_read_us
+            self.refaults_by_tier["overflow"] = self.refaults_by_tier.get("overflow", 0) + 1
+            self.refaults += 1
+            self.overflow_now -= 1
         else:
             region, index = self._regions[d >> REGION_SHIFT], d & _MASK
             state = self.layer.state(region, index)
@@ -345,11 +447,14 @@ class FullSim:
                 pol.access(d)
                 self.hits += 1
             else:
-                self._fault_in(d)
+                try:
+                    self._fault_in(d)
+                except _Rejected as exc:
+                    raise self._overflow_error(exc.reason, n) from exc
             if req.op == "w":
                 self.writes += 1
                 self._version[d] += 1
-                if not exclusive:
+                if not exclusive and where[d] == _RES:
                     self.layer.invalidate(self._regions[d >> REGION_SHIFT], d & _MASK)
             if self._now_us >= next_bg:
                 next_bg = self._background(shrink_us, compact_us)
@@ -384,6 +489,12 @@ class FullSim:
             nxt = min(nxt, self._next_compact_us)
         return nxt
 
+    def finish(self) -> None:
+        """End of the run: the background work due, then one compaction (when compaction
+        is on), so the pool's density is read after the compaction a live pool would get."""
+        if self.cfg.compact_interval_s > 0:
+            self.pages_compacted += self.layer.compact()
+
     def _sample(self) -> None:
         s = self.layer.stats()
         self.series.append({
@@ -411,6 +522,7 @@ class FullSim:
             misses=self.first_touch + self.refaults, first_touch=self.first_touch,
             refaults=self.refaults, refaults_by_tier=dict(self.refaults_by_tier),
             evictions=self.evictions, store_rejects=dict(self.store_rejects),
+            overflow_pages=self.overflow_pages, overflow_max=self.overflow_max,
             writes=self.writes, max_resident=self.max_resident,
             pages_compacted=self.pages_compacted, shrink_runs=self.shrink_runs,
             shrink_written=self.shrink_written, layer=lay,
@@ -423,6 +535,11 @@ class FullSim:
             raise InvariantError(f"hits {self.hits} + faults {self.first_touch + self.refaults}"
                                  f" != accesses {self.accesses}")
         res = self._where.count(_RES)
+        if res > self.cfg.capacity:
+            raise InvariantError(f"{res} resident pages above the capacity {self.cfg.capacity}")
+        if self._where.count(_OVF) != self.overflow_now:
+            raise InvariantError(f"{self._where.count(_OVF)} overflow pages, counter "
+                                 f"{self.overflow_now}")
         if res != self._resident or res != len(self.policy):
             raise InvariantError(f"{res} resident pages, counter {self._resident}, "
                                  f"policy tracks {len(self.policy)}")
@@ -462,7 +579,8 @@ def run_full(requests: Iterable[Request], cfg: FullConfig, corpus: PageSource,
              costs: CostTable = DEFAULT_COSTS, check: bool = True) -> FullResult:
     """Run a full-mode simulation of ``requests``; ``check`` runs every ``_check()`` at the end."""
     with FullSim(cfg, corpus, costs) as sim:
-        res = sim.run(requests)
+        sim.run(requests)
+        sim.finish()
         if check:
             sim._check()
-        return res
+        return sim.result()

@@ -24,6 +24,17 @@ The kinds:
 ``loop``
     A cyclic sequential loop over ``pages`` pages: 0, 1, ..., pages-1, 0, ...
     LRU's pathological case when the capacity is below the loop length.
+``mix``
+    Other generators combined.  ``parts`` lists them as
+    ``KIND:WEIGHT[/NAME=VALUE...]`` separated by commas, e.g.
+    ``zipf:3/alpha=0.9,scan:1/hot=500``.  With ``phase_len`` 0 the parts are
+    interleaved request by request, each request drawn from part i with
+    probability weight_i / sum(weights); with ``phase_len`` N > 0 the trace is a
+    sequence of phases, part i running alone for N * weight_i requests, the
+    parts in turn (a program moving between phases).  Each part has its own
+    random stream (seeded from the mix's) and, unless ``shared`` is true, its own
+    page ids (part i's ids are offset by i * 2**40), so parts compete for the
+    cache without aliasing.
 
 Prior art: the independent reference model and loop/scan patterns of the
 cache literature (e.g. Megiddo & Modha, ARC, FAST '03; Yang et al., S3-FIFO,
@@ -137,6 +148,91 @@ def loop(n: int, rng: random.Random, *, pages: int = 5000,
         yield Request(t, t % pages, "w" if wr and rng.random() < wr else "r")
 
 
+def _parse_parts(spec: str) -> list[tuple[str, float, dict[str, Any]]]:
+    """``KIND:WEIGHT[/NAME=VALUE...]`` items separated by commas -> (kind, weight, params)."""
+    out: list[tuple[str, float, dict[str, Any]]] = []
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("mix: parts must name at least one generator, e.g. 'zipf:3,loop:1'")
+    for item in spec.split(","):
+        fields = item.strip().split("/")
+        head = fields[0]
+        kind, _, w = head.partition(":")
+        kind = kind.strip()
+        if kind == "mix":
+            raise ConfigError("mix: a part cannot itself be a mix")
+        if kind not in GENERATORS:
+            raise ConfigError(f"mix: unknown generator {kind!r} in parts; choose from "
+                              f"{', '.join(k for k in sorted(GENERATORS) if k != 'mix')}")
+        try:
+            weight = float(w) if w.strip() else 1.0
+        except ValueError:
+            raise ConfigError(f"mix: weight {w!r} of part {kind!r} is not a number") from None
+        if not weight > 0 or weight != weight or weight == float("inf"):
+            raise ConfigError(f"mix: weight of part {kind!r} must be positive, got {w!r}")
+        params: dict[str, Any] = {}
+        for kv in fields[1:]:
+            k, eq, v = kv.partition("=")
+            if not eq:
+                raise ConfigError(f"mix: expected NAME=VALUE in part {kind!r}, got {kv!r}")
+            params[k.strip()] = _literal(v.strip())
+        bad = set(params) - set(GENERATORS[kind].params)
+        if bad:
+            raise ConfigError(f"mix: generator {kind!r} does not take {', '.join(sorted(bad))}; "
+                              f"it takes {', '.join(GENERATORS[kind].params)}")
+        out.append((kind, weight, params))
+    return out
+
+
+def _literal(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+MIX_STRIDE = 1 << 40
+
+
+def mix(n: int, rng: random.Random, *, parts: str = "zipf:3,scan:1", phase_len: int = 0,
+        shared: bool = False, write_ratio: float = -1.0) -> Iterator[Request]:
+    """Other generators interleaved by weight, or in phases.  O(1)/req plus the parts' cost."""
+    spec = _parse_parts(parts)
+    if not isinstance(phase_len, int) or phase_len < 0:
+        raise ConfigError(f"mix: phase_len must be an integer >= 0, got {phase_len!r}")
+    if write_ratio != -1.0:
+        _ratio(write_ratio)
+    streams: list[Iterator[Request]] = []
+    for kind, _w, params in spec:
+        prm = dict(params)
+        if write_ratio >= 0 and "write_ratio" not in prm:
+            prm["write_ratio"] = write_ratio
+        sub = random.Random(rng.getrandbits(64))
+        streams.append(GENERATORS[kind].func(n, sub, **prm))
+    weights = [w for _k, w, _p in spec]
+    offsets = [0 if shared else i * MIX_STRIDE for i in range(len(spec))]
+    t = 0
+    if phase_len > 0:
+        lens = [max(1, round(phase_len * w)) for w in weights]
+        i = 0
+        while t < n:
+            st, off = streams[i], offsets[i]
+            for _ in range(min(lens[i], n - t)):
+                r = next(st)
+                yield Request(t, r.page + off, r.op)
+                t += 1
+            i = (i + 1) % len(streams)
+        return
+    idx = range(len(streams))
+    while t < n:
+        k = min(_BATCH, n - t)
+        for i in rng.choices(idx, weights=weights, k=k):
+            r = next(streams[i])
+            yield Request(t, r.page + offsets[i], r.op)
+            t += 1
+
+
 @dataclass(frozen=True)
 class GeneratorInfo:
     """A registered generator: its function and its parameters' defaults."""
@@ -157,6 +253,26 @@ GENERATORS: dict[str, GeneratorInfo] = {
     "shift": GeneratorInfo("shift", shift, {"pages": 100000, "wss": 2000, "period": 20000,
                                             "step": 500, "write_ratio": 0.0}),
     "loop": GeneratorInfo("loop", loop, {"pages": 5000, "write_ratio": 0.0}),
+    "mix": GeneratorInfo("mix", mix, {"parts": "zipf:3,scan:1", "phase_len": 0,
+                                      "shared": False, "write_ratio": -1.0}),
+}
+
+#: One line per parameter, for ``swapd sim gen --help``.
+PARAM_DOCS: dict[str, dict[str, str]] = {
+    "zipf": {"pages": "distinct pages", "alpha": "skew: P(rank k) ~ 1/k**alpha (0: uniform)",
+             "write_ratio": "probability that a request writes (changes the page)"},
+    "scan": {"hot": "pages of the uniformly accessed hot set",
+             "cold": "pages of the cold region the scans walk",
+             "scan_len": "pages per scan", "scan_every": "hot accesses between scans",
+             "write_ratio": "probability that a request writes"},
+    "shift": {"pages": "id space the window wraps in", "wss": "working-set pages",
+              "period": "requests between shifts", "step": "pages the window moves",
+              "write_ratio": "probability that a request writes"},
+    "loop": {"pages": "loop length", "write_ratio": "probability that a request writes"},
+    "mix": {"parts": "KIND:WEIGHT[/NAME=VALUE...] items, comma-separated",
+            "phase_len": "0: interleave by weight; N: phases of N*weight requests per part",
+            "shared": "true: parts share page ids (default: disjoint, offset i*2**40)",
+            "write_ratio": "-1: each part's own; else given to every part"},
 }
 
 
