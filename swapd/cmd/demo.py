@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", type=int, default=None,
                    help="random-phase accesses (default: pages/2)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--record", metavar="FILE",
+                   help="the started daemon records its trace here (swapd serve --record)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -72,7 +74,7 @@ def _stop_with_parent() -> None:
 
 @contextlib.contextmanager
 def started_daemon(workdir: Path, *, pool_bytes: int, disk_bytes: int,
-                   timeout: float = 60.0) -> Iterator[Path]:
+                   timeout: float = 60.0, record: str | None = None) -> Iterator[Path]:
     """Run ``swapd serve`` in ``workdir`` until the block ends; yields its socket path.
 
     Waits for the daemon's READY=1 on a private $NOTIFY_SOCKET (the systemd
@@ -90,7 +92,8 @@ def started_daemon(workdir: Path, *, pool_bytes: int, disk_bytes: int,
     env.pop("WATCHDOG_USEC", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "swapd", "serve", "--socket", str(sock_path),
-         "--state-dir", str(workdir / "state"), "--config", str(cfg)],
+         "--state-dir", str(workdir / "state"), "--config", str(cfg),
+         *(["--record", record] if record else [])],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
         preexec_fn=_stop_with_parent)
     try:
@@ -156,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
         pool = parse_size(args.pool, "--pool") if args.pool else max(size // 4, 1 << 20)
     except ConfigError:
         raise
+    if args.record and args.socket:
+        raise ConfigError("--record needs a started daemon: it cannot be given with --socket")
+    if args.record and Path(args.record).is_dir():
+        raise ConfigError(f"--record {args.record}: is a directory")
     if size < PAGE_SIZE or size % PAGE_SIZE or limit % PAGE_SIZE:
         raise ConfigError("--size and --limit must be multiples of 4096 (--size at least one page)")
     with contextlib.ExitStack() as stack:
@@ -164,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             work = Path(tempfile.mkdtemp(prefix="swapd-demo-"))
             stack.callback(shutil.rmtree, work, True)
-            sock = stack.enter_context(started_daemon(work, pool_bytes=pool,
-                                                      disk_bytes=2 * size + (64 << 20)))
+            sock = stack.enter_context(started_daemon(
+                work, pool_bytes=pool, disk_bytes=2 * size + (64 << 20),
+                record=os.path.abspath(args.record) if args.record else None))
         result = workload(sock, size, limit, args)
     if args.json:
         json.dump(result, sys.stdout, indent=1)

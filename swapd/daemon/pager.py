@@ -528,6 +528,9 @@ class Pager:
         if readahead:
             session.counters.readahead_pages += loaded
             region.ra_next = i
+            if self.recorder is not None:  # a load without a fault (op "p")
+                for j in range(start, i):
+                    self.recorder(base | j, "p")
         return loaded
 
     def prefetch_locked(self, region: ManagedRegion, start: int, npages: int,

@@ -486,6 +486,8 @@ class Reclaimer:
                 if state[i] == RESIDENT and key in policy:
                     policy.access(key)
                     c.refbit_referenced += 1
+                    if self.recorder is not None:  # a sampled hit (op "a")
+                        self.recorder(key, "a")
 
 
 def _extend(runs: list[tuple[int, int]], i: int) -> None:

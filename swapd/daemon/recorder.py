@@ -18,17 +18,25 @@ __all__ = ["Recorder"]
 
 
 class Recorder:
-    """``--record``: the CSV trace ``time,page,op,size`` that ``swapd sim`` replays (issue 5).
+    """``--record``: the CSV trace ``time,page,op,size`` that ``swapd sim`` replays.
 
     One row per event the daemon handles: ``time`` in microseconds since the
     daemon started, ``page`` = region id << 32 | page index, ``size`` 4096, and
-    ``op`` ``r`` for a read fault, ``w`` for a write (MISSING|WRITE or
-    write-protect) fault, ``e`` for a page evicted.  Accesses that hit resident
-    memory never reach the daemon, so the accesses are the miss stream of the
-    daemon's resident set.  ``swapd sim`` replays the ``r``/``w`` rows and skips
-    the ``e`` rows (``swapd.sim.trace.read_trace(events=True)`` yields them), so
-    the simulated policy makes its own eviction decisions while the daemon's
-    stay in the file for comparison.
+    ``op``:
+
+    * ``r`` a read fault, ``w`` a write (MISSING|WRITE or write-protect) fault;
+    * ``e`` a page evicted and stored in the layer (a ``layer.store``);
+    * ``p`` a page brought in by readahead (a ``layer.load`` without a fault);
+    * ``a`` a resident page the software referenced bit found referenced (a
+      sampled hit: one row per page per sweep, however often it was touched).
+
+    Accesses that hit resident memory never reach the daemon, so the ``r``/``w``
+    rows are the miss stream of the daemon's resident set and ``a`` rows are all
+    it knows of the hits.  What each ``swapd sim`` mode does with such a trace is
+    in docs/simulator.md: ``--replay`` drives the layer with exactly the
+    daemon's stores and loads (``e``, and ``r``/``w``/``p`` of evicted pages);
+    the other modes replay ``r``/``w`` (and, with ``--refbit``, ``a``) as
+    accesses and make their own eviction decisions.
     """
 
     def __init__(self, path: str) -> None:

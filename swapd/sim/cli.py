@@ -181,6 +181,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allocator backend: switches to full mode")
     p.add_argument("--check-every", type=int, default=0, metavar="N",
                    help="full mode: run every _check() each N requests")
+    p.add_argument("--replay", action="store_true",
+                   help="a trace recorded by `swapd serve --record`: replay the daemon's own "
+                        "stores and loads through the layer (needs --backend; no resident "
+                        "policy runs; see docs/simulator.md)")
+    p.add_argument("--refbit", action="store_true",
+                   help="a recorded trace's referenced-bit samples (op a) count as accesses")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_full(p)
     sub = p.add_subparsers(dest="sim_cmd", metavar="{gen,sweep,report,writeback,mrc}")
@@ -231,6 +237,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--ship-trace", action="store_true",
                    help="with --scheduler: send the trace with each job instead of reading "
                         "it from the same path on the workers")
+    s.add_argument("--refbit", action="store_true",
+                   help="a recorded trace's referenced-bit samples (op a) count as accesses")
     s.add_argument("--no-mattson", action="store_true", help="skip the Mattson LRU curve")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     s.add_argument("--no-progress", action="store_true")
@@ -434,6 +442,8 @@ def _run_one(args: argparse.Namespace) -> int:
     if not args.trace:
         raise ConfigError("swapd sim needs --trace FILE (or a subcommand: gen, sweep, report, "
                           "writeback, mrc)")
+    if args.replay:
+        return _run_replay(args)
     if args.capacity is None or args.capacity <= 0:
         raise ConfigError("swapd sim needs --capacity N (pages, > 0)")
     _check_intervals(args)
@@ -447,8 +457,8 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.backend is None:
         from swapd.sim.policy_only import run_policy_only
 
-        res = run_policy_only(read_pages(args.trace, args.fmt), args.policy, args.capacity,
-                              params, window=args.window or 0)
+        res = run_policy_only(read_pages(args.trace, args.fmt, refbit=args.refbit), args.policy,
+                              args.capacity, params, window=args.window or 0)
         d = res.to_dict()
     else:
         from swapd.sim.full import run_full
@@ -458,9 +468,46 @@ def _run_one(args: argparse.Namespace) -> int:
         costs = _costs(args)
         corpus = open_corpus(args.corpus, args.corpus_pages, args.seed)
         try:
-            d = run_full(read_trace(args.trace, args.fmt), cfg, corpus, costs).to_dict()
+            d = run_full(read_trace(args.trace, args.fmt, refbit=args.refbit), cfg, corpus,
+                         costs).to_dict()
         finally:
             getattr(corpus, "close", lambda: None)()
+    d["trace"] = args.trace
+    d["distinct_pages"] = distinct
+    if args.json:
+        json.dump(d, sys.stdout, indent=1, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_summary(d)
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from swapd.sim.full import run_replay
+    from swapd.sim.sweep import open_corpus
+    from swapd.sim.trace import detect_format, normalize_format, read_trace
+
+    if args.backend is None:
+        raise ConfigError("--replay drives the layer: it needs --backend B")
+    if args.capacity is not None:
+        raise ConfigError("--replay replays the daemon's own evictions: --capacity does not apply")
+    fmt = normalize_format(args.fmt) if args.fmt else detect_format(args.trace)
+    if fmt != "csv":
+        raise ConfigError(f"--replay needs a CSV trace recorded by `swapd serve --record`, "
+                          f"not {fmt}")
+    _check_intervals(args)
+    _, distinct = _trace_info(args.trace, args.fmt)
+    if not any(r.op == "e" for r in read_trace(args.trace, fmt, events=True)):
+        raise ConfigError(f"{args.trace}: no eviction rows (op e): not a trace recorded by "
+                          f"`swapd serve --record`, or the daemon never evicted")
+    args.capacity = 1  # unused by the replay; FullConfig wants a positive number
+    cfg = _full_config(args, distinct)
+    costs = _costs(args)
+    corpus = open_corpus(args.corpus, args.corpus_pages, args.seed)
+    try:
+        d = run_replay(read_trace(args.trace, fmt, events=True), cfg, corpus, costs).to_dict()
+    finally:
+        getattr(corpus, "close", lambda: None)()
     d["trace"] = args.trace
     d["distinct_pages"] = distinct
     if args.json:
@@ -480,11 +527,15 @@ def _print_summary(d: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     t.add_row("policy", f"{d['policy'] if 'policy' in d else d['config']['policy']}")
     cap = d.get("capacity", d.get("config", {}).get("capacity"))
-    t.add_row("capacity (pages)", str(cap))
+    if d["mode"] == "replay":
+        t.add_row("capacity (pages)", "(the daemon's, as recorded)")
+        t.add_row("readahead loads", str(d["config"]["readahead_loads"]))
+    else:
+        t.add_row("capacity (pages)", str(cap))
     t.add_row("accesses / distinct pages", f"{d['accesses']} / {d.get('distinct_pages', '?')}")
     t.add_row("misses", f"{d['misses']}")
     t.add_row("miss ratio", f"{d['miss_ratio']:.4f}")
-    if d["mode"] == "full":
+    if d["mode"] in ("full", "replay"):
         cfg = d["config"]
         t.add_row("backend / compressor", f"{cfg['backend']} / {cfg['compressor']}")
         if cfg.get("backend_options"):
@@ -613,6 +664,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--ship-trace needs --scheduler")
     nreq, distinct = _trace_info(args.trace, args.fmt)
     caps = _capacities(args, distinct)
+    if args.refbit:
+        full["refbit"] = True
     window = args.window if args.window is not None else max(1, nreq // 200)
     jobs = make_jobs(args.trace, args.fmt, policies, caps, args.backends,
                      mattson=not args.no_mattson, window=window, pool_bytes=pools,

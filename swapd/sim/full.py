@@ -280,6 +280,9 @@ class FullSim:
         self.accesses = self.hits = self.first_touch = self.refaults = 0
         self.evictions = self.writes = self.max_resident = 0
         self.overflow_pages = self.overflow_now = self.overflow_max = 0
+        self.readahead_loads = self.resident_faults = 0  # replay only
+        self._replay_cost_us = 0.0
+        self._replayed = False
         self.refaults_by_tier: dict[str, int] = {}
         self.store_rejects: dict[str, int] = {}
         self.series: list[dict[str, Any]] = []
@@ -489,6 +492,94 @@ class FullSim:
             nxt = min(nxt, self._next_compact_us)
         return nxt
 
+    def replay(self, events: Iterable[Request]) -> FullResult:
+        """Drive the layer with a recorded trace's own stores and loads (``--replay``).
+
+        ``events`` come from ``read_trace(..., events=True)`` of a ``swapd serve --record``
+        trace: ``e`` stores the page (its current contents), ``r``/``w``/``p`` load a page
+        that is stored (``p``: readahead, no fault), ``w`` gives the page new contents, ``a``
+        is a sampled hit.  No resident policy runs: the daemon's decisions are replayed, so
+        the layer sees exactly the daemon's stores and loads, and the backend, compressor,
+        pool, disk and demotion policy can be varied on a real workload.  The clock is the
+        trace's (microseconds since the daemon started), so the shrinker runs at the
+        recorded pace; modelled time is the cost table's sum.  A store the layer refuses
+        leaves the page resident, as in the daemon (counted in ``store_rejects``).
+        O(n) layer operations.
+        """
+        layer = self.layer
+        costs = self.costs
+        where = self._where
+        dense = self._dense
+        regions = self._regions
+        ES = self._EntryState
+        shrink_us = self.cfg.shrink_interval_s * 1e6
+        compact_us = self.cfg.compact_interval_s * 1e6
+        next_bg = self._next_bg_us
+        cost = 0.0
+        n = self.accesses
+        for req in events:
+            d = dense.get(req.page)
+            if d is None:
+                d = self._dense_index(req.page)
+            self._now_us = max(self._now_us, float(req.time))
+            op = req.op
+            if op == "e":
+                if where[d] == _OUT:  # stored twice without a load: the daemon's copy won
+                    layer.invalidate(regions[d >> REGION_SHIFT], d & _MASK)
+                data = self.contents.data(self._page_of[d], self._version[d])
+                cost += costs.evict_us + costs.compress_us
+                try:
+                    layer.store(regions[d >> REGION_SHIFT], d & _MASK, data)
+                except StoreRejected as exc:
+                    self.store_rejects[exc.reason] = self.store_rejects.get(exc.reason, 0) + 1
+                    where[d] = _RES
+                else:
+                    where[d] = _OUT
+                    self.evictions += 1
+            elif op == "a":
+                n += 1
+                self.hits += 1
+            else:
+                if op != "p":
+                    n += 1
+                st = where[d]
+                if st == _OUT:
+                    region, index = regions[d >> REGION_SHIFT], d & _MASK
+                    state = layer.state(region, index)
+                    data = layer.load(region, index)
+                    tier = state.value if hasattr(state, "value") else str(state)
+                    cost += (costs.decompress_us if state is ES.COMPRESSED
+                             else costs.disk_read_us if state is ES.DISK else 0.0)
+                    if self.cfg.verify and data != self.contents.data(self._page_of[d],
+                                                                      self._version[d]):
+                        raise InvariantError(f"layer returned wrong contents for page "
+                                             f"{self._page_of[d]} (from {tier})")
+                    if op == "p":
+                        self.readahead_loads += 1
+                        self.refaults_by_tier["readahead"] = (
+                            self.refaults_by_tier.get("readahead", 0) + 1)
+                    else:
+                        self.refaults += 1
+                        cost += costs.fault_us
+                        self.refaults_by_tier[tier] = self.refaults_by_tier.get(tier, 0) + 1
+                elif op != "p":
+                    if st == _NEW:
+                        self.first_touch += 1
+                    else:
+                        self.resident_faults += 1  # write-protect or repeated fault
+                    cost += costs.fault_us
+                where[d] = _RES
+                if op == "w":
+                    self.writes += 1
+                    self._version[d] += 1
+            if self._now_us >= next_bg:
+                next_bg = self._background(shrink_us, compact_us)
+        self.accesses = n
+        self._next_bg_us = next_bg
+        self._replay_cost_us += cost
+        self._replayed = True
+        return self.result()
+
     def finish(self) -> None:
         """End of the run: the background work due, then one compaction (when compaction
         is on), so the pool's density is read after the compaction a live pool would get."""
@@ -517,20 +608,29 @@ class FullSim:
         cfg = dataclasses.asdict(self.cfg)
         cfg["params"] = dict(self.cfg.params)
         cfg["layer_options"] = dict(self.cfg.layer_options)
+        if self._replayed:
+            cfg["replay"] = True
+            cfg["resident_faults"] = self.resident_faults
+            cfg["readahead_loads"] = self.readahead_loads
+        elapsed_us = (self._replay_cost_us if self._replayed else self._now_us) + wb_us
         return FullResult(
-            mode="full", config=cfg, accesses=self.accesses, hits=self.hits,
-            misses=self.first_touch + self.refaults, first_touch=self.first_touch,
+            mode="replay" if self._replayed else "full", config=cfg, accesses=self.accesses,
+            hits=self.hits, misses=self.first_touch + self.refaults + self.resident_faults,
+            first_touch=self.first_touch,
             refaults=self.refaults, refaults_by_tier=dict(self.refaults_by_tier),
             evictions=self.evictions, store_rejects=dict(self.store_rejects),
             overflow_pages=self.overflow_pages, overflow_max=self.overflow_max,
             writes=self.writes, max_resident=self.max_resident,
             pages_compacted=self.pages_compacted, shrink_runs=self.shrink_runs,
             shrink_written=self.shrink_written, layer=lay,
-            modelled_time_s=(self._now_us + wb_us) * 1e-6, costs=self.costs.to_dict(),
+            modelled_time_s=elapsed_us * 1e-6, costs=self.costs.to_dict(),
             series=tuple(self.series))
 
     def _check(self) -> None:
         """Verify the simulator's invariants and call every ``_check()`` below.  O(pages)."""
+        if self._replayed:  # no resident policy: only the layer's side can be checked
+            self._check_layer_side()
+            return
         if self.hits + self.first_touch + self.refaults != self.accesses:
             raise InvariantError(f"hits {self.hits} + faults {self.first_touch + self.refaults}"
                                  f" != accesses {self.accesses}")
@@ -553,6 +653,16 @@ class FullSim:
                     raise InvariantError(f"page {self._page_of[d]} is swapped out but the "
                                          f"layer has no copy")
         self.policy._check()
+        self._check_layer_side()
+
+    def _check_layer_side(self) -> None:
+        ES = self._EntryState
+        for d, w in enumerate(self._where):
+            if w == _OUT:
+                st = self.layer.state(self._regions[d >> REGION_SHIFT], d & _MASK)
+                if st is ES.RESIDENT:
+                    raise InvariantError(f"page {self._page_of[d]} is swapped out but the "
+                                         f"layer has no copy")
         self.layer._check()
         self.contents._check()
 
@@ -573,6 +683,17 @@ class FullSim:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_replay(events: Iterable[Request], cfg: FullConfig, corpus: PageSource,
+               costs: CostTable = DEFAULT_COSTS, check: bool = True) -> FullResult:
+    """Replay a recorded trace's stores and loads through the layer (:meth:`FullSim.replay`)."""
+    with FullSim(cfg, corpus, costs) as sim:
+        sim.replay(events)
+        sim.finish()
+        if check:
+            sim._check()
+        return sim.result()
 
 
 def run_full(requests: Iterable[Request], cfg: FullConfig, corpus: PageSource,

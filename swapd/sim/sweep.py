@@ -75,6 +75,7 @@ class Job:
     allow_overflow: bool = False
     trace_pages: int = 0  # distinct pages (for overflow messages)
     trace_data: bytes | None = None  # the trace itself, shipped to remote workers
+    refbit: bool = False  # a recorded trace's referenced-bit samples count as accesses
 
 
 def open_corpus(path: str | None, npages: int, seed: int) -> Any:
@@ -120,8 +121,8 @@ def _run_job(job: Job) -> dict[str, Any]:
     if job.kind == "policy-only":
         from swapd.sim.policy_only import run_policy_only
 
-        r = run_policy_only(read_pages(job.trace, job.fmt), job.policy, job.capacity,
-                            dict(job.params), window=job.window)
+        r = run_policy_only(read_pages(job.trace, job.fmt, refbit=job.refbit), job.policy,
+                            job.capacity, dict(job.params), window=job.window)
         d = r.to_dict()
         d["backend"] = None
         return d
@@ -142,7 +143,7 @@ def _run_job(job: Job) -> dict[str, Any]:
         costs = CostTable.from_dict(dict(job.costs)) if job.costs else DEFAULT_COSTS
         corpus = open_corpus(job.corpus, job.corpus_pages, job.seed)
         try:
-            res = run_full(read_trace(job.trace, job.fmt), cfg, corpus, costs)
+            res = run_full(read_trace(job.trace, job.fmt, refbit=job.refbit), cfg, corpus, costs)
         finally:
             close = getattr(corpus, "close", None)
             if close is not None:
@@ -211,7 +212,8 @@ def make_jobs(trace: str, fmt: str | None, policies: Sequence[PolicySpec],
         for cap in sorted(capacities):
             if not backends:
                 jobs.append(Job("policy-only", trace, fmt, name, cap, params=params,
-                                window=window, label=label))
+                                window=window, label=label,
+                                refbit=bool(full.get("refbit", False))))
                 continue
             for b in backends:
                 for pb in pools or [max(4096, cap * 4096 // 2)]:

@@ -11,11 +11,15 @@ op, size).  Three on-disk formats are understood:
     ``time,page,op,size`` with op ``r`` or ``w``; a header line naming the
     columns is optional (and, when present, may order them differently).
     ``op`` and ``size`` may be omitted (``r`` and 4096).  This is also what
-    ``swapd serve --record FILE`` writes, with one more op: ``e``, a page the
-    daemon evicted.  Eviction rows are events, not accesses: the readers skip
-    them unless asked (``events=True``), so that a replay lets the simulated
-    policy make its own eviction decisions, while the daemon's are kept in the
-    file for comparison.
+    ``swapd serve --record FILE`` writes (``swapd/daemon/recorder.py``), with
+    three more ops: ``e`` a page the daemon evicted (stored in its layer), ``p``
+    a page it brought in by readahead (loaded without a fault), ``a`` a resident
+    page its software referenced bit found referenced (a sampled hit).  These
+    are events, not accesses: the readers skip them unless asked
+    (``events=True`` yields all three; ``refbit=True`` yields the ``a`` rows as
+    read accesses), so that a replay lets the simulated policy make its own
+    eviction decisions, while the daemon's are kept in the file for comparison
+    (docs/simulator.md).
 ``oracleGeneral``
     libCacheSim's binary trace: packed 24-byte little-endian records::
 
@@ -75,8 +79,9 @@ class Request(NamedTuple):
     """One trace record: a page access.
 
     ``time``: trace time (seconds or virtual time, as the source has it).
-    ``page``: page id, ``0 <= page < 2**64``.  ``op``: ``"r"`` or ``"w"``, or
-    ``"e"`` for an eviction event recorded by the daemon (not an access).
+    ``page``: page id, ``0 <= page < 2**64``.  ``op``: ``"r"`` or ``"w"``, or an
+    event recorded by the daemon (not an access): ``"e"`` eviction, ``"p"``
+    readahead load, ``"a"`` referenced-bit sample.
     ``size``: bytes accessed (4096 for page traces).
     """
 
@@ -224,9 +229,11 @@ def _parse_csv_row(path: str, lineno: int, fields: list[str],
             op = "w"
         elif o in ("e", "evict"):
             op = "e"
+        elif o in ("a", "p"):
+            op = o
         elif o:
             raise TraceFormatError(path, lineno,
-                                   f"op {fields[oi].strip()!r} is not r, w or e")
+                                   f"op {fields[oi].strip()!r} is not r, w, e, p or a")
     size = PAGE_SIZE
     if 0 <= si < n and fields[si].strip():
         try:
@@ -239,8 +246,11 @@ def _parse_csv_row(path: str, lineno: int, fields: list[str],
     return Request(t, page, op, size)
 
 
-def _read_csv(path: str, pages_only: bool,
-              events: bool = False) -> Iterator[int] | Iterator[Request]:
+_EVENTS = frozenset("epa")
+
+
+def _read_csv(path: str, pages_only: bool, events: bool = False,
+              refbit: bool = False) -> Iterator[int] | Iterator[Request]:
     def gen() -> Iterator[object]:
         cols = (0, 1, 2, 3)
         first = True
@@ -261,8 +271,10 @@ def _read_csv(path: str, pages_only: bool,
                             names.index(c) if c in names else -1 for c in _CSV_COLUMNS)
                         continue
                 r = _parse_csv_row(path, lineno, fields, cols)
-                if r.op == "e" and not events:
-                    continue
+                if r.op in _EVENTS and not events:
+                    if not (refbit and r.op == "a"):
+                        continue
+                    r = r._replace(op="r")
                 yield r.page if pages_only else r
     return gen()  # type: ignore[return-value]
 
@@ -301,24 +313,30 @@ _READERS = {"text": _read_text, "csv": _read_csv, "oracleGeneral": _read_oracle}
 
 
 def read_trace(path: str | os.PathLike[str], fmt: str | None = None, *,
-               events: bool = False) -> Iterator[Request]:
+               events: bool = False, refbit: bool = False) -> Iterator[Request]:
     """Stream the requests of the trace at ``path`` (format detected if ``fmt`` is None).
 
-    ``events=True`` also yields the daemon's eviction rows (op ``e``) of a CSV
-    trace.  O(1) memory; O(n) time.  Raises TraceFormatError on the first
-    malformed record, ConfigError if the file does not exist.
+    ``events=True`` also yields the daemon's event rows (ops ``e``, ``p``, ``a``) of a
+    CSV trace; ``refbit=True`` yields its ``a`` rows as read accesses.  O(1) memory;
+    O(n) time.  Raises TraceFormatError on the first malformed record, ConfigError if
+    the file does not exist.
     """
     p = os.fspath(path)
     f = normalize_format(fmt) if fmt else detect_format(p)
     if f == "csv":
-        return _read_csv(p, False, events)  # type: ignore[return-value]
+        return _read_csv(p, False, events, refbit)  # type: ignore[return-value]
     return _READERS[f](p, False)  # type: ignore[return-value]
 
 
-def read_pages(path: str | os.PathLike[str], fmt: str | None = None) -> Iterator[int]:
-    """Stream only the page ids of the trace at ``path`` (the fast path of policy-only mode)."""
+def read_pages(path: str | os.PathLike[str], fmt: str | None = None, *,
+               refbit: bool = False) -> Iterator[int]:
+    """Stream only the page ids of the trace at ``path`` (the fast path of policy-only mode).
+
+    ``refbit=True``: a recorded trace's referenced-bit samples count as accesses."""
     p = os.fspath(path)
     f = normalize_format(fmt) if fmt else detect_format(p)
+    if f == "csv":
+        return _read_csv(p, True, False, refbit)  # type: ignore[return-value]
     return _READERS[f](p, True)  # type: ignore[return-value]
 
 
@@ -387,8 +405,8 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[Request | int],
                 if not 0 <= r.page <= MAX_PAGE_ID:
                     raise TraceFormatError(p, i + 1, f"page id {r.page} is outside [0, 2**64)")
                 if f == "csv":
-                    if r.op not in ("r", "w", "e"):
-                        raise TraceFormatError(p, i + 1, f"op {r.op!r} is not r, w or e")
+                    if r.op not in ("r", "w", "e", "p", "a"):
+                        raise TraceFormatError(p, i + 1, f"op {r.op!r} is not r, w, e, p or a")
                     lines.append(f"{r.time},{r.page},{r.op},{r.size}\n")
                 else:
                     lines.append(f"{r.page}\n")
