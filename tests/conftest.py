@@ -1,11 +1,14 @@
 """Shared fixtures: every installed allocator backend, plus the fixture package's own.
 
-``backend_variant`` is parametrized over every backend that loads through the
-``swapd.backends`` entry points (``swapd.plugins.available_backends()``), over
-``zsmalloc``'s second lock mode when it has one, and over ``tiny`` -- the
+The contract suites ship in the package (``swapd.testing``, a pytest plugin); this
+file names the variants they run over in-tree: every backend that loads through the
+``swapd.backends`` entry points (``swapd.plugins.available_backends()``),
+``zsmalloc``'s second lock mode when it has one, and ``tiny`` -- the
 one-object-per-page backend of ``tests/fixtures/tinybackend`` -- imported straight
 from its source tree, so the contract suite always has a known-correct backend
-to run against (it is also how the suite itself is checked).
+to run against (it is also how the suite itself is checked); every policy, plus
+parameter variants.  ``backend_variant`` / ``pool`` are the plugin's fixtures under
+the names the other backend tests use.
 
 Tests marked ``slow`` run only with ``--runslow`` (or ``-m slow``), so the default
 suite stays fast.
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ import pytest
 
 from swapd.backend import Backend
 from swapd.errors import ConfigError
-from swapd.plugins import available_backends
+from swapd.plugins import available_backends, available_policies
+from swapd.testing import BackendVariant
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_SRC = FIXTURES / "tinybackend"
@@ -31,38 +34,33 @@ if str(TINY_SRC) not in sys.path:
     sys.path.append(str(TINY_SRC))
 
 
-@dataclass(frozen=True)
-class BackendVariant:
-    """A backend class and the options to build it with; ``id`` names the test."""
-
-    id: str
-    cls: type[Backend]
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def make(self, **extra: Any) -> Backend:
-        """Build a fresh pool (pass ``max_pages`` for a tiny arena)."""
-        return self.cls(**self.options, **extra)
-
-
-def _variants() -> dict[str, BackendVariant]:
-    from tinybackend import TinyPool
-
-    classes: dict[str, type[Backend]] = dict(available_backends())
-    classes.setdefault("tiny", TinyPool)
-    out = {name: BackendVariant(name, cls) for name, cls in classes.items()}
-    zs = classes.get("zsmalloc")
+def _backend_specs() -> list[str]:
+    """Every installed backend, zsmalloc's second lock mode, and ``tiny`` (by import path)."""
+    names = sorted(available_backends())
+    specs = [*names, "tinybackend:TinyPool"]
+    zs = available_backends().get("zsmalloc")
     if zs is not None:
         try:
             zs(max_pages=1, lock="pool").close()
         except (ConfigError, TypeError, ValueError):
             pass  # no lock switch: only the default variant
         else:
-            out["zsmalloc-lock=pool"] = BackendVariant("zsmalloc-lock=pool", zs,
-                                                       {"lock": "pool"})
-    return out
+            specs.append("zsmalloc:lock=pool")
+    return specs
 
 
-VARIANTS = _variants()
+# Parameter variants that keep the policy contract (request == victims + insert).
+POLICY_VARIANTS = ["clock:bits=2", "clock:bits=3,insert_referenced=true",
+                   "s3fifo:move_to_main_threshold=2,fill_main_before_evict=true,ghost_ratio=0.9",
+                   "s3fifo:small_ratio=0.25,move_to_main_threshold=3", "2q:kin=0.5,kout=1.0"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The in-tree run's variants for the shipped contract suites (swapd.testing.plugin)."""
+    from swapd.testing.plugin import set_defaults
+
+    set_defaults(config, _backend_specs(),
+                 [*sorted(available_policies()), *POLICY_VARIANTS])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,18 +78,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(params=sorted(VARIANTS))
-def backend_variant(request: pytest.FixtureRequest) -> BackendVariant:
-    """Each installed backend (and lock mode) in turn."""
-    return VARIANTS[request.param]
+@pytest.fixture
+def backend_variant(swapd_backend: BackendVariant) -> BackendVariant:
+    """Each backend variant in turn (the plugin's ``swapd_backend``, under its old name)."""
+    return swapd_backend
 
 
 @pytest.fixture
-def pool(backend_variant: BackendVariant) -> Iterator[Backend]:
+def pool(swapd_pool: Backend) -> Backend:
     """A fresh pool of the parametrized backend with a 64 MiB arena; closed afterwards."""
-    b = backend_variant.make(max_pages=16384)
-    yield b
-    b.close()
+    return swapd_pool
 
 
 # -- Redis on a test host (a network namespace on a bridge; swapd/testhosts.py) ----------------

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 from swapd.arena import PAGE_SIZE
 from swapd.backend import Backend
 from swapd.errors import DoubleFreeError, InvalidHandleError, PoolExhaustedError
-from tests.conftest import BackendVariant
+from swapd.testing import BackendVariant
 
 # operation -> weight
 WEIGHTS = {"malloc": 34, "write": 14, "read": 22, "free": 26, "compact": 2, "misuse": 2}

@@ -1,0 +1,105 @@
+"""The ``swapd`` pytest plugin: ``--swapd-backend`` / ``--swapd-policy`` and the contract
+fixtures (see :mod:`swapd.testing`).  Registered in the ``pytest11`` entry-point group.
+
+Design.  The options take specs (``NAME``, ``NAME:opt=value,...``, ``pkg.mod:Class``),
+resolved once per session into variants; ``pytest_generate_tests`` parametrizes every
+test that asks for ``swapd_backend`` or ``swapd_policy`` over them (default: every
+installed plugin of the group, so the in-tree suite covers all of them).  A spec that
+does not resolve is a usage error reported before any test runs.  With a spec given and
+no test paths on the command line, the shipped suites are collected.  No state beyond
+the resolved variants (``config.stash``); no locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapd.testing import BackendVariant, PolicyVariant, backend_variant, policy_variant
+
+_BACKENDS = pytest.StashKey[list[BackendVariant]]()
+_POLICIES = pytest.StashKey[list[PolicyVariant]]()
+_DEFAULTS = pytest.StashKey[tuple[list[str], list[str]]]()
+
+
+def set_defaults(config: pytest.Config, backends: list[str], policies: list[str]) -> None:
+    """Specs to run when no ``--swapd-backend`` / ``--swapd-policy`` is given (instead of
+    every installed plugin): a project's conftest calls this from ``pytest_configure``
+    to add variants (swapd's own adds an unregistered test backend and option variants)."""
+    config.stash[_DEFAULTS] = (list(backends), list(policies))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("swapd", "swapd contract suites")
+    g.addoption("--swapd-backend", action="append", default=[], metavar="SPEC",
+                help="run the backend contract suite against SPEC: NAME, NAME:opt=value,... "
+                     "or pkg.module:Class (repeatable; default: every installed backend)")
+    g.addoption("--swapd-policy", action="append", default=[], metavar="SPEC",
+                help="run the policy contract suite against SPEC: NAME, NAME:param=value,... "
+                     "or pkg.module:Class (repeatable; default: every installed policy)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from swapd.errors import SwapdError
+
+    bspecs: list[str] = config.getoption("swapd_backend") or []
+    pspecs: list[str] = config.getoption("swapd_policy") or []
+    try:
+        config.stash[_BACKENDS] = [backend_variant(s) for s in bspecs]
+        config.stash[_POLICIES] = [policy_variant(s) for s in pspecs]
+    except SwapdError as exc:
+        raise pytest.UsageError(f"swapd plugin: {exc}") from exc
+    if (bspecs or pspecs) and config.args_source is not pytest.Config.ArgsSource.ARGS:
+        here = Path(__file__).parent
+        config.args[:] = ([str(here / "backend_contract.py")] if bspecs else []) + \
+                         ([str(here / "policy_contract.py")] if pspecs else [])
+
+
+def _backends(config: pytest.Config) -> list[BackendVariant]:
+    got = config.stash.get(_BACKENDS, [])
+    if got:
+        return got
+    specs = config.stash.get(_DEFAULTS, ([], []))[0]
+    if specs:
+        return [backend_variant(s) for s in specs]
+    from swapd.plugins import available_backends
+
+    return [BackendVariant(n, c) for n, c in sorted(available_backends().items())]
+
+
+def _policies(config: pytest.Config) -> list[PolicyVariant]:
+    got = config.stash.get(_POLICIES, [])
+    if got:
+        return got
+    specs = config.stash.get(_DEFAULTS, ([], []))[1]
+    if specs:
+        return [policy_variant(s) for s in specs]
+    from swapd.plugins import available_policies
+
+    return [PolicyVariant(n, c) for n, c in sorted(available_policies().items())]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "swapd_backend" in metafunc.fixturenames:
+        bs = _backends(metafunc.config)
+        metafunc.parametrize("swapd_backend", bs, ids=[b.id for b in bs])
+    if "swapd_policy_variant" in metafunc.fixturenames:
+        ps = _policies(metafunc.config)
+        metafunc.parametrize("swapd_policy_variant", ps, ids=[p.id for p in ps])
+
+
+@pytest.fixture
+def swapd_pool(swapd_backend: BackendVariant) -> Iterator[Any]:
+    """A fresh pool of the parametrized backend with a 64 MiB arena; closed afterwards."""
+    b = swapd_backend.make(max_pages=16384)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def swapd_policy(swapd_policy_variant: PolicyVariant) -> Any:
+    """A factory ``capacity -> Policy`` of the parametrized policy."""
+    return swapd_policy_variant.make
