@@ -86,6 +86,8 @@ class CostTable:
                 d = json.load(f)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{p}: not a JSON cost table: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"--costs {p}: {exc.strerror or exc}") from exc
         return cls.from_dict(d, p)
 
 

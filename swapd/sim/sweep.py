@@ -345,9 +345,10 @@ def _run_distributed(jobs: Sequence[Job], address: str,
     except OSError as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     try:
-        futs = client.map(run_job, list(jobs), pure=False)
-        for fut in dist.as_completed(futs):
-            done(fut.result())
+        with client.as_current():
+            futs = client.map(run_job, list(jobs), pure=False)
+            for fut in dist.as_completed(futs):
+                done(fut.result())
     finally:
         client.close()
 

@@ -94,6 +94,7 @@ def assert_resident(pool: Backend) -> None:
 
 
 def test_identity(swapd_pool: Backend) -> None:
+    """The contract: identity."""
     pool = swapd_pool
     assert isinstance(pool, Backend)
     assert isinstance(pool.name, str) and pool.name
@@ -109,6 +110,7 @@ def test_identity(swapd_pool: Backend) -> None:
 
 
 def test_unknown_option_is_a_config_error(swapd_backend: BackendVariant) -> None:
+    """The contract: unknown option is a config error."""
     with pytest.raises(ConfigError):
         swapd_backend.make(max_pages=8, no_such_option_xyz=1)
 
@@ -117,6 +119,7 @@ def test_unknown_option_is_a_config_error(swapd_backend: BackendVariant) -> None
 
 
 def test_round_trip_random_sizes(swapd_pool: Backend) -> None:
+    """The contract: round trip random sizes."""
     pool = swapd_pool
     rng = random.Random(1)
     shadow: Shadow = {}
@@ -135,6 +138,7 @@ def test_round_trip_random_sizes(swapd_pool: Backend) -> None:
 
 
 def test_write_accepts_every_bytes_like(swapd_pool: Backend) -> None:
+    """The contract: write accepts every bytes like."""
     pool = swapd_pool
     shadow: Shadow = {}
     h = store(pool, shadow, b"a" * 100)
@@ -151,6 +155,7 @@ def test_write_accepts_every_bytes_like(swapd_pool: Backend) -> None:
 
 
 def test_objects_never_overlap(swapd_pool: Backend) -> None:
+    """The contract: objects never overlap."""
     pool = swapd_pool
     rng = random.Random(2)
     shadow: Shadow = {}
@@ -178,6 +183,7 @@ def test_objects_never_overlap(swapd_pool: Backend) -> None:
 
 
 def test_accounting_equals_what_is_stored(swapd_pool: Backend) -> None:
+    """The contract: accounting equals what is stored."""
     pool = swapd_pool
     rng = random.Random(3)
     shadow: Shadow = {}
@@ -194,6 +200,7 @@ def test_accounting_equals_what_is_stored(swapd_pool: Backend) -> None:
 
 
 def test_resident_memory_equals_total_pages(swapd_pool: Backend) -> None:
+    """The contract: resident memory equals total pages."""
     pool = swapd_pool
     rng = random.Random(4)
     shadow: Shadow = {}
@@ -219,6 +226,7 @@ def test_resident_memory_equals_total_pages(swapd_pool: Backend) -> None:
 
 @pytest.mark.parametrize("sizes", ["large", "mixed"])
 def test_exhaustion_then_recovery(swapd_backend: BackendVariant, sizes: str) -> None:
+    """The contract: exhaustion then recovery."""
     max_pages = 16
     pool = swapd_backend.make(max_pages=max_pages)
     try:
@@ -295,6 +303,7 @@ NEVER_ISSUED = (0, -1, (1 << 62) + 12345)
 
 @pytest.mark.parametrize("handle", NEVER_ISSUED)
 def test_unknown_handle(populated: tuple[Backend, Shadow], handle: int) -> None:
+    """The contract: unknown handle."""
     pool, shadow = populated
     assert handle not in shadow
     _misuse(pool, shadow, InvalidHandleError, lambda: pool.read(handle))
@@ -303,6 +312,7 @@ def test_unknown_handle(populated: tuple[Backend, Shadow], handle: int) -> None:
 
 
 def test_freed_handle(populated: tuple[Backend, Shadow]) -> None:
+    """The contract: freed handle."""
     pool, shadow = populated
     h = next(iter(shadow))
     size = len(shadow[h])
@@ -312,6 +322,7 @@ def test_freed_handle(populated: tuple[Backend, Shadow]) -> None:
 
 
 def test_double_free(populated: tuple[Backend, Shadow]) -> None:
+    """The contract: double free."""
     pool, shadow = populated
     h = list(shadow)[7]
     release(pool, shadow, h)
@@ -322,11 +333,13 @@ def test_double_free(populated: tuple[Backend, Shadow]) -> None:
 
 @pytest.mark.parametrize("size", [0, -1, -4096])
 def test_bad_size(populated: tuple[Backend, Shadow], size: int) -> None:
+    """The contract: bad size."""
     pool, shadow = populated
     _misuse(pool, shadow, ObjectSizeError, lambda: pool.malloc(size))
 
 
 def test_size_above_max(populated: tuple[Backend, Shadow]) -> None:
+    """The contract: size above max."""
     pool, shadow = populated
     for size in (pool.max_size + 1, PAGE_SIZE + 1, 1 << 20):
         _misuse(pool, shadow, ObjectSizeError, lambda s=size: pool.malloc(s))  # type: ignore[misc]
@@ -334,6 +347,7 @@ def test_size_above_max(populated: tuple[Backend, Shadow]) -> None:
 
 @pytest.mark.parametrize("data", ["a string", 12, None, [1, 2, 3], 3.5])
 def test_wrong_type_of_data(populated: tuple[Backend, Shadow], data: object) -> None:
+    """The contract: wrong type of data."""
     pool, shadow = populated
     h = next(iter(shadow))
     _misuse(pool, shadow, DataTypeError, lambda: pool.write(h, data))  # type: ignore[arg-type]
@@ -341,6 +355,7 @@ def test_wrong_type_of_data(populated: tuple[Backend, Shadow], data: object) -> 
 
 @pytest.mark.parametrize("delta", [-1, 1, 4096])
 def test_wrong_length(populated: tuple[Backend, Shadow], delta: int) -> None:
+    """The contract: wrong length."""
     pool, shadow = populated
     h = next(h for h, d in shadow.items() if len(d) > 1)
     n = len(shadow[h]) + delta
@@ -348,6 +363,7 @@ def test_wrong_length(populated: tuple[Backend, Shadow], delta: int) -> None:
 
 
 def test_empty_write_to_sized_object(populated: tuple[Backend, Shadow]) -> None:
+    """The contract: empty write to sized object."""
     pool, shadow = populated
     h = next(iter(shadow))
     _misuse(pool, shadow, ObjectSizeError, lambda: pool.write(h, b""))
@@ -357,6 +373,7 @@ def test_empty_write_to_sized_object(populated: tuple[Backend, Shadow]) -> None:
 
 
 def test_compact_keeps_content(swapd_pool: Backend) -> None:
+    """The contract: compact keeps content."""
     pool = swapd_pool
     rng = random.Random(7)
     shadow: Shadow = {}
@@ -393,6 +410,7 @@ def test_compact_keeps_content(swapd_pool: Backend) -> None:
 
 
 def test_compact_on_empty_pool(swapd_pool: Backend) -> None:
+    """The contract: compact on empty pool."""
     pool = swapd_pool
     assert pool.compact() == 0
     pool._check()

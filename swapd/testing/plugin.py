@@ -33,6 +33,7 @@ def set_defaults(config: pytest.Config, backends: list[str], policies: list[str]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--swapd-backend`` and ``--swapd-policy``."""
     g = parser.getgroup("swapd", "swapd contract suites")
     g.addoption("--swapd-backend", action="append", default=[], metavar="SPEC",
                 help="run the backend contract suite against SPEC: NAME, NAME:opt=value,... "
@@ -43,8 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Resolve the specs (a bad one is a usage error) and pick the suites to collect."""
     from swapd.errors import SwapdError
 
+    config.addinivalue_line("markers", "slow: a long-running contract test")
     bspecs: list[str] = config.getoption("swapd_backend") or []
     pspecs: list[str] = config.getoption("swapd_policy") or []
     try:
@@ -83,6 +86,7 @@ def _policies(config: pytest.Config) -> list[PolicyVariant]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``swapd_backend`` / ``swapd_policy`` over the variants."""
     if "swapd_backend" in metafunc.fixturenames:
         bs = _backends(metafunc.config)
         metafunc.parametrize("swapd_backend", bs, ids=[b.id for b in bs])

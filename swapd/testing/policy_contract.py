@@ -27,6 +27,7 @@ Factory = Callable[[int | None], Policy]
 
 
 def test_name_and_description(swapd_policy: Factory) -> None:
+    """The contract: name and description."""
     factory = swapd_policy
     p = factory(None)
     assert isinstance(p, Policy)
@@ -35,6 +36,7 @@ def test_name_and_description(swapd_policy: Factory) -> None:
 
 
 def test_bad_parameters_are_config_errors(swapd_policy: Factory) -> None:
+    """The contract: bad parameters are config errors."""
     factory = swapd_policy
     cls = type(factory(None))
     with pytest.raises(ConfigError):
@@ -44,6 +46,7 @@ def test_bad_parameters_are_config_errors(swapd_policy: Factory) -> None:
 
 
 def test_insert_contains_len(swapd_policy: Factory) -> None:
+    """The contract: insert contains len."""
     factory = swapd_policy
     p = factory(None)
     assert len(p) == 0 and 1 not in p
@@ -60,6 +63,7 @@ def test_insert_contains_len(swapd_policy: Factory) -> None:
 
 
 def test_access_and_remove_of_untracked_keys_raise(swapd_policy: Factory) -> None:
+    """The contract: access and remove of untracked keys raise."""
     factory = swapd_policy
     p = factory(None)
     for k in range(4):
@@ -81,6 +85,7 @@ def test_access_and_remove_of_untracked_keys_raise(swapd_policy: Factory) -> Non
 
 
 def test_victims_are_unique_tracked_and_untracked_after(swapd_policy: Factory) -> None:
+    """The contract: victims are unique tracked and untracked after."""
     factory = swapd_policy
     p = factory(None)
     keys = list(range(50))
@@ -141,6 +146,7 @@ def test_evicted_keys_are_not_tracked_even_if_remembered(swapd_policy: Factory) 
 
 
 def test_unbounded_policy_never_evicts_on_its_own(swapd_policy: Factory) -> None:
+    """The contract: unbounded policy never evicts on its own."""
     factory = swapd_policy
     p = factory(None)
     rng = random.Random(11)
@@ -151,6 +157,7 @@ def test_unbounded_policy_never_evicts_on_its_own(swapd_policy: Factory) -> None
 
 
 def test_request_never_exceeds_capacity_and_reports_hits(swapd_policy: Factory) -> None:
+    """The contract: request never exceeds capacity and reports hits."""
     factory = swapd_policy
     rng = random.Random(5)
     for cap in (1, 2, 7, 32):
@@ -172,6 +179,7 @@ def _drain(p: Policy) -> list[Any]:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_request_and_replay_match_the_default_implementation(swapd_policy: Factory,
                                                              seed: int) -> None:
+    """The contract: request and replay match the default implementation."""
     factory = swapd_policy
     rng = random.Random(seed)
     cap = rng.choice([3, 10, 25])
@@ -195,6 +203,7 @@ def test_request_and_replay_match_the_default_implementation(swapd_policy: Facto
 
 
 def test_replay_after_resize_down_evicts_like_request(swapd_policy: Factory) -> None:
+    """The contract: replay after resize down evicts like request."""
     factory = swapd_policy
     rng = random.Random(9)
     keys = [rng.randrange(60) for _ in range(400)]
@@ -268,6 +277,7 @@ def _stress(factory: Factory, seed: int, steps: int) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_seeded_random_operations(swapd_policy: Factory, seed: int) -> None:
+    """The contract: seeded random operations."""
     factory = swapd_policy
     _stress(factory, seed, 400)
 
@@ -294,6 +304,7 @@ def test_seeded_stress_is_replayable(swapd_policy: Factory) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 140))
 def test_seeded_random_operations_long(swapd_policy: Factory, seed: int) -> None:
+    """The contract: seeded random operations long."""
     factory = swapd_policy
     _stress(factory, seed, 5000)
 
@@ -378,6 +389,7 @@ def _machine(factory: Factory) -> Any:
 
 
 def test_hypothesis_stateful(swapd_policy: Factory) -> None:
+    """The contract: hypothesis stateful."""
     pytest.importorskip("hypothesis", reason="the stateful test needs hypothesis")
     factory = swapd_policy
     from hypothesis import HealthCheck, settings

@@ -1,0 +1,1 @@
+"""Example swapd plugins: the ``slab`` allocator backend and the ``lfu`` policy."""
