@@ -189,3 +189,4 @@ def test_garbage_collected_region_after_daemon_death_does_not_hang(tmp_path: Pat
         assert '"done"' in out and p.returncode == 0, out
     finally:
         d.stop()
+

@@ -6,16 +6,20 @@ compared: ``swapd sim``'s policy-only path (``run_policy_only`` -> the ``lru``
 plugin's ``replay``, i.e. through the policy contract) against the loop a
 reader would write by hand with ``collections.OrderedDict``.  Target (issue 5):
 policy-only >= 0.8x the bare loop.  Both must report the same miss count (checked).
-Full mode (resident set + real layer + zsmalloc + disk tier, synthetic corpus)
-is measured on a smaller trace, as requests per second of wall time.
+Full mode (resident set + real layer + a backend + disk tier, synthetic corpus)
+is measured on a smaller trace, as requests per second of wall time, on a run whose
+tiers hold the trace without overflow (checked: no store rejected, no overflow
+page; the disk tier is sized for every page of the trace).
 
-JSON: {"ordereddict_req_per_s", "policy_only_req_per_s", "full_req_per_s", ...}.
+JSON: {"ordereddict_req_per_s", "policy_only_req_per_s", "full_req_per_s", ...,
+"loadavg"}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,14 +54,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-requests", type=int, default=20_000)
     p.add_argument("--full-capacity", type=int, default=500)
     p.add_argument("--backend", default="zsmalloc")
+    p.add_argument("--backend-opt", action="append", default=[], metavar="NAME=VALUE",
+                   help="a backend option of the full-mode run (repeatable)")
     p.add_argument("--json", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run policy-only and full mode; print a table or JSON; returns 0."""
+    from swapd.errors import ConfigError
+    from swapd.plugins import check_backend_options
     from swapd.sim.gen import generate
     from swapd.sim.policy_only import run_policy_only
 
+    opts: dict[str, str] = {}
+    for kv in args.backend_opt:
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise ConfigError(f"--backend-opt: expected NAME=VALUE, got {kv!r}")
+        opts[k.strip()] = v.strip()
+    args.backend_options = check_backend_options(args.backend, opts)
     keys = [r.page for r in generate("zipf", args.requests, seed=1, pages=args.pages, alpha=0.9)]
     t_od: list[float] = []
     t_pol: list[float] = []
@@ -85,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
         "requests": args.requests, "capacity": args.capacity, "reps": args.reps,
         "misses": m_od,
         "full": {"requests": args.full_requests, "capacity": args.full_capacity,
-                 "backend": args.backend, "miss_ratio": full_res.get("miss_ratio"),
-                 "refaults_by_tier": full_res.get("refaults_by_tier")},
+                 "backend": args.backend, "backend_options": args.backend_options,
+                 "miss_ratio": full_res.get("miss_ratio"),
+                 "refaults_by_tier": full_res.get("refaults_by_tier"),
+                 "overflow_pages": full_res.get("overflow_pages"),
+                 "store_rejects": full_res.get("store_rejects")},
+        "loadavg": os.getloadavg(),
     }
     if args.json:
         json.dump(out, sys.stdout, indent=1)
@@ -102,17 +121,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _full(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
     from swapd.corpus import Corpus
+    from swapd.errors import ConfigError
     from swapd.sim.full import FullConfig, FullSim
     from swapd.sim.gen import generate
 
     reqs = list(generate("zipf", args.full_requests, seed=2, pages=args.full_capacity * 6,
                          alpha=0.9, write_ratio=0.1))
     corpus = Corpus.synthetic(1024, seed=0)
+    distinct = len({r.page for r in reqs})
     cfg = FullConfig(policy="lru", capacity=args.full_capacity, backend=args.backend,
-                     pool_bytes=args.full_capacity * 4096 // 2, disk_bytes=64 << 20)
+                     pool_bytes=args.full_capacity * 4096 // 2,
+                     disk_bytes=max(64 << 20, (distinct + 64) * 4096),
+                     backend_options=tuple(sorted(args.backend_options.items())),
+                     trace_pages=distinct)  # overflow would stop the run (TierOverflowError)
     with FullSim(cfg, corpus) as sim:
         t0 = time.perf_counter()
         res = sim.run(reqs)
         dt = time.perf_counter() - t0
         sim._check()
-    return args.full_requests / dt, res.to_dict()
+    d = res.to_dict()
+    if d["overflow_pages"] or d["store_rejects"]:
+        raise ConfigError(f"the full-mode run overflowed ({d['store_rejects']}): not measured")
+    return args.full_requests / dt, d

@@ -129,7 +129,8 @@ class FullConfig:
     to an unbounded overflow store instead of stopping the run.  ``backend_options``:
     the backend's own options (``swapd.plugins.make_backend`` checks them).
     ``trace_pages``: the trace's distinct pages, when known, for the size an
-    overflow error names.
+    overflow error names.  ``disk_seal``: seal disk-tier pages as the daemon does (off: the
+    simulator's scratch file keeps no secret, and modelled time does not include it).
     """
 
     policy: str = "lru"
@@ -150,6 +151,7 @@ class FullConfig:
     allow_overflow: bool = False
     backend_options: tuple[tuple[str, Any], ...] = ()
     trace_pages: int = 0
+    disk_seal: bool = False  # the simulator's scratch disk has no secret to keep
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -230,7 +232,7 @@ def build_layer(cfg: FullConfig, clock: Callable[[], float], workdir: str) -> An
                            disk=bool(cfg.disk_bytes),
                            disk_bytes=cfg.disk_bytes or LayerSection.disk_bytes,
                            demotion_policy=cfg.demotion_policy,
-                           pool_limit_bytes=cfg.pool_bytes)
+                           pool_limit_bytes=cfg.pool_bytes, disk_seal=cfg.disk_seal)
     options = {**dict(cfg.layer_options), "pool_limit_bytes": cfg.pool_bytes}
     pool_pages = -(-cfg.pool_bytes // PAGE_SIZE)
     return layer_build_layer(section, Path(workdir), clock=clock,

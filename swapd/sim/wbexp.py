@@ -164,6 +164,7 @@ class _TierModel:
         del self.stamp[page]
         self._forget(page, h)
         self.backend.free(h)
+        self._after_free()
         self.disk.add(page)
         self.writebacks += 1
         self.time_us += self.costs.decompress_us + self.costs.disk_write_us
@@ -176,6 +177,9 @@ class _TierModel:
 
     def _compacted(self) -> None:
         """Hook: the backend compacted (objects may have moved to other pages)."""
+
+    def _after_free(self) -> None:
+        """Hook: an object was freed (a backend may move its page's other objects)."""
 
     def _reclaim_one(self) -> int:
         """Write back something; return the objects written back (0: nothing left)."""
@@ -234,6 +238,7 @@ class _TierModel:
             del self.stamp[page]
             self._forget(page, h)
             self.backend.free(h)
+            self._after_free()
             self.loads_pool += 1
             self.time_us += self.costs.fault_us + self.costs.decompress_us
             return "compressed"
@@ -287,6 +292,7 @@ class PageLRU(_TierModel):
         super().__init__(cfg, costs)
         self.lru: OrderedDict[Hashable, dict[int, None]] = OrderedDict()  # tail first
         self.where: dict[int, Hashable] = {}  # trace page -> allocator page
+        self._freed_from: Hashable | None = None  # page of the object just freed
 
     def _remember(self, page: int, handle: int) -> None:
         pg = self._page(handle)
@@ -303,6 +309,28 @@ class PageLRU(_TierModel):
         objs = self.lru[pg]
         del objs[page]
         if not objs:
+            del self.lru[pg]
+        else:
+            self._freed_from = pg
+
+    def _after_free(self) -> None:
+        """z3fold compacts on free and may move the page's other objects elsewhere: follow
+        them (a moved object joins its new page, which keeps its LRU position).  O(objects
+        of one page)."""
+        pg = self._freed_from
+        self._freed_from = None
+        if pg is None or pg not in self.lru:
+            return
+        for p in list(self.lru[pg]):
+            now = self._page(self.order[p])
+            if now != pg:
+                del self.lru[pg][p]
+                dst = self.lru.get(now)
+                if dst is None:
+                    dst = self.lru[now] = {}
+                dst[p] = None
+                self.where[p] = now
+        if not self.lru[pg]:
             del self.lru[pg]
 
     def _reclaim_one(self) -> int:
