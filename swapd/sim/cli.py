@@ -31,8 +31,8 @@ Trace formats: text (one page id per line), csv (time,page,op,size), oracleGener
 is the fault/eviction stream below the daemon's resident set: see
 docs/simulator.md for what each mode does with it.  Page contents come from
 --corpus FILE (``swapd corpus capture``) or a synthetic corpus; modelled time from
---costs FILE (``swapd bench costs``) or built-in figures (docs/design.md sec. 11).  Every bad input is
-reported as one ``error:`` line before any work starts.
+--costs FILE (``swapd bench costs``) or built-in figures (docs/design.md sec. 11).
+Every bad input is reported as one ``error:`` line before any work starts.
 """
 
 from __future__ import annotations
