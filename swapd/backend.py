@@ -20,8 +20,34 @@ by name.  A checklist for a backend author:
 * make every method safe to call from several threads at once;
 * implement ``_check`` so that it verifies every invariant of your layout,
   including that no two live objects overlap;
-* run ``pytest tests/test_backend_contract.py`` -- it parametrizes over every
-  installed backend, yours included.
+* run the shipped contract suite: ``pytest --swapd-backend NAME`` (the
+  ``swapd.testing`` pytest plugin; no swapd source tree needed).
+  docs/writing-a-backend.md walks through a complete example
+  (``examples/swapd-example``).
+
+Contract statements a backend author can rely on and must keep:
+
+* **Handles** are positive ints, unique among live objects.  A backend may
+  reuse a freed handle (zsmalloc recycles its handle slab objects); the layer
+  never uses a handle after freeing it and never frees one twice.  A freed
+  handle that has not been reissued must still raise (InvalidHandleError on
+  read/write, DoubleFreeError on free).  Handles survive ``compact()``.
+* **The arena API** is all a backend may use for object memory:
+  ``arena.alloc_page()`` (PoolExhaustedError at ``max_pages``),
+  ``arena.free_page(pfn)``, ``arena.buf`` (page ``pfn`` is
+  ``buf[pfn << 12 : (pfn + 1) << 12]``), ``arena.pages_in_use``; a page goes back
+  as soon as its last object is freed (the suite checks resident memory with
+  ``mincore``).
+* **Size limits**: ``0 < size <= max_size <= PAGE_SIZE``; an object's size never
+  changes.  A backend with ``max_size < PAGE_SIZE`` cannot hold a page that does
+  not compress; the layer sends such pages to the next tier.
+* **Options** are the keyword parameters of ``__init__``, each with a default;
+  :func:`swapd.plugins.make_backend` checks names and types against them (and
+  converts strings) for the config's ``[backend.NAME]``, ``swapd sim
+  --backend-opt`` and ``swapd bench --backend-opt``; the constructor does the
+  range checks.
+* ``page_of(handle)`` (optional) names the page holding an object, for
+  ``swapd sim writeback``.
 
 Misuse raises the named errors of :mod:`swapd.errors` and leaves the pool
 intact: :class:`InvalidHandleError` (unknown or freed handle),
