@@ -233,6 +233,16 @@ def test_stats_does_not_count_itself_and_shows_what_is_configured(tmp_path: Path
                               cwd=ROOT).stdout
         assert f"swapd {__version__} pid" in text and "1 client(s)" in text
         assert "reclaim policy clock" in text
+        r = subprocess.run([sys.executable, "-m", "swapd", "stats", "--socket", str(d.socket),
+                            "--config"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        import tomllib
+
+        from swapd.config import config_from_dict
+
+        effective = config_from_dict(tomllib.loads(r.stdout))  # valid TOML, a valid config
+        assert effective.layer.pool_limit_bytes == 512 * 1024
+        assert effective.reclaim.batch_pages == 32
 
 
 def test_stats_all_pages_many_clients(tmp_path: Path) -> None:

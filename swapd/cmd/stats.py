@@ -8,8 +8,8 @@ service-time percentiles (p50/p99).  ``pool_total_size`` (bytes of pool
 pages) appears in the total only; a client's share of the pool is its
 ``compr_data_size``.  Its own connection is not counted as a client.
 --json prints the raw reply, including the effective configuration
-(``daemon.config``) -- ``swapd config show`` prints it with each value's
-source.
+(``daemon.config``); --config prints that configuration as TOML (``swapd
+config show`` prints a file's, with each value's source).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ HELP = "print a running daemon's counters"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add ``swapd stats``'s options (socket, --json)."""
+    """Add ``swapd stats``'s options (socket, --json, --config)."""
     p.add_argument("--socket", metavar="PATH", help="control socket path")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--config", action="store_true",
+                   help="print the running daemon's effective configuration (TOML) instead")
 
 
 def _fmt(v: Any) -> str:
@@ -75,12 +77,32 @@ def render(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_config(d: dict[str, Any]) -> str:
+    """The daemon's effective configuration (``daemon.config`` of the reply) as TOML."""
+    from swapd.cmd.config import toml_value
+    from swapd.config import all_keys
+
+    keys = {(k.table, k.name): k for k in all_keys()}
+    out = [f"# effective configuration of swapd pid {d['pid']} "
+           f"(file: {d.get('config_file') or 'none, built-in defaults'}; knobs changed with "
+           "swapd ctl included)"]
+    for table, values in (d.get("config") or {}).items():
+        for name, opts in (values.items() if table in ("backend", "tier") else [(None, values)]):
+            out.append(f"\n[{table}.{name}]" if name else f"\n[{table}]")
+            for key, v in opts.items():
+                out.append(f"{key} = {toml_value(keys.get((table, key)), v)}")
+    return "\n".join(out)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the daemon's counters, as text or JSON; returns the exit status (0)."""
     from swapd.client import connect
 
     with connect(args.socket, name="swapd-stats") as client:
-        stats = client.stats("all")
+        stats = client.stats("all", latency=not args.config)
+    if args.config:
+        print(render_config(stats["daemon"]))
+        return 0
     if args.json:
         json.dump(stats, sys.stdout, indent=1)
         sys.stdout.write("\n")
