@@ -182,3 +182,26 @@ def test_a_region_of_another_kind_is_refused_by_name(tmp_path: Path) -> None:
     finally:
         lay.close()
 
+
+def test_adoption_frees_disk_slots_no_word_names(tmp_path: Path) -> None:
+    """A crash between a writeback's pwritev and its commit leaves slots no word names: the
+    adopting layer's reconcile frees them, and every page a word names still loads."""
+    lay, want = _build(tmp_path)
+    disk = lay._tiers[0]
+    assert isinstance(disk, DiskTier)
+    orphans = disk.store_batch([bytes([7]) * PAGE_SIZE] * 3)  # stored, never committed
+    used = disk.used_slots()
+    fds = {k: os.dup(v) for k, v in lay.state_fds().items()}
+    lay.close(keep_state=True)
+    other = SwapLayer.adopt(fds)
+    try:
+        d = other._tiers[0]
+        assert isinstance(d, DiskTier)
+        assert d.used_slots() == used - 3 and not any(d.is_used(k) for k in orphans)
+        other._check()
+        for key, digest in want.items():
+            rid, i = map(int, key.split(":"))
+            assert hashlib.sha256(other.load(rid, i)).hexdigest() == digest
+        other._check()
+    finally:
+        other.close()

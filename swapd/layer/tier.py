@@ -700,6 +700,17 @@ class DiskTier(Tier):
             raise
         return self
 
+    def reconcile(self, live: set[int]) -> int:
+        """Free every allocated slot that ``live`` does not name (a crash after the slots of a
+        writeback were allocated and before the table named them).  O(nslots)."""
+        with self._lock:
+            used = self._used
+            stale = [k for k in range(self.nslots)
+                     if used[k >> 3] >> (k & 7) & 1 and k not in live]
+        for k in stale:
+            self.free(k)
+        return len(stale)
+
     def state_fds(self) -> dict[str, int]:
         """``{"disk": region fd, "file": slot file fd}``."""
         return {DISK_KIND: self.region.fd, "file": self.fd}
