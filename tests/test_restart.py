@@ -106,10 +106,11 @@ class Client:
 
 
 @contextmanager
-def managed_daemon(tmp_path: Path) -> Iterator[tuple[ServiceManager, Path]]:
+def managed_daemon(tmp_path: Path,
+                   config: str = BASE_CONFIG) -> Iterator[tuple[ServiceManager, Path]]:
     sock = tmp_path / "swapd.sock"
     cfg = tmp_path / "swapd.toml"
-    cfg.write_text(BASE_CONFIG)
+    cfg.write_text(config)
     log = os.open(tmp_path / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     argv = [sys.executable, "-m", "swapd", "-v", "serve", "--socket", str(sock),
             "--state-dir", str(tmp_path / "state"), "--config", str(cfg)]
@@ -215,8 +216,67 @@ def test_unreadable_state_is_refused_by_name_and_kept(tmp_path: Path) -> None:
             c.close()
 
 
+def test_a_crash_keeps_the_pages_the_layer_hands_over(tmp_path: Path) -> None:
+    """With a layer whose state regions can be adopted (here a disk tier alone, sealed), a
+    SIGKILL loses no page: the stored copies come back with the regions."""
+    config = BASE_CONFIG.replace("[layer]\n", '[layer]\ntiers = ["disk"]\n')
+    with managed_daemon(tmp_path, config) as (m, sock):
+        _start(m, tmp_path)
+        c = Client(sock)
+        try:
+            assert c.read()["phase"] == "written"
+            c.send("settle")
+            before = c.read()["pages"]
+            m.stop(signal.SIGKILL)
+            assert "layer.tier0.disk" in m.store.names(), m.store.names()
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            assert r["pages"]["SWAPPED"] + r["pages"]["RESIDENT"] == PAGES, (before, r)
+            m.stop(signal.SIGTERM)  # and a graceful one on top
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            c.send("quit")
+            assert c.read()["phase"] == "done"
+        finally:
+            c.close()
+        log = (tmp_path / "daemon.log").read_text()
+        assert "Traceback" not in log, log[-4000:]
+
+
 @pytest.mark.parametrize("cmd", [["supervise", "--store-max", "0"]])
 def test_supervise_refuses_bad_options(cmd: list[str]) -> None:
     p = subprocess.run([sys.executable, "-m", "swapd", *cmd], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert p.returncode == 2 and p.stderr.startswith("error: --store-max must be >= 1"), p
+
+
+def test_orphan_disk_files_are_removed_and_held_ones_kept(tmp_path: Path) -> None:
+    """A disk-tier file that no process holds (a crash without a store) is removed at start,
+    with a log line; one that a live holder locks (an fd store) is left alone."""
+    import fcntl
+
+    from tests.test_daemon_helpers import daemon_running
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "swapd-4242-0.swap").write_bytes(b"old")  # a per-process name of old
+    (state / "swapd.swap").write_bytes(b"old")
+    held = state / "other.swap"
+    held.write_bytes(b"kept")
+    fd = os.open(held, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with daemon_running(tmp_path) as d:
+            log = d.log_text()
+            assert "removed disk tier file" in log and "swapd-4242-0.swap" in log, log
+            assert not (state / "swapd-4242-0.swap").exists()
+            assert (state / "swapd.swap").exists()  # this daemon's own, new file
+            with open(state / "swapd.swap", "rb") as f:
+                assert f.read(3) != b"old"
+            held.rename(tmp_path / "other.swap")  # out of the way of the clean-exit check
+    finally:
+        os.close(fd)

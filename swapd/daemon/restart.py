@@ -39,6 +39,8 @@ import logging
 import os
 import select
 import socket
+import struct
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swapd import protocol
@@ -57,6 +59,7 @@ from swapd.daemon.session import (
 )
 from swapd.daemon.stats import runs_of
 from swapd.errors import CorruptPageError, EntryNotFoundError, SwapdError, TierIOError
+from swapd.kernel import memfd as kmemfd
 from swapd.kernel.errors import KernelError
 
 if TYPE_CHECKING:
@@ -83,8 +86,12 @@ class Keeper:
         self.handed_over = False  # hand_over() done: close() must not end sessions
         self.restart_requested = False
         self.adopted_sessions = 0
+        self._crash = False
         self.regions: dict[int, ManagedRegion] = {}  # rid -> region with a page-state memfd
         self._next_reconcile = 0.0
+        self.layer_kept = False  # the layer's state regions are in the store (or adopted)
+        self.layer_adopted = False
+        self._seal: tuple[Any, int, int] | None = None  # (sealer, memfd, reserved next_gen)
         self.recovered = {"resident": 0, "swapped": 0, "poisoned": 0, "hole": 0}
 
     @property
@@ -93,6 +100,112 @@ class Keeper:
         return self.link.enabled
 
     # --- start ----------------------------------------------------------------------------
+
+    def remove_orphan_files(self, state_path: Path) -> None:
+        """Remove disk-tier files in ``state_path`` that no daemon holds (a fresh start).
+
+        A disk tier holds a ``flock`` on its file for as long as any descriptor of it is
+        open -- the fd store's included -- so a file whose lock can be taken belongs to
+        nobody: a daemon that crashed without a store, or a store that was released.
+        """
+        import fcntl
+
+        if not state_path.is_dir():
+            return
+        for f in sorted(state_path.glob("*.swap")):
+            try:
+                fd = os.open(f, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # held: another daemon's, or kept in a store
+            try:
+                f.unlink()
+                log.warning("removed disk tier file %s: no daemon adopted it", f)
+            except OSError as exc:
+                log.warning("cannot remove orphan disk tier file %s: %s", f, exc)
+            finally:
+                os.close(fd)
+
+    def adopt_layer(self) -> Any:
+        """The layer over the stored state regions (``layer.*``), or None if none were passed.
+
+        Raises HandoverFormatError (nothing is removed from the store) if a region is in a
+        format this daemon cannot read.
+        """
+        from swapd.layer.build import adopt_layer
+        from swapd.state import StateFormatError
+
+        fds = {n[len("layer."):]: fd for n, fd in self.passed.items() if n.startswith("layer.")}
+        if not fds:
+            return None
+        for n in fds:
+            del self.passed["layer." + n]
+            self.link.names.add("layer." + n)
+        seal_fd = fds.pop("seal", None)
+        try:
+            seal_state = None
+            if seal_fd is not None:
+                seal_state = _read_seal(seal_fd)
+            layer = adopt_layer(self.daemon.cfg.layer, fds, seal_state=seal_state)
+        except (StateFormatError, HandoverFormatError, SwapdError) as exc:
+            self.handed_over = True  # refuse by name; leave the store as it is
+            self.link.enabled = False
+            raise HandoverFormatError(f"layer state: {exc}") from exc
+        self.layer_kept = self.layer_adopted = True
+        if seal_fd is not None:
+            sealer = _sealer_of(layer)
+            if sealer is not None:
+                self._seal = (sealer, seal_fd, 0)
+                self._reserve_seal()
+            else:
+                os.close(seal_fd)
+        return layer
+
+    def store_layer(self, layer: Any) -> None:
+        """Keep a new layer's state regions (and its disk sealer's key) in the store."""
+        if not self.enabled:
+            return
+        fds = getattr(layer, "state_fds", None)
+        if fds is None:
+            return
+        named = fds()
+        sealer = _sealer_of(layer)
+        why = _adoption_probe(layer, named, sealer)
+        if why is not None:
+            log.warning("the layer cannot hand its state over (%s): at a restart its stored "
+                        "pages are written back into the clients' memfds, at a crash they are "
+                        "lost (poisoned)", why)
+            return
+        for name, fd in named.items():
+            self.link.store("layer." + name, fd)
+        if sealer is not None:
+            fd = kmemfd.memfd_create("swapd-seal")
+            self._seal = (sealer, fd, 0)
+            self._reserve_seal()
+            self.link.store("layer.seal", fd)
+        self.layer_kept = True
+
+    def _reserve_seal(self) -> None:
+        """Keep the stored sealer state ``SEAL_RESERVE`` counters ahead of the sealer.
+
+        AES-GCM must never see a nonce twice: a successor starts at the stored counter, so
+        the stored counter must be above every counter this daemon will have used when it
+        dies.  It is rewritten (one small ``pwrite``) before the sealer gets within half a
+        reservation of it.
+        """
+        if self._seal is None:
+            return
+        sealer, fd, reserved = self._seal
+        magic, version, key, next_gen = _SEAL.unpack(sealer.export_state())
+        if reserved and next_gen < reserved - SEAL_RESERVE // 2:
+            return
+        reserved = next_gen + SEAL_RESERVE
+        os.pwrite(fd, _SEAL.pack(magic, version, key, reserved), 0)
+        self._seal = (sealer, fd, reserved)
 
     def take_listener(self) -> socket.socket | None:
         """The listening socket from ``LISTEN_FDS`` (a socket unit's or our stored one)."""
@@ -149,8 +262,10 @@ class Keeper:
         d._sids = itertools.count(self.max_sid + 1)
         d._rids = itertools.count(self.max_rid + 1)
         crash = not obj.get("clean", False)
+        self._crash = crash
         for e in obj.get("sessions", []):
             self._adopt_session(e, crash)
+        self._drop_unadopted_layer_regions()
         self._drop_orphans()
         self.commit(clean=False)
         r = self.recovered
@@ -158,6 +273,25 @@ class Keeper:
                     "poisoned (lost with the old daemon)", self.adopted_sessions,
                     "crash" if crash else "graceful restart", r["resident"], r["swapped"],
                     r["poisoned"])
+
+    def _drop_unadopted_layer_regions(self) -> None:
+        """Free what the adopted layer holds for regions no session adopted."""
+        layer = self.daemon.layer
+        if not self.layer_adopted or layer is None:
+            return
+        live = {r.layer_region for s in self.daemon.sessions.values()
+                for r in s.regions.values()}
+        sids = set(self.daemon.sessions)
+        for lrid, (client, _n) in sorted(layer.regions().items()):
+            if lrid not in live:
+                log.info("layer region %d (client %s) belongs to no adopted session; freed",
+                         lrid, client)
+                with contextlib.suppress(SwapdError, KeyError):
+                    layer.remove_region(lrid)
+        for client in list(layer.clients()):
+            if client not in sids:
+                with contextlib.suppress(SwapdError, KeyError):
+                    layer.remove_client(client)
 
     def _drop_orphans(self) -> None:
         for name, fd in sorted(self.passed.items()):
@@ -248,7 +382,15 @@ class Keeper:
                 os.close(fd)
             raise
         uffd = kuffd.Userfaultfd.from_fd(ufd)
-        lrid = layer.add_region(session.id, npages)
+        lrid = int(r.get("lrid", -1))
+        if not self.layer_adopted or layer.regions().get(lrid, (None, -1))[1] != npages:
+            if self.layer_adopted:
+                log.error("client %d region %d: the layer has no region %d of %d pages; "
+                          "its stored pages are lost", session.id, rid, lrid, npages)
+            lrid = layer.add_region(session.id, npages)
+            has_copy = None
+        else:
+            has_copy = layer.has_copy
         region = ManagedRegion(rid, session, start, npages, memfd, uffd, lrid,
                                str(r.get("name", "")), state=state, state_fd=state_fd)
         resident = bytearray(npages)
@@ -261,8 +403,21 @@ class Keeper:
         unwp: list[int] = []
         lost: list[int] = []
         policy = session.policy
+        verify = self._crash  # after a crash every stored copy is checked before it counts
         for i in range(npages):
-            stored = False  # the layer's stored copies do not survive it yet
+            stored = has_copy is not None and has_copy(lrid, i)
+            if stored and resident[i]:
+                layer.invalidate(lrid, i)  # the memfd's copy is the newer one
+                stored = False
+            elif stored and verify:
+                try:
+                    layer.peek(lrid, i)
+                except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
+                    log.error("region %d page %d: stored copy fails verification (%s)",
+                              rid, i, exc)
+                    with contextlib.suppress(SwapdError):
+                        layer.invalidate(lrid, i)
+                    stored = False
             new = ho.recover_page(old[i], bool(resident[i]), stored)
             if old[i] == EVICTING:
                 unwp.append(i)
@@ -310,7 +465,7 @@ class Keeper:
             if s.dead:
                 continue
             regions = [{"rid": r.id, "start": r.start, "npages": r.npages, "name": r.name,
-                        "poisoned": runs_of(r.poisoned)}
+                        "lrid": r.layer_region, "poisoned": runs_of(r.poisoned)}
                        for r in list(s.regions.values()) if not r.dropped]
             sessions.append({"sid": s.id, "pid": s.pid, "uid": s.uid, "gid": s.gid,
                              "name": s.name, "token": s.token, "limit_pages": s.limit_pages,
@@ -371,7 +526,9 @@ class Keeper:
             self.commit()
 
     def tick(self, now: float) -> None:
-        """From the loop, about once a second: :meth:`reconcile`."""
+        """From the loop: the sealer's reservation; about once a second :meth:`reconcile`."""
+        if self._seal is not None:
+            self._reserve_seal()
         if self.enabled and now >= self._next_reconcile:
             self._next_reconcile = now + 1.0
             self.reconcile()
@@ -406,8 +563,11 @@ class Keeper:
         if d.shrinker is not None:
             d.shrinker.stop()
             d.shrinker = None
+        self._reserve_seal()
         pages = 0
         for s in list(d.sessions.values()):
+            if self.layer_kept:
+                break  # the layer's regions are in the store: nothing to write back
             with s.lock:
                 if s.dead:
                     continue
@@ -417,8 +577,9 @@ class Keeper:
         self.reconcile()
         self.commit(clean=True)
         self.handed_over = True
-        log.warning("handed over %d session(s) to the next daemon (%d stored pages written "
-                    "back into the clients' memfds)", len(d.sessions), pages)
+        log.warning("handed over %d session(s) to the next daemon (%s)", len(d.sessions),
+                    "the layer's state regions stay in the fd store" if self.layer_kept else
+                    f"{pages} stored pages written back into the clients' memfds")
 
     def _write_back_locked(self, region: ManagedRegion) -> int:
         """Put every SWAPPED page of ``region`` back into its memfd.  O(npages).
@@ -456,3 +617,42 @@ class Keeper:
                 j += 1
             i = j
         return done
+
+
+# struct seal_state of swapd/layer/seal.py (Sealer.export_state): magic, version, key, next_gen
+_SEAL = struct.Struct("<4sI32sQ")
+SEAL_RESERVE = 1 << 32  # counters reserved ahead of the sealer in the stored state
+
+
+def _read_seal(fd: int) -> bytes:
+    state = os.pread(fd, _SEAL.size, 0)
+    if len(state) != _SEAL.size:
+        raise HandoverFormatError(f"seal state: {len(state)} bytes, need {_SEAL.size}")
+    return state
+
+
+def _sealer_of(layer: Any) -> Any:
+    """The disk tier's sealer of ``layer``, or None (the layer keeps its tiers private)."""
+    for t in getattr(layer, "_tiers", ()):
+        sealer = getattr(t, "sealer", None)
+        if sealer is not None:
+            return sealer
+    return None
+
+
+def _adoption_probe(layer: Any, fds: dict[str, int], sealer: Any) -> str | None:
+    """Whether a successor could adopt ``layer``'s state regions: adopt duplicates of them
+    (the layer is new and empty, so this is cheap) and let go.  None, or why not."""
+    from swapd.layer.core import SwapLayer
+    from swapd.state import StateFormatError
+
+    dups = {name: os.dup(fd) for name, fd in fds.items()}
+    try:
+        probe = SwapLayer.adopt(dups, seal_state=sealer.export_state() if sealer else None)
+    except (StateFormatError, SwapdError, KeyError) as exc:
+        for fd in dups.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return str(exc)
+    probe.close(keep_state=True)
+    return None

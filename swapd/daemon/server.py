@@ -118,8 +118,14 @@ class Daemon:
     def start(self) -> None:
         """Build the layer, bind the socket, start the reclaimer.  Raises SwapdError."""
         cfg = self.cfg
+        keeper = self.keeper
+        keeper.passed = passed_fds(listen_fds())
         if self.layer is None:
+            self.layer = keeper.adopt_layer()  # the stored state regions, after a restart
+        if self.layer is None:
+            keeper.remove_orphan_files(self.state_path)
             self.layer = build_layer(cfg, self.state_path)
+            keeper.store_layer(self.layer)
         layer = self.layer
         if cfg.daemon.record:
             self.recorder = Recorder(cfg.daemon.record)
@@ -137,8 +143,6 @@ class Daemon:
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
             mark_gone=self.pager.mark_gone_locked,
             between_stores=loop.serve_faults_now, recorder=rec)
-        keeper = self.keeper
-        keeper.passed = passed_fds(listen_fds())
         self.listener = keeper.take_listener()
         if self.listener is None:
             self.listener = self._bind()
@@ -210,8 +214,9 @@ class Daemon:
         if self.loop is not None:
             self.loop.close()
             self.loop = None
-        if self.layer is not None and self._layer_arg is None:
-            self.layer.close()
+        if self.layer is not None and self._layer_arg is None and not (
+                self.keeper.handed_over and self.keeper.layer_kept):
+            self.layer.close()  # after a hand-over the store keeps the layer's regions
         if self.recorder is not None:
             self.recorder.close()
 

@@ -47,7 +47,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
+import logging
 import os
 import threading
 import zlib
@@ -541,7 +543,28 @@ def _free_runs(bitmap: bytes, nslots: int) -> list[tuple[int, int]]:
 TAG_CRC32 = 1    # tag_kind: 4-byte CRC-32 (zlib) of the slot's bytes, little-endian
 TAG_AES_GCM = 2  # tag_kind: the Sealer's record (u64 write counter, 16-byte GCM tag)
 
+_log = logging.getLogger(__name__)
 _disk_serial = itertools.count()
+
+
+def _remove_if_orphan(path: str) -> None:
+    """Remove the disk-tier file ``path`` if no process holds its lock (a leftover)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"disk tier: cannot open {path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ConfigError(f"disk tier: {path} is in use by another swapd instance (give "
+                              "each daemon its own state directory)") from exc
+        os.unlink(path)
+        _log.warning("removed disk tier file %s: no daemon adopted it", path)
+    finally:
+        os.close(fd)
 
 
 def _fallocate(fd: int, length: int) -> int:
@@ -577,6 +600,11 @@ class DiskTier(Tier):
         if not path:
             ctx.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = str(ctx.state_path)
+        if os.path.isdir(path):
+            # named per instance, not per process: a restarted daemon re-adopts it (through
+            # the fd store), and a file that nobody holds is a leftover (docs/design.md sec. 9)
+            path = os.path.join(path, f"{ctx.instance}.swap")
+            _remove_if_orphan(path)
         return cls(path, int(opts.get("size_bytes", ctx.disk_bytes)),
                    seal=bool(opts.get("seal", ctx.disk_seal)))
 
@@ -595,6 +623,9 @@ class DiskTier(Tier):
             fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(f"disk tier: cannot create {p}: {exc.strerror}") from exc
+        # held for as long as any descriptor of the file is open (an fd store's too): the
+        # mark of a file in use, which an orphan sweep must leave alone
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         region: StateRegion | None = None
         try:
             try:
