@@ -94,13 +94,27 @@ class StoreLink:
     """
 
     def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sdnotify.store_capacity() > 0 if enabled is None else enabled
+        self.capacity = sdnotify.store_capacity()
+        self.enabled = self.capacity > 0 if enabled is None else enabled
         self.names: set[str] = set()  # stored by us or adopted
 
-    def store(self, name: str, fd: int, *, poll: bool = True) -> None:
-        """Keep ``fd`` under ``name`` (the manager gets a duplicate)."""
-        if self.enabled and sdnotify.store_fds(name, [fd], poll=poll):
-            self.names.add(name)
+    def store(self, name: str, fd: int, *, poll: bool = True) -> bool:
+        """Keep ``fd`` under ``name`` (the manager gets a duplicate).
+
+        False when the store has no room left (the manager would drop the descriptor
+        silently: ``FDSTORE=`` is its capacity) or the request was not delivered; the
+        caller must then not rely on ``fd`` surviving a restart.  True without a store.
+        """
+        if not self.enabled:
+            return True
+        if len(self.names) >= self.capacity > 0:
+            log.error("fd store full (%d descriptors, FileDescriptorStoreMax=): %r not stored",
+                      self.capacity, name)
+            return False
+        if not sdnotify.store_fds(name, [fd], poll=poll):
+            return False
+        self.names.add(name)
+        return True
 
     def remove(self, name: str) -> None:
         """Close the manager's copies stored under ``name``."""

@@ -237,7 +237,15 @@ class Ops:
                 session.regions[rid] = region
                 session.managed_pages += npages
                 self.daemon.loop.register(uffd.fd, "uffd", region)
-            keeper.region_mapped(region)  # stored and recorded before the reply
+            if not keeper.region_mapped(region):  # stored and recorded before the reply
+                assert self.daemon.pager is not None
+                with session.lock:
+                    with contextlib.suppress(KernelError):
+                        region.uffd.unregister(region.start, region.end - region.start)
+                    self.daemon.pager.drop_region_locked(region, "the fd store refused it")
+                raise Refused("unavailable", "the service manager's fd store did not take the "
+                              "region's descriptors (FileDescriptorStoreMax= reached?), so it "
+                              "could not survive a daemon restart; the region is not mapped")
         finally:
             if not adopted:
                 uffd.close()

@@ -478,16 +478,21 @@ class Keeper:
         if self.registry is not None and self.enabled:
             self.registry.write(self.snapshot(clean=clean))
 
-    def session_opened(self, session: Session) -> None:
-        """Store a new session's connection and pidfd, then record it."""
+    def session_opened(self, session: Session) -> bool:
+        """Store a new session's connection and pidfd, then record it.  False if the store
+        did not take them (the caller ends the session: it could not survive a restart)."""
         self.max_sid = max(self.max_sid, session.id)
         if not self.enabled:
-            return
+            return True
         prefix = ho.session_prefix(session.id)
-        if session.conn is not None:
-            self.link.store(prefix + "conn", session.conn.sock.fileno())
-        self.link.store(prefix + "pidfd", session.pidfd, poll=False)
+        ok = session.conn is None or self.link.store(prefix + "conn",
+                                                     session.conn.sock.fileno())
+        ok = ok and self.link.store(prefix + "pidfd", session.pidfd, poll=False)
+        if not ok:
+            self.link.remove_prefix(prefix)
+            return False
         self.commit()
+        return True
 
     def page_state(self, rid: int, npages: int) -> tuple[Any, int]:
         """The page-state bytes of a new region and their memfd (-1 without a store)."""
@@ -496,17 +501,22 @@ class Keeper:
         fd, mm = ho.create_page_state(rid, npages)
         return mm, fd
 
-    def region_mapped(self, region: ManagedRegion) -> None:
-        """Store a new region's memfd, userfaultfd and page states, then record it."""
+    def region_mapped(self, region: ManagedRegion) -> bool:
+        """Store a new region's memfd, userfaultfd and page states, then record it.  False
+        if the store did not take them (the caller drops the region and refuses the map)."""
         self.max_rid = max(self.max_rid, region.id)
         if not self.enabled:
-            return
+            return True
         self.regions[region.id] = region
         p = ho.region_prefix(region.session.id, region.id)
-        self.link.store(p + "memfd", region.memfd)
-        self.link.store(p + "uffd", region.uffd.fd, poll=False)
-        self.link.store(p + "state", region.state_fd)
+        ok = (self.link.store(p + "memfd", region.memfd)
+              and self.link.store(p + "uffd", region.uffd.fd, poll=False)
+              and self.link.store(p + "state", region.state_fd))
+        if not ok:
+            self.link.remove_prefix(p)
+            return False
         self.commit()
+        return True
 
     def conn_replaced(self, session: Session) -> None:
         """A session's connection changed (re-attach): store the new one."""

@@ -294,8 +294,10 @@ class Daemon:
         session.conn = conn
         self.loop.register(sock.fileno(), "conn", conn)
         self.loop.register(pidfd, "pidfd", session)
-        self.keeper.session_opened(session)
         log.info("client %d (pid %d uid %d) connected", sid, pid, uid)
+        if not self.keeper.session_opened(session):
+            self.end_session(session, "the fd store did not take its descriptors "
+                             "(FileDescriptorStoreMax= reached?)")
         return session
 
     def reattach(self, fresh: Session, token: str) -> Session | None:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 NOTIFY_BUFFER_MAX: Final = 4096  # src/core/manager.c: PIPE_BUF
 NOTIFY_FD_MAX: Final = 768  # src/core/manager.c
+NOTIFY_RCVBUF_SIZE: Final = 8 << 20  # src/core/manager.c
 _UCRED: Final = struct.Struct("=iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _ANC_SPACE: Final = socket.CMSG_SPACE(NOTIFY_FD_MAX * 4) + socket.CMSG_SPACE(_UCRED.size)
 
@@ -206,6 +207,8 @@ class ServiceManager:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                                   | socket.SOCK_NONBLOCK)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        with contextlib.suppress(OSError):  # as systemd's NOTIFY_RCVBUF_SIZE
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NOTIFY_RCVBUF_SIZE)
         self.sock.bind(self.notify_path)
         self.main_pid = 0
         self.pidfd = -1
