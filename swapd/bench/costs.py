@@ -17,6 +17,11 @@ with the real code paths:
   (docs/design.md sec. 11.1: ~0.4 us per page in 64-page batches) needs a client and is not
   included.
 
+* ``remote_write_us`` / ``remote_read_us``: the Redis tier (``RedisTier.store_batch`` of 32
+  pages, per page; ``RedisTier.load`` of one page) against Redis on a test host in a network
+  namespace (swapd/testhosts.py), when this machine can make one (root, ``redis-server``);
+  otherwise the built-in defaults are kept and the table says why.
+
 ``--dir`` puts the disk file on the file system the disk tier will use (default: the
 system temporary directory).  Writes the table to ``-o FILE`` (default costs.json).
 """
@@ -109,6 +114,37 @@ def _disk(pages: list[bytes], n: int, reps: int, workdir: str) -> tuple[float, f
     return statistics.median(w_us), statistics.median(r_us)
 
 
+def _remote(pages: list[bytes], n: int, reps: int) -> tuple[float, float]:
+    """(write, read) microseconds per page through the Redis tier on a test host."""
+    from swapd.testhosts import HostNet, RedisServer
+    from swapd.tiers.redis import RedisTier
+
+    data = [pages[i % len(pages)] for i in range(n)]
+    w_us: list[float] = []
+    r_us: list[float] = []
+    with HostNet(1) as net:
+        srv = RedisServer(net.hosts[0])
+        try:
+            for rep in range(reps):
+                tier = RedisTier(srv.url, namespace=f"costs-{os.getpid()}-{rep}")
+                try:
+                    keys: list[int] = []
+                    t0 = time.perf_counter()
+                    for i in range(0, n, 32):
+                        keys.extend(tier.store_batch(data[i:i + 32]))
+                    w_us.append((time.perf_counter() - t0) / n * 1e6)
+                    sample = keys[: min(n, 512)]
+                    t0 = time.perf_counter()
+                    for k in sample:
+                        tier.load(k)
+                    r_us.append((time.perf_counter() - t0) / len(sample) * 1e6)
+                finally:
+                    tier.close()
+        finally:
+            srv.stop()
+    return statistics.median(w_us), statistics.median(r_us)
+
+
 def _evict(pages: list[bytes], reps: int) -> float:
     from swapd.kernel.memfd import PageBuffer, memfd_create, punch_hole
 
@@ -163,7 +199,19 @@ def run(args: argparse.Namespace) -> int:
                 fault_src = "measured: bare UFFDIO_COPY pager, median client latency"
             except (OSError, SystemExit) as exc:
                 fault_src = f"docs/design.md sec. 11 (measurement failed: {exc})"
+    from swapd.testhosts import unavailable_reason
+
+    remote_w, remote_r = DEFAULT_COSTS.remote_write_us, DEFAULT_COSTS.remote_read_us
+    why = unavailable_reason()
+    remote_src = f"built-in default (not measured: {why})" if why else ""
+    if not why:
+        try:
+            remote_w, remote_r = _remote(pages, min(args.pages, 2048), args.reps)
+            remote_src = "measured: RedisTier on a test host (swapd/testhosts.py)"
+        except Exception as exc:  # the rest of the table is still worth writing
+            remote_src = f"built-in default (measurement failed: {exc})"
     details.update({
+        "remote": remote_src,
         "fault": fault_src, "compressor": args.compressor,
         "corpus": args.corpus or "synthetic(1024, seed=0)",
         "disk_dir": workdir, "disk_write": "DiskTier.store_batch(32 pages), buffered",
@@ -174,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     table = CostTable(
         fault_us=fault_us, evict_us=evict_us, compress_us=comp_us, decompress_us=decomp_us,
         disk_read_us=r_us, disk_write_us=w_us,
+        remote_read_us=remote_r, remote_write_us=remote_w,
         source=f"swapd bench costs on {platform.node()} "
                f"({datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')})")
     d = table.to_dict()
@@ -187,9 +236,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         for k in ("fault_us", "evict_us", "compress_us", "decompress_us", "disk_read_us",
-                  "disk_write_us"):
+                  "disk_write_us", "remote_read_us", "remote_write_us"):
             print(f"{k:15s} {d[k]:8.2f}   (docs/design.md sec. 11 default "
                   f"{getattr(DEFAULT_COSTS, k):.2f})")
         print(f"fault: {fault_src}")
+        print(f"remote: {remote_src}")
         print(f"wrote {args.output}")
     return 0

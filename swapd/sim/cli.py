@@ -146,6 +146,17 @@ def _add_full(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="a backend option (repeatable; `swapd backends` lists them)")
     g.add_argument("--allow-overflow", action="store_true",
                    help="count pages no tier can hold instead of stopping the run")
+    if not sweep:
+        g.add_argument("--tiers", default=None, metavar="T1,T2",
+                       help="the chain of tiers, fastest first (swapd.tiers plugins: "
+                            "compressed, disk, redis; default compressed,disk)")
+        g.add_argument("--tier-opt", action="append", type=_raw_kv, default=[],
+                       metavar="TIER.KEY=VALUE",
+                       help="an option of a tier of the chain, e.g. redis.url=redis://H:P "
+                            "(repeatable; as [tier.TIER] in the daemon's config)")
+        g.add_argument("--config", default=None, metavar="FILE",
+                       help="take the chain and its [tier.NAME] options from the daemon's "
+                            "config file ([layer] tiers); --tiers/--tier-opt win over it")
     g.add_argument("--demotion", default="lru", metavar="P",
                    help="the layer's demotion policy (default lru)")
     g.add_argument("--layer", action="append", type=_kv, default=[], metavar="K=V",
@@ -418,6 +429,35 @@ def _run_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tier_chain(args: argparse.Namespace) -> tuple[tuple[str, ...], Any]:
+    """The chain and tier options of --config, --tiers and --tier-opt (checked by name)."""
+    from swapd.plugins import available_tiers
+
+    tiers: tuple[str, ...] = ()
+    opts: dict[str, dict[str, Any]] = {}
+    if getattr(args, "config", None):
+        from swapd.config import load_config
+
+        cfg = load_config(args.config)
+        tiers = cfg.tier_chain()
+        opts = {n: dict(o) for n, o in cfg.tier.items()}
+    if getattr(args, "tiers", None):
+        tiers = tuple(t.strip() for t in args.tiers.split(",") if t.strip())
+    known = available_tiers()
+    for t in tiers:
+        if t not in known:
+            raise ConfigError(f"--tiers: no tier {t!r} (known: {', '.join(sorted(known))})")
+    if tiers and len(set(tiers)) != len(tiers):
+        raise ConfigError(f"--tiers: a tier appears twice in {','.join(tiers)}")
+    for key, value in getattr(args, "tier_opt", []):
+        name, _, opt = key.partition(".")
+        if not opt or name not in (tiers or ("compressed", "disk")):
+            raise ConfigError(f"--tier-opt {key}={value}: expected TIER.KEY=VALUE for a tier "
+                              f"of the chain ({','.join(tiers or ('compressed', 'disk'))})")
+        opts.setdefault(name, {})[opt] = _literal(value)
+    return tiers, tuple(sorted((n, tuple(sorted(o.items()))) for n, o in opts.items()))
+
+
 def _full_config(args: argparse.Namespace, distinct: int) -> Any:
     from swapd.sim.full import FullConfig
 
@@ -426,7 +466,9 @@ def _full_config(args: argparse.Namespace, distinct: int) -> Any:
     _check_compressor(args.compressor)
     layer_opts = dict(args.layer)
     _check_layer_options(layer_opts, args.demotion)
+    tiers, topts = _tier_chain(args)
     return FullConfig(policy=args.policy, capacity=args.capacity,
+                      tiers=tiers, tier_options=topts,
                       params=tuple(sorted(params.items())), backend=args.backend,
                       compressor=args.compressor, pool_bytes=_pool_bytes(args, args.capacity),
                       disk_bytes=_disk_bytes(args), demotion_policy=args.demotion,

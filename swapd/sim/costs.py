@@ -20,6 +20,10 @@ Built-in defaults and where they come from (docs/design.md sec. 11.1):
 * ``disk_write_us`` / ``disk_read_us`` 3.7: section 11 has no device
   figure; these are a 4 KiB ``pread`` from the page cache there, a lower bound.
   Measure with ``swapd bench costs`` for a device-backed figure.
+* ``remote_read_us`` 43 / ``remote_write_us`` 69: the Redis tier against Redis on a test host
+  in a network namespace (``swapd bench costs`` on these machines, under load: one GET round
+  trip and a decompression; a 32-page pipelined batch with its compression, per page).  A
+  table written before these fields existed gets these values.
 
 Frozen; no locks.
 """
@@ -36,6 +40,8 @@ from swapd.errors import ConfigError
 
 _FIELDS = ("fault_us", "evict_us", "compress_us", "decompress_us", "disk_read_us",
            "disk_write_us")
+# fields a table written before the tier chain existed may lack (their defaults apply)
+_OPTIONAL = {"remote_read_us": 43.0, "remote_write_us": 69.0}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,21 @@ class CostTable:
     disk_read_us: float
     disk_write_us: float
     source: str
+    #: a page from / to a remote tier (redis): one GET round trip plus decompression, and one
+    #: page's share of a pipelined batch with its compression (``swapd bench costs``)
+    remote_read_us: float = _OPTIONAL["remote_read_us"]
+    remote_write_us: float = _OPTIONAL["remote_write_us"]
+
+    def read_us(self, state: str) -> float:
+        """The cost of loading one page from a tier whose entries are in ``state``
+        (``compressed``, ``disk``, ``remote``; ``same_filled`` and others cost nothing)."""
+        return {"compressed": self.decompress_us, "disk": self.disk_read_us,
+                "remote": self.remote_read_us}.get(state, 0.0)
+
+    def write_us(self, state: str) -> float:
+        """The cost of storing one demoted page into a tier whose entries are in ``state``."""
+        return {"compressed": self.compress_us, "disk": self.disk_write_us,
+                "remote": self.remote_write_us}.get(state, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,7 +85,7 @@ class CostTable:
         """Build from a dict; ConfigError names a missing, extra or bad field."""
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: a cost table is a JSON object")
-        extra = set(d) - {*_FIELDS, "source", "details"}
+        extra = set(d) - {*_FIELDS, *_OPTIONAL, "source", "details"}
         if extra:
             raise ConfigError(f"{where}: unknown cost field(s) {', '.join(sorted(extra))}")
         vals: dict[str, float] = {}
@@ -75,6 +96,13 @@ class CostTable:
             if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
                 raise ConfigError(f"{where}: cost field {k!r} must be a number >= 0, got {v!r}")
             vals[k] = float(v)
+        for k in _OPTIONAL:
+            if k in d:
+                v = d[k]
+                if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                    raise ConfigError(f"{where}: cost field {k!r} must be a number >= 0, "
+                                      f"got {v!r}")
+                vals[k] = float(v)
         return cls(source=str(d.get("source", where)), **vals)
 
     @classmethod

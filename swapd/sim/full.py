@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -152,6 +153,10 @@ class FullConfig:
     backend_options: tuple[tuple[str, Any], ...] = ()
     trace_pages: int = 0
     disk_seal: bool = False  # the simulator's scratch disk has no secret to keep
+    #: the chain of tiers (names of swapd.tiers plugins, fastest first); () = compressed, then
+    #: disk when ``disk_bytes`` > 0.  ``tier_options``: ``(name, ((key, value), ...))`` each.
+    tiers: tuple[str, ...] = ()
+    tier_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -237,7 +242,10 @@ def build_layer(cfg: FullConfig, clock: Callable[[], float], workdir: str) -> An
     pool_pages = -(-cfg.pool_bytes // PAGE_SIZE)
     return layer_build_layer(section, Path(workdir), clock=clock,
                              max_pages=2 * pool_pages + 256, options=options,
-                             backend_options=dict(cfg.backend_options))
+                             backend_options=dict(cfg.backend_options),
+                             tiers=list(cfg.tiers) or None,
+                             tier_options={n: dict(o) for n, o in cfg.tier_options},
+                             instance=f"sim-{os.getpid()}")
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
@@ -406,14 +414,8 @@ class FullSim:
             region, index = self._regions[d >> REGION_SHIFT], d & _MASK
             state = self.layer.state(region, index)
             data = self.layer.load(region, index)
-            ES = self._EntryState
-            if state is ES.COMPRESSED:
-                self._now_us += costs.fault_us + costs.decompress_us
-            elif state is ES.DISK:
-                self._now_us += costs.fault_us + costs.disk_read_us
-            else:
-                self._now_us += costs.fault_us
             name = state.value if hasattr(state, "value") else str(state)
+            self._now_us += costs.fault_us + costs.read_us(name)
             self.refaults_by_tier[name] = self.refaults_by_tier.get(name, 0) + 1
             self.refaults += 1
             if self.cfg.verify:
@@ -513,7 +515,6 @@ class FullSim:
         where = self._where
         dense = self._dense
         regions = self._regions
-        ES = self._EntryState
         shrink_us = self.cfg.shrink_interval_s * 1e6
         compact_us = self.cfg.compact_interval_s * 1e6
         next_bg = self._next_bg_us
@@ -550,8 +551,7 @@ class FullSim:
                     state = layer.state(region, index)
                     data = layer.load(region, index)
                     tier = state.value if hasattr(state, "value") else str(state)
-                    cost += (costs.decompress_us if state is ES.COMPRESSED
-                             else costs.disk_read_us if state is ES.DISK else 0.0)
+                    cost += costs.read_us(tier)
                     if self.cfg.verify and data != self.contents.data(self._page_of[d],
                                                                       self._version[d]):
                         raise InvariantError(f"layer returned wrong contents for page "
@@ -605,8 +605,13 @@ class FullSim:
     def result(self) -> FullResult:
         """The counters so far, with the layer's stats and modelled time."""
         lay = _stats_dict(self.layer.stats())
-        wb = int(lay.get("written_back_pages", 0))
-        wb_us = wb * (self.costs.decompress_us + self.costs.disk_write_us)
+        # each demotion: decompressed out of a compressed tier, written into the next tier
+        wb_us = 0.0
+        for t in self.layer.tier_stats():
+            if t.get("demoted_out") and t.get("state") == "compressed":
+                wb_us += t["demoted_out"] * self.costs.decompress_us
+            if t.get("demoted_in"):
+                wb_us += t["demoted_in"] * self.costs.write_us(str(t.get("state")))
         cfg = dataclasses.asdict(self.cfg)
         cfg["params"] = dict(self.cfg.params)
         cfg["layer_options"] = dict(self.cfg.layer_options)
