@@ -75,10 +75,11 @@ def print_summary(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> No
 
     con = Console(width=None if sys.stdout.isatty() else 120)
     t = Table(title=f"best policy per capacity: {meta.get('trace_name', meta.get('trace'))}")
-    for h in BEST_HEAD:
+    ncol = len(BEST_HEAD) if any(r[1] != "(policy-only)" for r in best) else 4
+    for h in BEST_HEAD[:ncol]:
         t.add_column(h)
     for row in best:
-        t.add_row(*row)
+        t.add_row(*row[:ncol])
     con.print(t)
     if pools:
         # columns with one value for every row are said once, in the title
