@@ -110,3 +110,33 @@ def test_page_of_names_the_page_of_every_object() -> None:
             assert 1 <= len(pages) <= len(hs) and len(pages) <= be.total_pages()
         finally:
             be.close()
+
+
+def test_sweep_replays_a_recorded_trace_over_backends_and_pools(tmp_path: Path) -> None:
+    from swapd.cli import main
+    from swapd.sim.trace import Request
+
+    rows = []
+    t = 0
+    for rnd in range(3):  # touch, evict, fault back in: the daemon's event order
+        for p in range(300):
+            rows.append(Request(t, p, "w" if rnd == 0 else "r"))
+            t += 1
+        for p in range(300):
+            rows.append(Request(t, p, "e"))
+            t += 1
+    trace = tmp_path / "rec.csv"
+    write_trace(trace, rows)
+    out = tmp_path / "o"
+    assert main(["sim", "sweep", "--trace", str(trace), "--replay", "--backends", "zbud,zsmalloc",
+                 "--pool-mib", "0.25,1", "--disk-mib", "8", "--no-progress", "--workers", "1",
+                 "-o", str(out)]) == 0
+    import json
+
+    res = [r for r in json.loads((out / "sweep.json").read_text())["results"]]
+    assert len(res) == 4 and {r["mode"] for r in res} == {"replay"}
+    for r in res:
+        assert r["evictions"] == 900 and not r["store_rejects"]  # one store per e row
+        assert r["refaults"] == 600  # the r rows of stored pages
+    assert main(["sim", "sweep", "--trace", str(trace), "--replay", "--capacities", "5",
+                 "--backends", "zbud", "-o", str(tmp_path / "x")]) == 2

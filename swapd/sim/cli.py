@@ -250,6 +250,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "it from the same path on the workers")
     s.add_argument("--refbit", action="store_true",
                    help="a recorded trace's referenced-bit samples (op a) count as accesses")
+    s.add_argument("--replay", action="store_true",
+                   help="a trace recorded by `swapd serve --record`: replay the daemon's own "
+                        "stores and loads for every backend, pool, disk and compressor (no "
+                        "resident policy: --policies, --capacities and --param do not apply)")
     s.add_argument("--no-mattson", action="store_true", help="skip the Mattson LRU curve")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     s.add_argument("--no-progress", action="store_true")
@@ -524,24 +528,32 @@ def _run_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_recorded(trace: str, fmt: str | None) -> str:
+    """The format of ``trace`` if it is a recorded trace with evictions; ConfigError if not."""
+    from swapd.sim.trace import detect_format, normalize_format, read_trace
+
+    f = normalize_format(fmt) if fmt else detect_format(trace)
+    if f != "csv":
+        raise ConfigError(f"--replay needs a CSV trace recorded by `swapd serve --record`, "
+                          f"not {f}")
+    if not any(r.op == "e" for r in read_trace(trace, f, events=True)):
+        raise ConfigError(f"{trace}: no eviction rows (op e): not a trace recorded by "
+                          f"`swapd serve --record`, or the daemon never evicted")
+    return f
+
+
 def _run_replay(args: argparse.Namespace) -> int:
     from swapd.sim.full import run_replay
     from swapd.sim.sweep import open_corpus
-    from swapd.sim.trace import detect_format, normalize_format, read_trace
+    from swapd.sim.trace import read_trace
 
     if args.backend is None:
         raise ConfigError("--replay drives the layer: it needs --backend B")
     if args.capacity is not None:
         raise ConfigError("--replay replays the daemon's own evictions: --capacity does not apply")
-    fmt = normalize_format(args.fmt) if args.fmt else detect_format(args.trace)
-    if fmt != "csv":
-        raise ConfigError(f"--replay needs a CSV trace recorded by `swapd serve --record`, "
-                          f"not {fmt}")
     _check_intervals(args)
     _, distinct = _trace_info(args.trace, args.fmt)
-    if not any(r.op == "e" for r in read_trace(args.trace, fmt, events=True)):
-        raise ConfigError(f"{args.trace}: no eviction rows (op e): not a trace recorded by "
-                          f"`swapd serve --record`, or the daemon never evicted")
+    fmt = _check_recorded(args.trace, args.fmt)
     args.capacity = 1  # unused by the replay; FullConfig wants a positive number
     cfg = _full_config(args, distinct)
     costs = _costs(args)
@@ -705,14 +717,23 @@ def _run_sweep(args: argparse.Namespace) -> int:
     elif args.ship_trace:
         raise ConfigError("--ship-trace needs --scheduler")
     nreq, distinct = _trace_info(args.trace, args.fmt)
-    caps = _capacities(args, distinct)
+    if args.replay:
+        if not args.backends:
+            raise ConfigError("--replay drives the layer: it needs --backends B,C")
+        if args.capacities or args.param or args.policies != ["lru"] or args.refbit:
+            raise ConfigError("--replay replays the daemon's own decisions: --policies, "
+                              "--capacities, --param and --refbit do not apply")
+        _check_recorded(args.trace, args.fmt)
+        caps = [0]
+    else:
+        caps = _capacities(args, distinct)
     if args.refbit:
         full["refbit"] = True
     window = args.window if args.window is not None else max(1, nreq // 200)
     jobs = make_jobs(args.trace, args.fmt, policies, caps, args.backends,
                      mattson=not args.no_mattson, window=window, pool_bytes=pools,
                      disk_bytes=disks, compressors=args.compressor if args.backends else (),
-                     trace_pages=distinct, **full)
+                     trace_pages=distinct, replay=args.replay, **full)
     if args.ship_trace:
         import dataclasses
 

@@ -94,6 +94,9 @@ def write_figures(results: list[dict[str, Any]], outdir: Path,
     tt = _trace_title(meta, results)
     written: list[Path] = []
     full_all = [r for r in results if r.get("mode") == "full"]
+    replays = [r for r in results if r.get("mode") == "replay"]
+    if replays and not full_all:
+        return _replay_figures(replays, outdir, tt, plt)
     full, sel = _select(full_all) if full_all else ([], {})
     if not sel:
         pool_note = ""
@@ -258,3 +261,36 @@ def _representatives(full: list[dict[str, Any]], label: str, cap: int) -> list[d
         if r["capacity"] == cap and (r.get("label") or r["policy"]) == label:
             out.setdefault(r["backend"], r)
     return [out[b] for b in sorted(out)]
+
+
+def _replay_figures(runs: list[dict[str, Any]], outdir: Path, tt: str, plt: Any) -> list[Path]:
+    """A replayed recorded trace has no capacity axis: time, disk refaults and writebacks
+    against pool size, one line per (backend, compressor, disk)."""
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        key = (f"{r['backend']} / {r.get('compressor')}, disk "
+               f"{_mib(int(r.get('disk_bytes') or 0))}")
+        lines[key].append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for label, rs in sorted(lines.items()):
+        rs.sort(key=lambda r: int(r.get("pool_bytes") or 0))
+        x = [int(r.get("pool_bytes") or 0) / MIB for r in rs]
+        axes[0].plot(x, [r["modelled_us_per_access"] for r in rs], marker="o", label=label)
+        axes[1].plot(x, [r.get("refaults_by_tier", {}).get("disk", 0) for r in rs],
+                     marker="o", label=label)
+        axes[2].plot(x, [r.get("writebacks", 0) for r in rs], marker="o", label=label)
+    for ax, ylab in zip(axes, ("modelled time per access (us)", "faults served from disk",
+                               "writebacks (pages)")):
+        ax.set_xlabel("pool limit (MiB)")
+        ax.set_ylabel(ylab)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Replay of a recorded trace: {tt}\nthe daemon's own stores and loads, "
+                 f"per backend and pool size", fontsize=9)
+    p = outdir / "pools.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+

@@ -40,7 +40,8 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[list[str]], list[list[st
     """The summary as rows of text: (best policy per capacity, smallest pools)."""
     best = []
     for r in summary.get("best_policy", []):
-        row = [str(r["capacity"]), r.get("backend") or "(policy-only)",
+        row = [str(r["capacity"]) if r["capacity"] else "(recorded)",
+               r.get("backend") or "(policy-only)",
                r["best_miss_ratio_policy"], f"{r['miss_ratio']:.4f}"]
         if r.get("backend") is not None:
             row += [r["best_time_policy"], f"{r['modelled_us_per_access']:.2f}",
@@ -48,7 +49,8 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[list[str]], list[list[st
         else:
             row += ["-", "-", "-"]
         best.append(row)
-    pools = [[str(r["capacity"]), r["policy"], r["backend"], r["compressor"],
+    pools = [[str(r["capacity"]) if r["capacity"] else "(recorded)", r["policy"], r["backend"],
+              r["compressor"],
               _mib(r["disk_bytes"]), _mib(r["smallest_pool_bytes"]),
               f"{r['modelled_us_per_access']:.2f}", f"{r['best_us_per_access']:.2f}"]
              for r in summary.get("smallest_pool", [])]

@@ -50,7 +50,7 @@ from swapd.sim.trace import read_pages, read_trace
 class Job:
     """One simulation of a sweep (picklable)."""
 
-    kind: str  # "policy-only", "full" or "mattson"
+    kind: str  # "policy-only", "full", "replay" (a recorded trace) or "mattson"
     trace: str
     fmt: str | None
     policy: str = "lru"
@@ -101,7 +101,7 @@ def run_job(job: Job) -> dict[str, Any]:
             return r
     r = _run_job(job)
     r["label"] = job.label or job.policy
-    if job.kind == "full":
+    if job.kind in ("full", "replay"):
         r["pool_bytes"] = job.pool_bytes
         r["disk_bytes"] = job.disk_bytes
         r["compressor"] = job.compressor
@@ -126,12 +126,12 @@ def _run_job(job: Job) -> dict[str, Any]:
         d = r.to_dict()
         d["backend"] = None
         return d
-    if job.kind == "full":
-        from swapd.sim.full import FullConfig, run_full
+    if job.kind in ("full", "replay"):
+        from swapd.sim.full import FullConfig, run_full, run_replay
 
         if job.backend is None:
             raise ConfigError("a full-mode job needs a backend")
-        cfg = FullConfig(policy=job.policy, capacity=job.capacity, params=job.params,
+        cfg = FullConfig(policy=job.policy, capacity=max(1, job.capacity), params=job.params,
                          backend=job.backend, compressor=job.compressor,
                          pool_bytes=job.pool_bytes, disk_bytes=job.disk_bytes,
                          layer_options=job.layer_options, seed=job.seed, window=job.window,
@@ -143,13 +143,18 @@ def _run_job(job: Job) -> dict[str, Any]:
         costs = CostTable.from_dict(dict(job.costs)) if job.costs else DEFAULT_COSTS
         corpus = open_corpus(job.corpus, job.corpus_pages, job.seed)
         try:
-            res = run_full(read_trace(job.trace, job.fmt, refbit=job.refbit), cfg, corpus, costs)
+            if job.kind == "replay":
+                res = run_replay(read_trace(job.trace, job.fmt, events=True), cfg, corpus,
+                                 costs)
+            else:
+                res = run_full(read_trace(job.trace, job.fmt, refbit=job.refbit), cfg, corpus,
+                               costs)
         finally:
             close = getattr(corpus, "close", None)
             if close is not None:
                 close()
         d = res.to_dict()
-        d["policy"] = job.policy
+        d["policy"] = "recorded" if job.kind == "replay" else job.policy
         d["capacity"] = job.capacity
         d["backend"] = job.backend
         return d
@@ -187,14 +192,14 @@ def make_jobs(trace: str, fmt: str | None, policies: Sequence[PolicySpec],
               capacities: Sequence[int], backends: Sequence[str] = (), *,
               mattson: bool = True, window: int = 0, pool_bytes: Sequence[int] | int = (),
               disk_bytes: Sequence[int] | int = (), compressors: Sequence[str] = (),
-              **full: Any) -> list[Job]:
+              replay: bool = False, **full: Any) -> list[Job]:
     """The jobs of a sweep.  ``policies``: names, or (name, params) pairs.  Full mode
     (``backends`` given) runs every (policy, capacity, backend, pool, disk, compressor);
     an empty ``pool_bytes`` means half the capacity's bytes.  ``full`` holds the other
     full-mode fields of :class:`Job`."""
     if not policies:
         raise ConfigError("a sweep needs at least one policy")
-    if not capacities or min(capacities) <= 0:
+    if not replay and (not capacities or min(capacities) <= 0):
         raise ConfigError("a sweep needs positive capacities")
     pools = [pool_bytes] if isinstance(pool_bytes, int) else list(pool_bytes)
     disks = [disk_bytes] if isinstance(disk_bytes, int) else list(disk_bytes)
@@ -204,6 +209,15 @@ def make_jobs(trace: str, fmt: str | None, policies: Sequence[PolicySpec],
     comps = list(compressors) or [full.pop("compressor", "lz4")]
     full.pop("compressor", None)
     jobs: list[Job] = []
+    if replay:  # a recorded trace: the daemon's own decisions, one run per tier setting
+        for b in backends:
+            for pb in pools or [8 << 20]:
+                for db in disks:
+                    for c in comps:
+                        jobs.append(Job("replay", trace, fmt, "lru", 0, backend=b,
+                                        label="recorded", pool_bytes=pb, disk_bytes=db,
+                                        compressor=c, **full))
+        return jobs
     if mattson:
         jobs.append(Job("mattson", trace, fmt, capacities=tuple(sorted(capacities))))
     for spec in policies:
@@ -247,7 +261,7 @@ def _csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              "miss_ratio": pt["miss_ratio"]})
             continue
         row = {k: r.get(k) for k in _CSV_FIELDS if not isinstance(r.get(k), dict | list)}
-        if r["mode"] == "full":
+        if r["mode"] in ("full", "replay"):
             bt = r.get("refaults_by_tier", {})
             row["refaults_same_filled"] = bt.get("same_filled", 0)
             row["refaults_compressed"] = bt.get("compressed", 0)
@@ -323,7 +337,7 @@ def run_sweep(jobs: Sequence[Job], outdir: str | os.PathLike[str], *, workers: i
 
 def _weight(job: Job) -> float:
     """A guess of a job's run time, to start the long ones first."""
-    if job.kind == "full":
+    if job.kind in ("full", "replay"):
         return 10.0 + job.capacity / 1e6
     if job.kind == "mattson":
         return 5.0
@@ -388,7 +402,7 @@ def summarize(results: Sequence[dict[str, Any]], within_percent: float = 5.0) ->
     the misses are served from, so time is the measure).  ``overflow``: runs that had pages
     no tier could hold.
     """
-    runs = [r for r in results if r.get("mode") in ("policy-only", "full")]
+    runs = [r for r in results if r.get("mode") in ("policy-only", "full", "replay")]
     best: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
@@ -408,7 +422,7 @@ def summarize(results: Sequence[dict[str, Any]], within_percent: float = 5.0) ->
     pools: list[dict[str, Any]] = []
     pgroups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
-        if r.get("mode") == "full":
+        if r.get("mode") in ("full", "replay"):
             key = (r["capacity"], r.get("label") or r["policy"], r.get("backend"),
                    r.get("disk_bytes"), r.get("compressor"))
             pgroups.setdefault(key, []).append(r)
