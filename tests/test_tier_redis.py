@@ -227,3 +227,47 @@ def test_adopted_layer_finds_its_remote_pages(tmp_path: Path,
         # handles (as its process's exit would), never its entries
         disk.close()
         tier.close()
+
+
+@needs_uffd
+def test_remote_pages_survive_a_restart_and_a_crash(tmp_path: Path, redis_host: Any) -> None:
+    """The Redis tier's id table goes to the fd store with the layer's other state: after a
+    SIGKILL and after a graceful restart every remote page comes back, none is poisoned."""
+    import signal
+
+    from tests.test_restart import PAGES, Client, _start, managed_daemon
+
+    config = BASE_CONFIG.replace('[layer]\n', '[layer]\ntiers = ["disk", "redis"]\n'
+                                 ).replace('disk_bytes = "64M"', 'disk_bytes = "256K"')
+    config += f'[tier.redis]\nurl = "{redis_host.url}"\nnamespace = "restart-test"\n'
+    with managed_daemon(tmp_path, config) as (m, sock):
+        _start(m, tmp_path)
+        c = Client(sock)
+        try:
+            assert c.read()["phase"] == "written"
+            c.send("settle")
+            c.read()
+            import redis
+
+            store = redis.Redis.from_url(redis_host.url)
+            remote = len(store.keys(b"swapd:restart-test:*"))
+            store.close()
+            assert remote > PAGES // 2  # most pages are only on the remote store
+            m.stop(signal.SIGKILL)
+            assert "layer.tier1.redis-ids" in m.store.names(), m.store.names()
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            assert r["pages"]["SWAPPED"] + r["pages"]["RESIDENT"] == PAGES, r
+            m.stop(signal.SIGTERM)
+            _start(m, tmp_path)
+            c.send("verify")
+            r = c.read()
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            c.send("quit")
+            assert c.read()["phase"] == "done"
+        finally:
+            c.close()
+        log = (tmp_path / "daemon.log").read_text()
+        assert "Traceback" not in log, log[-4000:]

@@ -150,7 +150,8 @@ class Keeper:
             seal_state = None
             if seal_fd is not None:
                 seal_state = _read_seal(seal_fd)
-            layer = adopt_layer(self.daemon.cfg.layer, fds, seal_state=seal_state)
+            layer = adopt_layer(self.daemon.cfg.layer, fds, seal_state=seal_state,
+                                tier_options=self.daemon.cfg.tier)
         except (StateFormatError, HandoverFormatError, SwapdError) as exc:
             self.handed_over = True  # refuse by name; leave the store as it is
             self.link.enabled = False
@@ -174,7 +175,7 @@ class Keeper:
             return
         named = fds()
         sealer = _sealer_of(layer)
-        why = _adoption_probe(layer, named, sealer)
+        why = _adoption_probe(layer, named, sealer, self.daemon.cfg.tier)
         if why is not None:
             log.warning("the layer cannot hand its state over (%s): at a restart its stored "
                         "pages are written back into the clients' memfds, at a crash they are "
@@ -650,7 +651,8 @@ def _sealer_of(layer: Any) -> Any:
     return None
 
 
-def _adoption_probe(layer: Any, fds: dict[str, int], sealer: Any) -> str | None:
+def _adoption_probe(layer: Any, fds: dict[str, int], sealer: Any,
+                    tier_options: Any = None) -> str | None:
     """Whether a successor could adopt ``layer``'s state regions: adopt duplicates of them
     (the layer is new and empty, so this is cheap) and let go.  None, or why not."""
     from swapd.layer.core import SwapLayer
@@ -658,7 +660,8 @@ def _adoption_probe(layer: Any, fds: dict[str, int], sealer: Any) -> str | None:
 
     dups = {name: os.dup(fd) for name, fd in fds.items()}
     try:
-        probe = SwapLayer.adopt(dups, seal_state=sealer.export_state() if sealer else None)
+        probe = SwapLayer.adopt(dups, seal_state=sealer.export_state() if sealer else None,
+                                tier_options=tier_options)
     except (StateFormatError, SwapdError, KeyError) as exc:
         for fd in dups.values():
             with contextlib.suppress(OSError):

@@ -2174,7 +2174,10 @@ class SwapLayer:
             for c in clients:
                 self.remove_client(c)
         for t in self._tiers:
-            t.close()
+            if keep_state:
+                t.detach()  # the stored data stays for the holder of the state
+            else:
+                t.close()
         self._table.close()
 
     def __enter__(self) -> SwapLayer:

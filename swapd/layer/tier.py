@@ -287,6 +287,12 @@ class Tier(ABC):
     def close(self) -> None:
         """Release the tier's resources."""
 
+    def detach(self) -> None:
+        """Release this process's handles but keep every stored page where it is (the state
+        went to a successor: a restart).  Default: :meth:`close`, for tiers whose data dies
+        with their handles or survives them anyway (a file kept open by the fd store)."""
+        self.close()
+
 
 class CompressedTier(Tier):
     """Compressed pages in an allocator backend (zswap's pool: compressor + zpool)."""

@@ -469,6 +469,12 @@ class RedisTier(Tier):
             pass
         self.region.close()
 
+    def detach(self) -> None:
+        """Close the connections and the id table's mapping; keep every key (a successor
+        adopts them with the id table)."""
+        self._keep = True
+        self.close()
+
     # -- state across a restart ----------------------------------------------------------------
 
     def state_fds(self) -> dict[str, int]:
