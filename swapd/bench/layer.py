@@ -34,6 +34,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from swapd.arena import PAGE_SIZE
@@ -46,15 +47,16 @@ from swapd.bench.common import (
     print_table,
 )
 from swapd.compress import get_compressor, same_filled_value
+from swapd.config import LayerSection
 from swapd.errors import StoreRejected
 from swapd.layer import (
     CompressedTier,
     DiskTier,
     EntryState,
-    LayerConfig,
     SwapLayer,
     TierLimits,
 )
+from swapd.layer.build import build_layer
 from swapd.plugins import make_backend
 
 
@@ -86,14 +88,20 @@ def _cpu_medians(variants: dict[str, Callable[[], object]], reps: int) -> dict[s
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
+def _layer(tiers: list[Any], **options: Any) -> SwapLayer:
+    """The layer over ``tiers`` (built here), by the one construction (swapd/layer/build.py)."""
+    return build_layer(LayerSection(), Path(tempfile.gettempdir()), tiers=tiers,
+                       options=options)
+
+
 def _throughput(backend: str, pages: list[bytes], reps: int) -> dict[str, Any]:
     comp = get_compressor("lz4")
     n = len(pages)
     arena = 4 * n + 1024
     be_alone = make_backend(backend, max_pages=arena)
     be_layer = make_backend(backend, max_pages=arena)
-    lay = SwapLayer([CompressedTier(comp, be_layer, TierLimits(ram_total_bytes=1 << 40))],
-                    config=LayerConfig(pool_limit_bytes=1 << 40))
+    lay = _layer([CompressedTier(comp, be_layer, TierLimits(ram_total_bytes=1 << 40))],
+                 pool_limit_bytes=1 << 40)
     region = lay.add_region("bench", n)
 
     def alone() -> None:
@@ -146,8 +154,8 @@ def _throughput_batch(backend: str, pages: list[bytes], reps: int,
         be_alone.close()
         be_layer.close()
         return None
-    lay = SwapLayer([CompressedTier("lz4", be_layer, TierLimits(ram_total_bytes=1 << 40))],
-                    config=LayerConfig(pool_limit_bytes=1 << 40))
+    lay = _layer([CompressedTier("lz4", be_layer, TierLimits(ram_total_bytes=1 << 40))],
+                 pool_limit_bytes=1 << 40)
     region = lay.add_region("bench", n)
     src = b"".join(pages)
     out = bytearray(len(src))
@@ -188,9 +196,8 @@ def _inversions(backend: str, pages: list[bytes], fraction: float, kernel_like: 
         tiers: list[Any] = [CompressedTier("lz4", be, TierLimits(ram_total_bytes=1 << 40)),
                             DiskTier(tmp, (n + 64) * PAGE_SIZE)]
         # no proactive writeback below the limit: only the limit's own mechanisms act
-        cfg = LayerConfig(pool_limit_bytes=limit, reject_to_disk_when_full=kernel_like,
-                          shrinker_start_percent=100.0)
-        lay = SwapLayer(tiers, config=cfg)
+        lay = _layer(tiers, pool_limit_bytes=limit, reject_to_disk_when_full=kernel_like,
+                     shrinker_start_percent=100.0)
         try:
             r = lay.add_region("bench", n)
             rejected = 0

@@ -16,11 +16,14 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from swapd.bench.common import add_corpus_arguments, load_corpus, print_json, print_table
 from swapd.compress import same_filled_value
-from swapd.layer import CompressedTier, DiskTier, LayerConfig, SwapLayer, TierLimits
+from swapd.config import LayerSection
+from swapd.layer import CompressedTier, DiskTier, TierLimits
+from swapd.layer.build import build_layer
 from swapd.plugins import make_backend
 
 
@@ -38,8 +41,8 @@ def _round(pages: list[bytes], sealed: bool, state_dir: str) -> tuple[float, flo
     be = make_backend("zsmalloc", max_pages=2 * n + 1024)
     tiers: list[Any] = [CompressedTier("lz4", be, TierLimits(ram_total_bytes=1 << 40)),
                         DiskTier(state_dir, (n + 64) * 4096, seal=sealed)]
-    lay = SwapLayer(tiers, config=LayerConfig(pool_limit_bytes=1 << 40,
-                                              shrinker_start_percent=100.0))
+    lay = build_layer(LayerSection(), Path(state_dir), tiers=tiers,
+                      options={"pool_limit_bytes": 1 << 40, "shrinker_start_percent": 100.0})
     try:
         r = lay.add_region("bench", n)
         for i, pg in enumerate(pages):

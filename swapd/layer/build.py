@@ -59,13 +59,15 @@ def adopt_layer(section: LayerSection, fds: Mapping[str, int], *,
 def build_layer(section: LayerSection, state_path: Path, *,
                 clock: Callable[[], float] | None = None, max_pages: int | None = None,
                 options: Mapping[str, Any] | None = None,
-                tiers: Sequence[str] | None = None,
+                tiers: Sequence[str | Tier] | None = None,
                 tier_options: Mapping[str, Mapping[str, Any]] | None = None,
                 backend_options: Mapping[str, Any] | None = None,
                 instance: str = "swapd") -> SwapLayer:
     """The chain of tiers named by ``tiers`` (default ``section.tiers``, without "disk" when
     ``section.disk`` is false), each built by its plugin's ``from_config`` with its
-    ``tier_options``, under one :class:`SwapLayer`.
+    ``tier_options``, under one :class:`SwapLayer`.  An item of ``tiers`` may also be a
+    tier already built (a benchmark that measures its backend alone beside the layer); it
+    is taken over (closed with the layer, or here on failure).
 
     ``clock`` is the layer's clock (default: the layer's own, ``time.monotonic``);
     ``max_pages`` caps the compressed tiers' arenas (default: the backend's); ``options``
@@ -87,7 +89,10 @@ def build_layer(section: LayerSection, state_path: Path, *,
     built: list[Tier] = []
     try:
         for name in chain:
-            built.append(make_tier(name, ctx, (tier_options or {}).get(name)))
+            if isinstance(name, Tier):
+                built.append(name)
+            else:
+                built.append(make_tier(name, ctx, (tier_options or {}).get(name)))
         if clock is None:
             return SwapLayer(built, config=layer_cfg, demotion_policy=section.demotion_policy)
         return SwapLayer(built, config=layer_cfg, clock=clock,
@@ -95,4 +100,7 @@ def build_layer(section: LayerSection, state_path: Path, *,
     except BaseException:
         for t in built:
             t.close()
+        for rest in chain[len(built):]:
+            if isinstance(rest, Tier):
+                rest.close()
         raise
