@@ -153,8 +153,14 @@ class Region(mmap.mmap):
         """
         if self._client is None:
             raise ProtocolError("region is closed")
-        self._client._request("advise", region=self.id, offset=offset, length=length,
-                              advice=advice)
+        end = offset + length
+        while True:  # the daemon takes at most MAX_ADVISE bytes per request
+            n = min(end - offset, protocol.MAX_ADVISE)
+            self._client._request("advise", region=self.id, offset=offset, length=n,
+                                  advice=advice)
+            offset += n
+            if offset >= end:
+                return
 
     def poisoned_pages(self) -> list[int]:
         """Indices of the pages lost with a crashed daemon: touching one raises SIGBUS.

@@ -209,6 +209,14 @@ class LimitsConfig:
                                  live=True, min=PAGE_SIZE, page_multiple=True)
     max_regions: int = opt(64, "per client: regions mapped at once", live=True, min=1)
     max_clients: int = opt(256, "clients served at once", live=True, min=1)
+    max_sessions_per_uid: int = opt(64, "connections of one uid at once (root and the daemon's "
+                                        "uid too), so one user cannot take every session",
+                                    live=True, min=1)
+    max_managed_bytes_per_uid: int = opt(256 << 30, "sum of the mapped region sizes of one uid's "
+                                                    "sessions", live=True, min=PAGE_SIZE,
+                                         page_multiple=True)
+    hello_timeout_s: float = opt(10.0, "a connection that has not said hello, or is in the middle "
+                                       "of a frame, this long is closed", live=True, min=0.01)
     default_resident_bytes: int = opt(256 << 20, "per client: resident limit until it asks for "
                                                  "one (set_limit)", live=True, page_multiple=True)
     global_resident_bytes: int = opt(8 << 30, "cap of every client's resident limit, and of "
@@ -486,6 +494,51 @@ def _readahead_order(cfg: Config) -> None:
     if p.readahead_min > p.readahead_max:
         raise ConfigError(f"[pager] readahead_min ({p.readahead_min}) exceeds "
                           f"readahead_max ({p.readahead_max})")
+
+
+# Upper bounds of values that would let the daemon be starved or exhausted by design
+# (issue 13, item 7): each names the value and the reason.
+_MAX_CLIENTS = 65536
+_MAX_REGIONS = 65536
+_MAX_LATENCY_SAMPLES = 1 << 20
+_IOV_MAX = 1024  # <limits.h>: a pwritev(2) of more buffers fails with EINVAL
+_MAX_DISK_SLOTS = (1 << 32) - 1  # the sealer's u32 slot number (swapd/layer/seal.py)
+
+
+@config_check
+def _pathological(cfg: Config) -> None:
+    lim, p, r, lay, d = cfg.limits, cfg.pager, cfg.reclaim, cfg.layer, cfg.daemon
+    checks: list[tuple[bool, str]] = [
+        (lim.max_clients > _MAX_CLIENTS,
+         f"[limits] max_clients = {lim.max_clients}: at most {_MAX_CLIENTS}; each client holds "
+         "descriptors and memory in the daemon"),
+        (lim.max_regions > _MAX_REGIONS,
+         f"[limits] max_regions = {lim.max_regions}: at most {_MAX_REGIONS} per client"),
+        (lim.hello_timeout_s > 3600,
+         f"[limits] hello_timeout_s = {lim.hello_timeout_s}: above an hour, idle connections "
+         "would hold sessions that long"),
+        (p.latency_samples > _MAX_LATENCY_SAMPLES,
+         f"[pager] latency_samples = {p.latency_samples}: at most {_MAX_LATENCY_SAMPLES}; "
+         "every session keeps that many"),
+        (r.interval_ms > 60_000,
+         f"[reclaim] interval_ms = {r.interval_ms}: above a minute, the reclaimer and the "
+         "shrinker would stop reacting"),
+        (lay.writeback_batch > _IOV_MAX,
+         f"[layer] writeback_batch = {lay.writeback_batch}: at most {_IOV_MAX} (IOV_MAX), or "
+         "every writeback's pwritev fails"),
+        (lay.disk and lay.disk_bytes // PAGE_SIZE > _MAX_DISK_SLOTS,
+         f"[layer] disk_bytes = {lay.disk_bytes}: at most {_MAX_DISK_SLOTS} pages (the disk "
+         "tier's slot numbers are 32-bit)"),
+        (0 < d.watchdog_interval_s < 0.01,
+         f"[daemon] watchdog_interval_s = {d.watchdog_interval_s}: below 10 ms the loop would "
+         "do little but notify"),
+        (bool(d.socket_mode & 0o7111),
+         f"[daemon] socket_mode = {d.socket_mode:o}: execute, setuid, setgid or sticky bits "
+         "mean nothing on a socket (a typo?)"),
+    ]
+    for bad, message in checks:
+        if bad:
+            raise ConfigError(message)
 
 
 @config_check

@@ -15,6 +15,15 @@ request must be ``hello`` with ``"version": PROTOCOL_VERSION``.
 
 This module is shared by the client library (blocking socket) and the daemon
 (non-blocking socket, :class:`FrameReader`); it performs no policy.
+
+Hostile input (docs/protocol.md, "Trust boundary"): the daemon's reader takes any
+byte string.  It reads at most one frame's worth per call (a client that keeps
+sending cannot hold the loop or grow the buffer beyond ``MAX_FRAME``), every
+body error -- invalid UTF-8, JSON nested past the parser's depth, integers with
+more digits than Python converts -- is a ``malformed`` reply, and descriptors are
+never lost: a control message cut short (``MSG_CTRUNC``: more than ``MAX_FDS``)
+or more than ``MAX_FDS`` descriptors waiting without a frame is fatal for the
+connection, and every received descriptor not handed to a frame is closed.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from swapd.errors import DaemonGoneError, ProtocolError
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024
 MAX_FDS = 4  # per frame
+MAX_ADVISE = 64 << 20  # bytes per advise request: the daemon's work per request is bounded
 HEADER = struct.Struct("<I")  # u32 length, little-endian
 
 # Error codes of a failed reply (``"error"``), the same strings the daemon uses.
@@ -56,20 +66,29 @@ ADVICE = ("cold", "willneed", "dontneed")
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 
 
+def encode_body(obj: dict[str, Any]) -> bytes:
+    """The JSON body of a frame for ``obj`` (no size check).  O(size)."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     """Encode one frame (header + JSON body).  O(size)."""
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    body = encode_body(obj)
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds MAX_FRAME {MAX_FRAME}")
     return HEADER.pack(len(body)) + body
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
-    """Decode a frame body; raises ProtocolError("malformed: ...")."""
+    """Decode a frame body; raises ProtocolError("malformed: ...") for any bad body."""
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"malformed: body is not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("malformed: JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer beyond sys.get_int_max_str_digits()
+        raise ProtocolError(f"malformed: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"malformed: body is a JSON {type(obj).__name__}, not an object")
     return obj
@@ -137,6 +156,11 @@ def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise
 
 
+def close_fds(ancdata: list[tuple[int, int, bytes]]) -> None:
+    """Close every descriptor an SCM_RIGHTS control message brought in."""
+    _close_all(_fds_from_ancdata(ancdata))
+
+
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         try:
@@ -164,24 +188,41 @@ class FrameReader:
         self.fatal: str | None = None
 
     def feed(self) -> None:
-        """Read everything available without blocking.  Sets ``eof`` at end of stream."""
-        while not self.eof:
-            try:
-                data, anc, _, _ = self.sock.recvmsg(65536, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
-                    self.eof = True
-                    return
-                raise
-            self.fds.extend(_fds_from_ancdata(anc))
-            if not data:
+        """Read what is available, at most one whole frame's worth, without blocking (even
+        on a blocking socket).  Sets ``eof`` at end of stream, ``fatal`` on a cut control
+        message or too many waiting descriptors.  O(MAX_FRAME)."""
+        if self.eof:
+            return
+        room = HEADER.size + MAX_FRAME - len(self.buf)
+        if room <= 0:
+            return  # a whole frame is waiting: frames() first
+        try:
+            data, anc, flags, _ = self.sock.recvmsg(
+                room, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
                 self.eof = True
                 return
-            self.buf += data
-            if len(data) < 65536:
-                return
+            raise
+        self.fds.extend(_fds_from_ancdata(anc))
+        if not data:
+            self.eof = True
+        if self.fatal is None:
+            if flags & socket.MSG_CTRUNC:
+                self.fatal = f"control message truncated: more than {MAX_FDS} descriptors"
+            elif len(self.fds) > MAX_FDS:
+                self.fatal = f"{len(self.fds)} descriptors without a frame (at most {MAX_FDS})"
+        if self.fatal is not None:
+            _close_all(self.fds)
+            return
+        self.buf += data
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a frame has arrived and not yet been parsed."""
+        return bool(self.buf)
 
     def frames(self) -> list[tuple[dict[str, Any] | ProtocolError, list[int]]]:
         """Complete frames parsed so far, in order, with the fds attached to each."""
@@ -200,6 +241,10 @@ class FrameReader:
                 out.append((decode_body(body), fds))
             except ProtocolError as exc:
                 out.append((exc, fds))
+            except Exception as exc:  # never lose the frame's descriptors
+                out.append((ProtocolError(f"malformed: {type(exc).__name__}: {exc}"), fds))
+        if self.fatal is not None:
+            _close_all(self.fds)
         return out
 
     def close(self) -> None:

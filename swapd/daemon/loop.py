@@ -62,6 +62,8 @@ class EventLoop:
         self._yielding = False  # inside serve_faults_now: no nested reclaim
         self._status = ""
         self._status_n = -1  # session count of the last STATUS= (loop thread)
+        self._listen_paused: tuple[int, Any] | None = None  # (fd, socket) out of the set
+        self._listen_resume = 0.0  # loop thread: when the paused listener comes back
 
     # --- the descriptor table ------------------------------------------------------------
 
@@ -79,6 +81,24 @@ class EventLoop:
             if self.fds.pop(fd, None) is not None:
                 with contextlib.suppress(OSError):
                     self.ep.unregister(fd)
+
+    def pause_listener(self, seconds: float) -> None:
+        """Take the listening socket out of the set for ``seconds`` (accept ran out of
+        descriptors: level-triggered, it would wake the loop at once, forever)."""
+        d = self.daemon
+        if d.listener is None or self._listen_paused is not None:
+            return
+        fd = d.listener.fileno()
+        self.forget(fd)
+        self._listen_paused = (fd, d.listener)
+        self._listen_resume = time.monotonic() + seconds
+
+    def _maybe_resume_listener(self, now: float) -> None:
+        if self._listen_paused is not None and now >= self._listen_resume:
+            fd, sock = self._listen_paused
+            self._listen_paused = None
+            if self.daemon.listener is sock:
+                self.register(fd, "listen", sock)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -121,6 +141,7 @@ class EventLoop:
         inline = cfg.reclaim.inline
         interval = cfg.reclaim.interval_ms / 1000.0
         next_sweep = 0.0
+        next_reap = 0.0
         while not self._stop:
             busy = inline and reclaimer.needs_work()
             events = ep.poll(0 if busy else (interval if inline else 0.5))
@@ -149,6 +170,10 @@ class EventLoop:
                 if d.shrinker_enabled:
                     layer.shrink_step()
                 next_sweep = now + interval
+            if now >= next_reap:  # idle and half-open connections, refused ones lingering
+                d.admission.reap(now)
+                self._maybe_resume_listener(now)
+                next_reap = now + 0.25
             if wd_interval and now >= next_wd:
                 d.notify("WATCHDOG=1")
                 next_wd = now + wd_interval

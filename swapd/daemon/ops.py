@@ -18,15 +18,17 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from swapd import protocol
 from swapd.config import PAGE_SIZE
 from swapd.daemon.errors import Refused
+from swapd.daemon.fdcheck import check_memfd, seal_memfd
 from swapd.daemon.procfs import check_mapping, fd_kind
 from swapd.daemon.session import ManagedRegion, Session
 from swapd.daemon.stats import all_stats, session_stats
-from swapd.errors import ProtocolError, SwapdError
+from swapd.errors import ProtocolError
 from swapd.kernel import memfd as kmemfd
 from swapd.kernel import uffd as kuffd
 from swapd.kernel.errors import KernelError
@@ -51,6 +53,8 @@ class Connection:
         self.reader = protocol.FrameReader(sock)
         self.session = session
         self.closed = False
+        self.opened = time.monotonic()  # for hello_timeout_s (Admission.reap)
+        self.partial_since = -1.0  # when a frame started arriving and is not whole yet
 
 
 class Ops:
@@ -126,7 +130,7 @@ class Ops:
             result: dict[str, Any] = handler(session, obj, fds)
         except Refused as r:
             return protocol.error_reply(req_id, r.code, r.message)
-        except (SwapdError, OSError) as exc:
+        except Exception as exc:  # a bug costs this request, never the loop
             log.exception("request %r of client %d failed", op, session.id)
             return protocol.error_reply(req_id, "internal", f"{type(exc).__name__}: {exc}")
         return {"id": req_id, "ok": True, **result}
@@ -189,9 +193,7 @@ class Ops:
             raise Refused("bad_fd", f"descriptor 0 is not a memfd ({fd_kind(memfd)})")
         if not kuffd.is_userfaultfd(ufd):
             raise Refused("bad_fd", f"descriptor 1 is not a userfaultfd ({fd_kind(ufd)})")
-        st = os.fstat(memfd)
-        if st.st_size != length:
-            raise Refused("bad_fd", f"memfd size {st.st_size} != region length {length}")
+        st = check_memfd(memfd, length)
         npages = length // PAGE_SIZE
         lim = self.daemon.cfg.limits
         with session.lock:
@@ -208,7 +210,15 @@ class Ops:
                 if address < r.end and r.start < address + length:
                     raise Refused("bad_range", f"[{address:#x}, {address + length:#x}) "
                                   f"overlaps region {r.id} at [{r.start:#x}, {r.end:#x})")
-        check_mapping(session.pid, address, length, st.st_ino)
+        uid_bytes = self.daemon.managed_bytes_of_uid(session.uid)
+        if uid_bytes + length > lim.max_managed_bytes_per_uid:
+            raise Refused("quota", f"{length} more bytes would exceed max_managed_bytes_per_uid="
+                          f"{lim.max_managed_bytes_per_uid} for uid {session.uid} (mapped by "
+                          f"its sessions: {uid_bytes})")
+        other = self.daemon.region_of_file(st.st_dev, st.st_ino)
+        if other is not None:
+            raise Refused("bad_fd", f"descriptor 0 is already the memfd of region {other}")
+        check_mapping(session.pid, address, length, st.st_ino, st.st_dev)
         uffd = kuffd.Userfaultfd.from_fd(ufd)
         fds[1] = -1  # owned by uffd now
         adopted = False
@@ -223,6 +233,13 @@ class Ops:
             if feats & kuffd.UFFD_FEATURE_SIGBUS:
                 raise Refused("bad_fd", "userfaultfd has FEATURE_SIGBUS: faults would never "
                               "reach the daemon")
+            try:  # EBUSY: the range is registered with another userfaultfd (fdcheck.py)
+                uffd.register(address, length, kuffd.UFFDIO_REGISTER_MODE_MISSING
+                              | kuffd.UFFDIO_REGISTER_MODE_WP)
+            except KernelError as exc:
+                raise Refused("bad_fd", f"descriptor 1 does not serve [{address:#x}, "
+                              f"{address + length:#x}) of process {session.pid}: {exc}") from exc
+            seal_memfd(memfd)
             keeper = self.daemon.keeper
             with session.lock:
                 if session.dead:
@@ -236,6 +253,7 @@ class Ops:
                 adopted = True
                 session.regions[rid] = region
                 session.managed_pages += npages
+                region.file = (st.st_dev, st.st_ino)
                 self.daemon.loop.register(uffd.fd, "uffd", region)
             if not keeper.region_mapped(region):  # stored and recorded before the reply
                 assert self.daemon.pager is not None
@@ -296,6 +314,10 @@ class Ops:
             if offset + length > region.npages * PAGE_SIZE:
                 raise Refused("bad_range", f"[{offset}, {offset + length}) is beyond the "
                               f"region's {region.npages * PAGE_SIZE} bytes")
+            if length > protocol.MAX_ADVISE:
+                raise Refused("bad_range", f"advise of {length} bytes: at most "
+                              f"{protocol.MAX_ADVISE} per request (bounded work on the loop; "
+                              "split the range)")
             i0, n = offset // PAGE_SIZE, length // PAGE_SIZE
             if advice == "dontneed":
                 return {"pages": pager.discard_locked(region, i0, n)}
@@ -330,8 +352,9 @@ class Ops:
             latency = obj.get("latency", True)
             if not isinstance(latency, bool):
                 raise Refused("bad_request", f"'latency' must be true or false, got {latency!r}")
+            privileged = session.uid in (0, os.geteuid())
             return {"stats": all_stats(self.daemon, exclude=exclude, after=after,
-                                       latency=latency)}
+                                       latency=latency, uid=None if privileged else session.uid)}
         raise Refused("bad_request", f"scope {scope!r} is not 'client' or 'all'")
 
     def _op_ctl(self, session: Session, obj: dict[str, Any], fds: list[int]) -> dict[str, Any]:

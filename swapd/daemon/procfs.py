@@ -23,11 +23,13 @@ def fd_kind(fd: int) -> str:
         return "not an open descriptor"
 
 
-def check_mapping(pid: int, address: int, length: int, inode: int) -> None:
+def check_mapping(pid: int, address: int, length: int, inode: int, dev: int = -1) -> None:
     """Check in /proc/PID/smaps that ``[address, +length)`` maps the memfd as we need.
 
-    Shared, this memfd's inode at offset 0, registered with a uffd (VmFlags
-    ``um`` and ``uw``) and ``MADV_DONTFORK`` (``dc``).  Raises Refused.
+    Shared, this memfd (its device ``dev`` -- inode numbers are per file system --
+    and ``inode``), each VMA at the file offset of its address (page i of the
+    range is page i of the memfd), registered with a uffd (VmFlags ``um`` and
+    ``uw``) and ``MADV_DONTFORK`` (``dc``).  Raises Refused.
     """
     end = address + length
     covered = address
@@ -36,27 +38,33 @@ def check_mapping(pid: int, address: int, length: int, inode: int) -> None:
             lines = f.read().splitlines()
     except OSError as exc:
         raise Refused("unavailable", f"cannot read /proc/{pid}/smaps: {exc.strerror}") from exc
-    cur: tuple[int, int, str, int] | None = None
-    vmas: list[tuple[int, int, str, int, set[str]]] = []
+    cur: tuple[int, int, str, int, int, int] | None = None
+    vmas: list[tuple[int, int, str, int, int, int, set[str]]] = []
     for line in lines:
         head = line.split(None, 5)
         if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
             lo_s, hi_s = head[0].split("-")
             try:
-                cur = (int(lo_s, 16), int(hi_s, 16), head[1], int(head[4]))
+                major, minor = (int(x, 16) for x in head[3].split(":"))
+                cur = (int(lo_s, 16), int(hi_s, 16), head[1], int(head[4]),
+                       int(head[2], 16), os.makedev(major, minor))
             except ValueError:
                 cur = None
         elif line.startswith("VmFlags:") and cur is not None:
             vmas.append((*cur, set(line.split()[1:])))
             cur = None
-    for lo, hi, perms, ino, flags in sorted(vmas):
+    for lo, hi, perms, ino, offset, vdev, flags in sorted(vmas):
         if hi <= covered or lo >= end:
             continue
         if lo > covered:
             break
-        if ino != inode or not perms.endswith("s"):
+        if ino != inode or not perms.endswith("s") or (dev >= 0 and vdev != dev):
             raise Refused("bad_range", f"[{lo:#x}, {hi:#x}) is not a shared mapping of the "
                           "memfd that was sent")
+        if offset != lo - address:
+            raise Refused("bad_range", f"[{lo:#x}, {hi:#x}) maps the memfd at offset "
+                          f"{offset:#x}, not {lo - address:#x}: page i of the region must be "
+                          "page i of the memfd")
         missing = {"um", "uw", "dc"} - flags
         if missing:
             what = {"um": "registered with userfaultfd MISSING", "uw": "registered with "

@@ -269,6 +269,27 @@ class Daemon:
         with self.lock:
             return iter([s for s in self.sessions.values() if not s.dead])
 
+    def managed_bytes_of_uid(self, uid: int) -> int:
+        """Bytes mapped by the live sessions of ``uid`` (the per-uid quota).  O(sessions)."""
+        with self.lock:
+            return sum(s.managed_pages for s in self.sessions.values()
+                       if s.uid == uid and not s.dead) * PAGE_SIZE
+
+    def sessions_of_uid(self, uid: int) -> int:
+        """Live sessions of ``uid`` (the per-uid quota).  O(sessions)."""
+        with self.lock:
+            return sum(1 for s in self.sessions.values() if s.uid == uid and not s.dead)
+
+    def region_of_file(self, dev: int, ino: int) -> int | None:
+        """The id of a live region over the memfd ``(dev, ino)``, or None.  O(regions)."""
+        with self.lock:
+            sessions = list(self.sessions.values())
+        for s in sessions:
+            for r in list(s.regions.values()):
+                if r.file == (dev, ino) and not r.dropped:
+                    return r.id
+        return None
+
     def new_region_id(self) -> int:
         """A daemon-wide unique region id."""
         with self.lock:

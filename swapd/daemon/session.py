@@ -131,6 +131,7 @@ class ManagedRegion:
         self.uffd = uffd  # the daemon's copy; closed when dropped
         self.layer_region = layer_region
         self.name = name
+        self.file = (-1, -1)  # the memfd's (st_dev, st_ino), set once by map
         # Under Session.lock; one of HOLE..GONE per page.  With a restart keeper it maps a
         # page-state memfd (swapd.daemon.handover), so that it outlives the process.
         self.state: mmap.mmap | bytearray = state if state is not None else bytearray(npages)

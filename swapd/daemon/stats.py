@@ -125,8 +125,13 @@ def daemon_info(daemon: Daemon) -> dict[str, Any]:
 
 
 def all_stats(daemon: Daemon, *, exclude: Session | None = None,
-              after: int = 0, latency: bool = True) -> dict[str, Any]:
+              after: int = 0, latency: bool = True,
+              uid: int | None = None) -> dict[str, Any]:
     """The daemon's, the totals' and every live client's statistics.
+
+    ``uid``: only that user's clients, and totals over them alone (no layer-wide or tier
+    counters, no ended sessions): what a user who is neither root nor the daemon's uid may
+    see (docs/protocol.md, "What a client can learn about another").
 
     ``exclude``: the asking session (a ``swapd stats`` connection is not a client
     to report).  The clients are paged to keep the reply below the frame limit:
@@ -141,13 +146,14 @@ def all_stats(daemon: Daemon, *, exclude: Session | None = None,
 
     assert daemon.layer is not None
     sessions = sorted((s for s in list(daemon.sessions.values())
-                       if not s.dead and s is not exclude), key=lambda s: s.id)
+                       if not s.dead and s is not exclude and (uid is None or s.uid == uid)),
+                      key=lambda s: s.id)
     out: dict[str, Any] = {}
     budget = _PAGE_BUDGET
     if after == 0:
-        counters: dict[str, int] = dict(daemon.departed)
-        hist = list(daemon.departed_hist)
-        hist_ns = daemon.departed_fault_ns
+        counters: dict[str, int] = dict(daemon.departed) if uid is None else {}
+        hist = list(daemon.departed_hist) if uid is None else [0] * len(daemon.departed_hist)
+        hist_ns = daemon.departed_fault_ns if uid is None else 0
         resident = managed = 0
         for s in sessions:
             with s.lock:
@@ -158,13 +164,17 @@ def all_stats(daemon: Daemon, *, exclude: Session | None = None,
             for i, n in enumerate(list(s.fault_hist)):
                 hist[i] += n
             hist_ns += s.fault_ns
-        samples = (list(daemon.pager.latency_ns) if daemon.pager is not None and latency
-                   else [])
+        if not latency:
+            samples = []
+        elif uid is None:
+            samples = list(daemon.pager.latency_ns) if daemon.pager is not None else []
+        else:
+            samples = [t for s in sessions for t in s.latency_ns]
         cfg = daemon.cfg
         out["daemon"] = {
             "pid": os.getpid(), "uptime_s": round(time.monotonic() - daemon.started, 3),
             "socket": str(daemon.socket_path), "clients": len(sessions),
-            "clients_total": daemon.clients_total,
+            "clients_total": daemon.clients_total if uid is None else len(sessions),
             "global_limit_pages": cfg.limits.global_resident_bytes // PAGE_SIZE,
             "reclaimer_errors": daemon.reclaimer.errors if daemon.reclaimer else 0,
             "impl": swapd_impl.describe(),
@@ -178,8 +188,8 @@ def all_stats(daemon: Daemon, *, exclude: Session | None = None,
                         "counters": counters,
                         "latency": LatencySummary.of(samples).as_dict(),
                         "fault_histogram": {"counts": hist, "sum_ns": hist_ns},
-                        "layer": as_dict(daemon.layer.stats()),
-                        "tiers": daemon.layer.tier_stats()}
+                        "layer": as_dict(daemon.layer.stats()) if uid is None else {},
+                        "tiers": daemon.layer.tier_stats() if uid is None else []}
         budget -= len(json.dumps(out))
     clients: list[dict[str, Any]] = []
     next_after = None

@@ -342,6 +342,14 @@ class _Buffers:
         return buf, ctypes.addressof(anchor)
 
 
+_nowait_ok = hasattr(os, "RWF_NOWAIT")  # cleared on the first EOPNOTSUPP
+
+
+def _disable_nowait() -> None:
+    global _nowait_ok
+    _nowait_ok = False
+
+
 def is_userfaultfd(fd: int) -> bool:
     """True if ``fd`` is an open userfaultfd (its /proc/self/fd link).  O(1)."""
     try:
@@ -586,7 +594,9 @@ class Userfaultfd:
     def read_events(self, max_events: int = 64) -> list[UffdEvent]:
         """Read up to ``max_events`` queued messages; ``[]`` when none (EAGAIN).
 
-        On a blocking fd this blocks for the first message only.  A ForkEvent's
+        Never blocks (RWF_NOWAIT), even on a descriptor without O_NONBLOCK; on a kernel
+        without RWF_NOWAIT for userfaultfd it falls back to read(2), which blocks on
+        such a descriptor for the first message only.  A ForkEvent's
         ``ufd`` is a new descriptor the caller owns.  O(messages).
         """
         b = self._bufs()
@@ -595,11 +605,21 @@ class Userfaultfd:
             b.msgs = bytearray(need)
         view = memoryview(b.msgs)[:need]
         try:
-            n = os.readv(self.fd, [view])
+            if _nowait_ok:
+                # RWF_NOWAIT: never block, whatever O_NONBLOCK says -- a client shares this
+                # open file description and may clear the flag on its copy.
+                # fs/userfaultfd.c: userfaultfd_read_iter() honours IOCB_NOWAIT (the file is
+                # FMODE_NOWAIT since its 2024 conversion to ->read_iter, 6.10).
+                n = os.preadv(self.fd, [view], -1, os.RWF_NOWAIT)
+            else:
+                n = os.readv(self.fd, [view])
         except BlockingIOError:
             return []
         except OSError as exc:
-            raise uffd_error(exc.errno or _errno.EIO, "read(userfaultfd)") from exc
+            if exc.errno != _errno.EOPNOTSUPP or not _nowait_ok:
+                raise uffd_error(exc.errno or _errno.EIO, "read(userfaultfd)") from exc
+            _disable_nowait()  # an older kernel: O_NONBLOCK is all there is
+            return self.read_events(max_events)
         events: list[UffdEvent] = []
         append = events.append
         for event, a, c, d in _MSG.iter_unpack(view[:n]):
