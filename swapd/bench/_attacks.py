@@ -416,6 +416,8 @@ if how != "unregister":
 print(json.dumps({"touched": True, "stats": req({"op": "stats", "id": 3})}), flush=True)
 req({"op": "advise", "id": 4, "region": rid, "offset": 0, "length": 64 * PAGE, "advice": "cold"})
 print(json.dumps({"done": True}), flush=True)
+r.close()  # the uffd before the munmap: nobody would read the UNMAP event otherwise
+s.close()
 """
 
 
@@ -647,3 +649,61 @@ def fuzz_frames(path: str | os.PathLike[str], frames: int, seed: int = 0,
         s.close()
     return {"frames": sent, "closed": closed}
 
+
+
+# --- a daemon for the benches ------------------------------------------------------------------
+
+BENCH_CONFIG = """
+[limits]
+default_resident_bytes = "1M"
+max_managed_bytes = "8G"
+hello_timeout_s = 2.0
+max_sessions_per_uid = 48
+[layer]
+pool_limit_bytes = "16M"
+disk_bytes = "256M"
+[reclaim]
+batch_pages = 32
+interval_ms = 20
+"""
+
+
+class BenchDaemon:
+    """``swapd serve`` in a child process with its own socket, state and config in ``workdir``;
+    :meth:`stop` ends it (SIGTERM, then SIGKILL) and removes nothing it did not create."""
+
+    def __init__(self, workdir: str | os.PathLike[str], config: str = BENCH_CONFIG,
+                 timeout: float = 60.0) -> None:
+        import signal
+
+        self.workdir = os.fspath(workdir)
+        self.socket = os.path.join(self.workdir, "swapd.sock")
+        cfg = os.path.join(self.workdir, "swapd.toml")
+        with open(cfg, "w") as f:
+            f.write(config)
+        self.log_path = os.path.join(self.workdir, "daemon.log")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swapd", "-v", "serve", "--socket", self.socket, "--state-dir",
+             os.path.join(self.workdir, "state"), "--config", cfg],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            start_new_session=True)
+        self._signal = signal
+        deadline = time.monotonic() + timeout
+        while not (os.path.exists(self.socket) and ping(self.socket, timeout=5.0)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the daemon did not start; see {self.log_path}")
+            time.sleep(0.1)
+        self.watch = DaemonWatch(self.proc.pid)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(self._signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)

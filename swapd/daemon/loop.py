@@ -142,11 +142,21 @@ class EventLoop:
         interval = cfg.reclaim.interval_ms / 1000.0
         next_sweep = 0.0
         next_reap = 0.0
+        stalled_until = 0.0  # inline reclaim made no progress: not busy before this
+        fruitless = 0  # consecutive idle batches that evicted nothing
         while not self._stop:
-            busy = inline and reclaimer.needs_work()
+            busy = inline and time.monotonic() >= stalled_until and reclaimer.needs_work()
             events = ep.poll(0 if busy else (interval if inline else 0.5))
-            if busy and not events:
-                reclaimer.step()  # idle between faults: evict one batch
+            if busy and not events:  # idle between faults: evict one batch
+                if reclaimer.step():
+                    fruitless = 0
+                else:
+                    fruitless += 1
+                if fruitless >= 16:
+                    # batch after batch evicted nothing (the layer refuses every page: pool
+                    # full and the disk failing or full): wait an interval, do not spin
+                    stalled_until = time.monotonic() + interval
+                    fruitless = 0
             t0 = time.perf_counter_ns()
             if len(events) > 1:  # departures before admissions (quota), faults first
                 events.sort(key=lambda e: _ORDER.get(fds.get(e[0], ("",))[0], 0))

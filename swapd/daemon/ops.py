@@ -366,8 +366,9 @@ class Ops:
         if knob is None:
             if "value" in obj:
                 raise Refused("bad_request", "'value' without 'knob'")
+            mine = None if control.authorised(session) else session.uid  # docs/protocol.md
             clients = {str(s.id): control.client_knobs(self.daemon, s)
-                       for s in self.daemon.live_sessions()}
+                       for s in self.daemon.live_sessions() if mine in (None, s.uid)}
             return {"knobs": control.global_knobs(self.daemon), "clients": clients}
         if not isinstance(knob, str):
             raise Refused("bad_request", f"'knob' must be a string, got {knob!r}")
@@ -375,7 +376,8 @@ class Ops:
         if client is not None:
             sid = self._int(obj, "client", minimum=1)
             target = self.daemon.sessions.get(sid)
-            if target is None or target.dead:
+            if target is None or target.dead or (
+                    target.uid != session.uid and not control.authorised(session)):
                 raise Refused("not_found", f"no client {sid}")
         if "value" not in obj:  # read
             if target is not None:

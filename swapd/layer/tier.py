@@ -808,7 +808,7 @@ class DiskTier(Tier):
                     chunk = [seal(start + j, pg) for j, pg in enumerate(chunk)]
                 done = os.pwritev(self.fd, chunk, start << PAGE_SHIFT)
                 if done != n << PAGE_SHIFT:
-                    raise OSError(0, f"short write of {done} bytes")
+                    self._finish_short_write(chunk, start << PAGE_SHIFT, done)
                 keys.extend(range(start, start + n))
                 if self.sealer is None:
                     crcs.extend(zlib.crc32(pg) for pg in chunk)
@@ -830,6 +830,18 @@ class DiskTier(Tier):
                     crc[k] = c
             self.writes += len(runs)
         return keys
+
+    def _finish_short_write(self, chunk: Sequence[bytes], offset: int, done: int) -> None:
+        """A pwritev stopped short (a file system splits large writes; the split after the
+        last that fit fails): write the rest, so the real error (ENOSPC, EIO) is raised."""
+        rest = memoryview(b"".join(chunk))[done:]
+        pos = offset + done
+        while rest:
+            n = os.pwrite(self.fd, rest, pos)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write of {len(rest)} bytes made no progress")
+            rest = rest[n:]
+            pos += n
 
     def load(self, key: int) -> bytes:
         """Read slot ``key`` and check its tag (or open its seal).  O(PAGE_SIZE) plus a pread."""
