@@ -4,7 +4,9 @@ Each client is a victim process (swapd/bench/_victim.py: 256 pages, a 32-page re
 random writes and verified reads); every ``--sample-s`` seconds the daemon's RSS and descriptor
 count are sampled.  Reports ``mismatches`` (over all clients), ``clients_alive`` at the end,
 the RSS and descriptor samples, and their growth after warm-up (the first fifth of the run):
-``rss_growth_bytes`` and ``fd_growth`` between the warm-up's end and the end.  Targets: 0
+``rss_growth_bytes`` and ``fd_growth`` between the warm-up's end and the end, and
+``rss_growth_last_half_bytes`` (each session keeps up to ``[pager] latency_samples`` fault
+latencies, which fill during the first minutes of a busy run).  Targets: 0
 mismatches; RSS and descriptors flat after warm-up.  ``loadavg`` is recorded (shared machine).
 """
 
@@ -65,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 v.close()
             d.stop()
     warm = samples[max(1, len(samples) // 5) - 1]
+    half = samples[len(samples) // 2]
     last = samples[-1]
     out: dict[str, Any] = {
         "clients": args.clients, "minutes": args.minutes, "mismatches": mismatches,
         "clients_alive": alive, "rss_growth_bytes": last["rss"] - warm["rss"],
         "fd_growth": last["fds"] - warm["fds"], "rss_after_warmup": warm["rss"],
+        "rss_growth_last_half_bytes": last["rss"] - half["rss"],
         "fds_after_warmup": warm["fds"], "samples": samples, "loadavg": list(os.getloadavg()),
     }
     if args.json:

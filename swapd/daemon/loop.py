@@ -143,20 +143,15 @@ class EventLoop:
         next_sweep = 0.0
         next_reap = 0.0
         stalled_until = 0.0  # inline reclaim made no progress: not busy before this
-        fruitless = 0  # consecutive idle batches that evicted nothing
         while not self._stop:
             busy = inline and time.monotonic() >= stalled_until and reclaimer.needs_work()
             events = ep.poll(0 if busy else (interval if inline else 0.5))
             if busy and not events:  # idle between faults: evict one batch
-                if reclaimer.step():
-                    fruitless = 0
-                else:
-                    fruitless += 1
-                if fruitless >= 16:
-                    # batch after batch evicted nothing (the layer refuses every page: pool
-                    # full and the disk failing or full): wait an interval, do not spin
+                rejects = self._store_rejects()
+                if reclaimer.step() == 0 and self._store_rejects() > rejects:
+                    # the layer refused every page of the batch (pool full, the disk failing
+                    # or full; it backs off itself): wait an interval instead of spinning
                     stalled_until = time.monotonic() + interval
-                    fruitless = 0
             t0 = time.perf_counter_ns()
             if len(events) > 1:  # departures before admissions (quota), faults first
                 events.sort(key=lambda e: _ORDER.get(fds.get(e[0], ("",))[0], 0))
@@ -196,6 +191,10 @@ class EventLoop:
             if len(d.sessions) != self._status_n:  # no formatting on the fault path
                 self._update_status()
         d.notify("STOPPING=1")
+
+    def _store_rejects(self) -> int:
+        """Pages the layer refused so far, over the live sessions.  O(sessions)."""
+        return sum(s.counters.store_rejects for s in self.daemon.live_sessions())
 
     def serve_faults_now(self) -> None:
         """Eviction on the loop thread (inline reclaim, direct reclaim, ``advise cold``),
