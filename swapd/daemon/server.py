@@ -286,6 +286,10 @@ class Daemon:
             sessions = list(self.sessions.values())
         for s in sessions:
             for r in list(s.regions.values()):
+                if r.file == (-1, -1) and r.memfd >= 0:  # adopted after a restart
+                    with contextlib.suppress(OSError):
+                        st = os.fstat(r.memfd)
+                        r.file = (st.st_dev, st.st_ino)
                 if r.file == (dev, ino) and not r.dropped:
                     return r.id
         return None
