@@ -334,9 +334,11 @@ class SwapLayer:
         self._backoff = 0.0                          # under _lock: current back-off interval
         self._backoff_until = -1.0                   # under _lock
         self._backoffs = 0                           # under _lock
-        self._wb_backoff = 0.0                       # under _lock: writeback back-off interval
-        self._wb_until = -1.0                        # under _lock: no writeback before this
-        self._wb_stopped = False                     # under _lock: stopped by a full disk
+        # Writeback back-off per destination tier (under _lock): interval, no writeback into
+        # that tier before ``_wb_until``, stopped by a full tier (logged once).
+        self._wb_backoff = [0.0] * self._ntiers
+        self._wb_until = [-1.0] * self._ntiers
+        self._wb_stopped = [False] * self._ntiers
         self._wb_io_errors = 0                       # under _lock
         self._wb_full = 0                            # under _lock
         self._wb_skipped = 0                         # under _lock
@@ -1773,10 +1775,10 @@ class SwapLayer:
             return 0
         ts, td = self._tiers[src], self._tiers[src + 1]
         done = 0
-        if self._wb_until >= 0:
+        if self._wb_until[src + 1] >= 0:
             now = self._clock()
             with self._lock:
-                if now < self._wb_until:
+                if now < self._wb_until[src + 1]:
                     self._wb_skipped += 1
                     return 0
         while done < max_pages:
@@ -1838,10 +1840,10 @@ class SwapLayer:
                         keys = []
                         with self._lock:
                             self._tier_events[src + 1]["store_errors"] += 1
-                        self._writeback_failed(td, exc)
+                        self._writeback_failed(src + 1, exc)
                     else:
-                        if self._wb_until >= 0:
-                            self._writeback_resumed()
+                        if self._wb_until[src + 1] >= 0:
+                            self._writeback_resumed(src + 1)
                 n = self._commit_writeback(victims, keys, ok, src)
             finally:
                 with self._lock:
@@ -1851,19 +1853,25 @@ class SwapLayer:
                 return done
         return done
 
-    def _writeback_failed(self, tier: Tier, exc: BaseException) -> None:
-        """Count a failed writeback batch and back off (see the module comment)."""
+    def _writeback_failed(self, dst: int, exc: BaseException) -> None:
+        """Count a failed writeback batch into tier ``dst`` and back off (see the module
+        comment).  A full tier with a tier below it is not backed off: the next demotion
+        cascades into that one first (no I/O is tried while no slot is free)."""
+        tier = self._tiers[dst]
         full = isinstance(exc, TierFullError) or getattr(exc, "errno", None) in _FULL_ERRNOS
         cfg = self._config
         now = self._clock()
         with self._lock:
-            self._wb_backoff = min(cfg.shrinker_backoff_max,
-                                   max(cfg.shrinker_backoff_min, self._wb_backoff * 2))
-            self._wb_until = now + self._wb_backoff
+            if full and dst + 1 < self._ntiers and isinstance(exc, TierFullError):
+                self._wb_full += 1
+                return
+            b = self._wb_backoff[dst] = min(cfg.shrinker_backoff_max, max(
+                cfg.shrinker_backoff_min, self._wb_backoff[dst] * 2))
+            self._wb_until[dst] = now + b
             if full:
                 self._wb_full += 1
-                stop = not self._wb_stopped
-                self._wb_stopped = True
+                stop = not self._wb_stopped[dst]
+                self._wb_stopped[dst] = True
             else:
                 self._wb_io_errors += 1
                 stop = False
@@ -1871,15 +1879,14 @@ class SwapLayer:
             log.warning("%s tier full: writeback stopped, retried every %.1f s at most (%s)",
                         tier.name, cfg.shrinker_backoff_max, exc)
         elif not full:
-            log.error("%s tier write failed, writeback paused %.2f s: %s", tier.name,
-                      self._wb_backoff, exc)
+            log.error("%s tier write failed, writeback paused %.2f s: %s", tier.name, b, exc)
 
-    def _writeback_resumed(self) -> None:
+    def _writeback_resumed(self, dst: int) -> None:
         with self._lock:
-            was_stopped = self._wb_stopped
-            self._wb_backoff = 0.0
-            self._wb_until = -1.0
-            self._wb_stopped = False
+            was_stopped = self._wb_stopped[dst]
+            self._wb_backoff[dst] = 0.0
+            self._wb_until[dst] = -1.0
+            self._wb_stopped[dst] = False
         if was_stopped:
             log.warning("the next tier takes pages again: writeback resumed")
 
