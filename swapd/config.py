@@ -209,8 +209,9 @@ class LimitsConfig:
                                  live=True, min=PAGE_SIZE, page_multiple=True)
     max_regions: int = opt(64, "per client: regions mapped at once", live=True, min=1)
     max_clients: int = opt(256, "clients served at once", live=True, min=1)
-    max_sessions_per_uid: int = opt(64, "connections of one uid at once (root and the daemon's "
-                                        "uid too), so one user cannot take every session",
+    max_sessions_per_uid: int = opt(64, "connections of one uid at once, so one user cannot "
+                                        "take every session (root and the daemon's uid: "
+                                        "max_clients)",
                                     live=True, min=1)
     max_managed_bytes_per_uid: int = opt(256 << 30, "sum of the mapped region sizes of one uid's "
                                                     "sessions", live=True, min=PAGE_SIZE,

@@ -3,7 +3,8 @@
 Authentication is the peer's ``SO_PEERCRED`` uid/gid (and ``SO_PEERGROUPS``):
 root, the daemon's own uid, or a user or group of ``[daemon] allowed_users`` /
 ``allowed_groups``.  The quotas checked here are ``max_clients`` and
-``max_sessions_per_uid`` (so one user cannot take every session); per-session
+``max_sessions_per_uid`` (so one user cannot take every session; root and the
+daemon's own uid, who can stop the daemon anyway, are not capped); per-session
 quotas are checked by the requests (:mod:`swapd.daemon.ops`).  A connection that
 has not said ``hello``, or is in the middle of a frame, for ``hello_timeout_s``
 is closed (:meth:`Admission.reap`), so idle or half-open connections cannot
@@ -193,7 +194,8 @@ class Admission:
             self.refuse(sock, protocol.error_reply(
                 None, "quota", f"the daemon already serves max_clients={lim.max_clients}"))
             return
-        if self.daemon.sessions_of_uid(uid) >= lim.max_sessions_per_uid:
+        if uid not in (0, os.geteuid()) and \
+                self.daemon.sessions_of_uid(uid) >= lim.max_sessions_per_uid:
             self.refused += 1
             log.warning("refusing pid %d uid %d: max_sessions_per_uid=%d", pid, uid,
                         lim.max_sessions_per_uid)
