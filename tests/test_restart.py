@@ -282,3 +282,69 @@ def test_orphan_disk_files_are_removed_and_held_ones_kept(tmp_path: Path) -> Non
             held.rename(tmp_path / "other.swap")  # out of the way of the clean-exit check
     finally:
         os.close(fd)
+
+
+def test_a_session_reattaches_with_its_token(tmp_path: Path) -> None:
+    """hello with the session token moves the session to a new connection; the library
+    re-attaches by itself when its connection is gone, and a stranger's token is refused."""
+    from tests.test_daemon_helpers import daemon_running, run_client
+
+    with daemon_running(tmp_path) as d:
+        r = run_client("""
+            import socket
+            from swapd import protocol
+            with connect(SOCK) as c:
+                reg = c.map(64 * 4096)
+                reg[0:5] = b"hello"
+                tok = c.server["session_token"]
+                s2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s2.connect(SOCK)
+                protocol.send_frame(s2, {"op": "hello", "id": 0, "version": 1,
+                                         "session_token": tok})
+                again, _ = protocol.recv_frame(s2)
+                # c's old connection was closed by the daemon: the next request re-attaches
+                limit = c.set_limit(8 * 4096)
+                s3 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s3.connect(SOCK)
+                protocol.send_frame(s3, {"op": "hello", "id": 0, "version": 1,
+                                         "session_token": "0" * 32})
+                wrong, _ = protocol.recv_frame(s3)
+                out(again=again, limit=limit, restarts=c.restarts, data=bytes(reg[0:5]).decode(),
+                    session=c.server["session"], wrong=wrong)
+                s2.close()
+                s3.close()
+        """, d.socket)
+        assert r["again"]["ok"] and r["again"]["session"] == r["session"], r
+        assert r["again"]["regions"] == [1], r
+        assert r["limit"] == 8 * 4096 and r["restarts"] == 1 and r["data"] == "hello", r
+        assert r["wrong"]["error"] == "not_found", r
+
+
+def test_connecting_while_the_daemon_restarts_waits(tmp_path: Path) -> None:
+    """The stored listening socket queues a connection made while no daemon runs; the next
+    daemon answers its hello."""
+    import threading
+
+    from swapd.client import connect
+
+    with managed_daemon(tmp_path) as (m, sock):
+        _start(m, tmp_path)
+        assert m.stop(signal.SIGTERM) == 0
+        got: list[object] = []
+
+        def client() -> None:
+            try:
+                with connect(sock, name="during-restart") as c:
+                    c.ping()
+                    got.append(c.server["pid"])
+            except Exception as exc:  # reported below
+                got.append(exc)
+
+        t = threading.Thread(target=client)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and not got  # waiting, not failing
+        _start(m, tmp_path)
+        while t.is_alive():
+            m.dispatch(0.05)
+        assert got == [m.main_pid], got
