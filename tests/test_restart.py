@@ -348,3 +348,41 @@ def test_connecting_while_the_daemon_restarts_waits(tmp_path: Path) -> None:
         while t.is_alive():
             m.dispatch(0.05)
         assert got == [m.main_pid], got
+
+
+def test_swapd_supervise_restarts_the_daemon_and_keeps_the_client(tmp_path: Path) -> None:
+    """`swapd supervise` is the manager: a daemon killed under it comes back with the
+    client's session; SIGTERM to the supervisor stops everything."""
+    sock = tmp_path / "swapd.sock"
+    cfg = tmp_path / "swapd.toml"
+    cfg.write_text(BASE_CONFIG)
+    with open(tmp_path / "supervise.log", "wb") as logf:
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "swapd", "supervise", "--", "--socket", str(sock),
+             "--state-dir", str(tmp_path / "state"), "--config", str(cfg)],
+            stdout=logf, stderr=logf, cwd=ROOT, start_new_session=True)
+    c: Client | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = Client(sock)
+        assert c.read()["phase"] == "written"
+        from swapd.client import connect
+
+        with connect(sock, name="probe") as probe:
+            first = probe.server["pid"]
+        os.kill(first, signal.SIGKILL)
+        c.send("verify")
+        r = c.read()
+        assert r["bad"] == [], r
+        with connect(sock, name="probe") as probe:
+            assert probe.server["pid"] != first
+        c.send("quit")
+        assert c.read()["phase"] == "done"
+    finally:
+        if c is not None:
+            c.close()
+        sup.send_signal(signal.SIGTERM)
+        rc = sup.wait(60)
+    assert rc == 0, (tmp_path / "supervise.log").read_text()[-3000:]
