@@ -1199,7 +1199,238 @@ static PyTypeObject ZsFastType = {
     .tp_methods = ZsFast_methods,
 };
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Swap-table runs (swapd/layer/table.py: one u64 word per page, u32 prev/next LRU links).
+ * The layer's batch operations write or clear the words of a run and link or unlink its entries
+ * in one call, exactly as the Python loops of swapd/layer/core.py do, and return the sums the
+ * layer adds to its client's counters.  Called with the layer lock held.
+ * ------------------------------------------------------------------------------------------- */
+#define W_TAG_MASK 0x7ull
+#define W_TAG_SAME 1ull
+#define W_TAG_TIER0 2ull
+#define W_SIDE (1ull << 6)
+#define W_WB (1ull << 4)
+#define W_CLEAN (1ull << 5)
+#define W_LEN_SHIFT 7
+#define W_LEN_MASK 0x1FFFull
+#define W_KEY_SHIFT 20
+#define W_NIL 0xFFFFFFFFu
+
+static int table_views(PyObject *wo, PyObject *no, PyObject *po, Py_buffer *w, Py_buffer *n,
+                       Py_buffer *p)
+{
+    if (get_buffer(wo, w, 1, "swap table words") < 0)
+        return -1;
+    if (get_buffer(no, n, 1, "swap table next") < 0) {
+        PyBuffer_Release(w);
+        return -1;
+    }
+    if (get_buffer(po, p, 1, "swap table prev") < 0) {
+        PyBuffer_Release(n);
+        PyBuffer_Release(w);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(link_run_doc,
+"link_run(words, next, prev, sentinel, g0, lens, objs, handles, values, ref, start, stop)\n"
+"    -> (objects, same, compr_bytes, incompressible, rejected)\n\n"
+"For i in start..stop-1, entry g0+i: objs[i] > 0 -> the word of a compressed-tier object of\n"
+"that length with key handles[i] (| ref), linked at the head of list ``sentinel``; objs[i] == 0\n"
+"and lens[i] < 0 -> the same-filled word of values[i] (it must fit the word); else a refused\n"
+"page (the word stays 0).  Returns the counts the layer adds to its client.");
+
+static PyObject *link_run(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *no, *po, *lo, *oo, *ho, *vo;
+    unsigned long long sentinel, g0, ref;
+    Py_ssize_t start, stop;
+    Py_buffer w, nx, pv, lv, ov, hv, vv;
+    if (!PyArg_ParseTuple(args, "OOOKKOOOOKnn", &wo, &no, &po, &sentinel, &g0, &lo, &oo, &ho,
+                          &vo, &ref, &start, &stop))
+        return NULL;
+    if (table_views(wo, no, po, &w, &nx, &pv) < 0)
+        return NULL;
+    long long objects = 0, same = 0, bytes = 0, incompressible = 0, rejected = 0;
+    int ok = get_buffer(lo, &lv, 0, "link_run: lens") == 0;
+    if (ok && get_buffer(oo, &ov, 0, "link_run: objs") < 0) {
+        PyBuffer_Release(&lv);
+        ok = 0;
+    }
+    if (ok && get_buffer(ho, &hv, 0, "link_run: handles") < 0) {
+        PyBuffer_Release(&ov);
+        PyBuffer_Release(&lv);
+        ok = 0;
+    }
+    if (ok && get_buffer(vo, &vv, 0, "link_run: values") < 0) {
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&ov);
+        PyBuffer_Release(&lv);
+        ok = 0;
+    }
+    if (!ok)
+        goto out;
+    Py_ssize_t nw = w.len / 8, nl = nx.len / 4;
+    if (start < 0 || stop < start || lv.len < stop * 4 || ov.len < stop * 4 || hv.len < stop * 8
+            || vv.len < stop * 8 || (Py_ssize_t)(g0 + stop) > nw || (Py_ssize_t)(g0 + stop) > nl
+            || (Py_ssize_t)sentinel >= nl || pv.len / 4 != nl) {
+        PyErr_SetString(PyExc_ValueError, "link_run: the run does not fit the buffers");
+        ok = 0;
+    } else {
+        uint64_t *words = w.buf;
+        uint32_t *next = nx.buf, *prev = pv.buf;
+        const int32_t *lens = lv.buf, *objs = ov.buf;
+        const uint64_t *hs = hv.buf, *vals = vv.buf;
+        uint32_t s = (uint32_t)sentinel;
+        for (Py_ssize_t i = start; i < stop; i++) {
+            uint32_t g = (uint32_t)(g0 + (uint64_t)i);
+            int32_t len = objs[i];
+            if (len > 0) {
+                words[g] = W_TAG_TIER0 | ((uint64_t)len << W_LEN_SHIFT)
+                           | (hs[i] << W_KEY_SHIFT) | ref;
+                uint32_t head = next[s];
+                next[g] = head;
+                prev[g] = s;
+                prev[head] = g;
+                next[s] = g;
+                objects++;
+                bytes += len;
+                if (len == SWAPD_PAGE_SIZE)
+                    incompressible++;
+            } else if (lens[i] < 0) {
+                uint64_t v = vals[i] & ((1ull << 57) - 1);
+                words[g] = W_TAG_SAME | (v << 7);
+                same++;
+            } else {
+                rejected++;
+            }
+        }
+    }
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&hv);
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&lv);
+out:
+    PyBuffer_Release(&pv);
+    PyBuffer_Release(&nx);
+    PyBuffer_Release(&w);
+    if (!ok)
+        return NULL;
+    return Py_BuildValue("(LLLLL)", objects, same, bytes, incompressible, rejected);
+}
+
+PyDoc_STRVAR(gather_run_doc,
+"gather_run(words, g0, n, handles, values) -> int\n\n"
+"For entries g0, g0+1, ...: a compressed-tier word (tag 2, no SIDE/WB/CLEAN) puts its key in\n"
+"handles[i] (values[i] = 0); a same-filled word without SIDE/CLEAN puts 0 in handles[i] and its\n"
+"64-bit value in values[i].  Stops at the first other word; returns how many it took.");
+
+static PyObject *gather_run(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *ho, *vo;
+    unsigned long long g0;
+    Py_ssize_t n, i = 0;
+    Py_buffer w, hv, vv;
+    if (!PyArg_ParseTuple(args, "OKnOO", &wo, &g0, &n, &ho, &vo))
+        return NULL;
+    if (get_buffer(wo, &w, 0, "gather_run: words") < 0)
+        return NULL;
+    if (get_buffer(ho, &hv, 1, "gather_run: handles") < 0) {
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    if (get_buffer(vo, &vv, 1, "gather_run: values") < 0) {
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    if (n < 0 || (Py_ssize_t)(g0 + n) > w.len / 8 || hv.len < n * 8 || vv.len < n * 8) {
+        PyErr_SetString(PyExc_ValueError, "gather_run: the run does not fit the buffers");
+        i = -1;
+    } else {
+        const uint64_t *words = (const uint64_t *)w.buf + g0;
+        uint64_t *hs = hv.buf, *vals = vv.buf;
+        for (; i < n; i++) {
+            uint64_t wd = words[i], tag = wd & W_TAG_MASK;
+            if (tag == W_TAG_TIER0 && !(wd & (W_SIDE | W_WB | W_CLEAN))) {
+                hs[i] = wd >> W_KEY_SHIFT;
+                vals[i] = 0;
+            } else if (tag == W_TAG_SAME && !(wd & (W_SIDE | W_CLEAN))) {
+                int64_t v = (int64_t)(wd >> 7);
+                if (v >> 56)
+                    v -= (int64_t)1 << 57;  /* the 57-bit two's-complement value */
+                hs[i] = 0;
+                vals[i] = (uint64_t)v;
+            } else {
+                break;
+            }
+        }
+    }
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&hv);
+    PyBuffer_Release(&w);
+    if (i < 0)
+        return NULL;
+    return PyLong_FromSsize_t(i);
+}
+
+PyDoc_STRVAR(unlink_run_doc,
+"unlink_run(words, next, prev, g0, k) -> (objects, same, compr_bytes, incompressible)\n\n"
+"Entries g0..g0+k-1 (each a word gather_run took) leave their lists and their words become 0.\n"
+"Returns the counts the layer takes off its client.");
+
+static PyObject *unlink_run(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *no, *po;
+    unsigned long long g0;
+    Py_ssize_t k;
+    Py_buffer w, nx, pv;
+    long long objects = 0, same = 0, bytes = 0, incompressible = 0;
+    if (!PyArg_ParseTuple(args, "OOOKn", &wo, &no, &po, &g0, &k))
+        return NULL;
+    if (table_views(wo, no, po, &w, &nx, &pv) < 0)
+        return NULL;
+    int ok = 1;
+    if (k < 0 || (Py_ssize_t)(g0 + k) > w.len / 8 || (Py_ssize_t)(g0 + k) > nx.len / 4
+            || pv.len != nx.len) {
+        PyErr_SetString(PyExc_ValueError, "unlink_run: the run does not fit the buffers");
+        ok = 0;
+    } else {
+        uint64_t *words = w.buf;
+        uint32_t *next = nx.buf, *prev = pv.buf;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            uint32_t g = (uint32_t)(g0 + (uint64_t)i);
+            uint64_t wd = words[g];
+            if ((wd & W_TAG_MASK) == W_TAG_SAME) {
+                same++;
+            } else {
+                uint64_t len = (wd >> W_LEN_SHIFT) & W_LEN_MASK;
+                uint32_t p = prev[g], nn = next[g];
+                next[p] = nn;
+                prev[nn] = p;
+                prev[g] = next[g] = W_NIL;
+                objects++;
+                bytes += (long long)len;
+                if (len == SWAPD_PAGE_SIZE)
+                    incompressible++;
+            }
+            words[g] = 0;
+        }
+    }
+    PyBuffer_Release(&pv);
+    PyBuffer_Release(&nx);
+    PyBuffer_Release(&w);
+    if (!ok)
+        return NULL;
+    return Py_BuildValue("(LLLL)", objects, same, bytes, incompressible);
+}
+
 static PyMethodDef core_methods[] = {
+    {"link_run", link_run, METH_VARARGS, link_run_doc},
+    {"gather_run", gather_run, METH_VARARGS, gather_run_doc},
+    {"unlink_run", unlink_run, METH_VARARGS, unlink_run_doc},
     {"compress_pages", compress_pages, METH_VARARGS, compress_pages_doc},
     {"decode_pages", decode_pages, METH_VARARGS, decode_pages_doc},
     {"lz4_compress", lz4_compress, METH_O, lz4_compress_doc},

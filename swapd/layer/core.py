@@ -1396,15 +1396,15 @@ class SwapLayer:
         # bytes (PAGE_SIZE: the raw page), 0 none (same-filled: vals[j]; or refused:
         # reject[j]); STOP: the single-page path from j on (a side-table value, a bypass).
         stop = PAGE_SIZE + 1
-        objs = array("i", bytes(4 * n))
+        objs = array("i", lens)
         reject = [False] * n
-        for j in range(n):
-            length = lens[j]
+        for j, length in enumerate(lens):
+            if 0 < length <= maxobj:
+                continue
+            objs[j] = 0
             if length < 0:
                 if encode_value(vals[j]) is None:
                     objs[j] = stop
-            elif 0 < length <= maxobj:
-                objs[j] = length
             elif lower and maxobj >= PAGE_SIZE:
                 objs[j] = PAGE_SIZE
             elif lower:
@@ -1428,9 +1428,10 @@ class SwapLayer:
             ref = self._ref_bit
             base = reg.base + start
             drop = self._drop_locked
-            for g in range(base, base + n):
-                if words[g]:
-                    drop(g, cl)
+            if any(words[base:base + n]):
+                for g in range(base, base + n):
+                    if words[g]:
+                        drop(g, cl)
             while j < n:
                 length = objs[j]
                 if length >= stop:
@@ -1460,37 +1461,21 @@ class SwapLayer:
                     done = j + 1
                 elif done == j:
                     done = j + 1
-                for i in range(j, done):
-                    g = base + i
-                    length = objs[i]
-                    if not length:
-                        if reject[i]:
-                            cl.reject_compress_poor += 1
-                            continue
-                        words[g] = TAG_SAME | encode_value(vals[i])  # type: ignore[operator]
-                        cl.same += 1
-                        cl.stored += 1
-                        cl.zswpout += 1
-                        out[i] = True
-                        continue
-                    h = handles[i]
-                    if h > KEY_MAX:
-                        w = self._make_word(g, 0, h, length)
+                if done > j:
+                    if fast is None and max(handles[j:done]) > KEY_MAX:
+                        self._link_side_locked(cl, base, j, done, objs, handles, reject, vals)
                     else:
-                        w = TAG_TIER0 | (length << LEN_SHIFT) | (h << KEY_SHIFT)
-                    words[g] = w | ref
-                    head = nxt[s]
-                    nxt[g] = head
-                    prv[g] = s
-                    prv[head] = g
-                    nxt[s] = g
-                    cl.counts[0] += 1
-                    cl.stored += 1
-                    cl.compr_bytes += length
-                    if length == PAGE_SIZE:
-                        cl.incompressible += 1
-                    cl.zswpout += 1
-                    out[i] = True
+                        nobj, nsame, nbytes, nraw, nrej = nat.link_run(
+                            words, nxt, prv, s, base, lens, objs, handles, vals, ref, j, done)
+                        cl.counts[0] += nobj
+                        cl.stored += nobj + nsame
+                        cl.same += nsame
+                        cl.compr_bytes += nbytes
+                        cl.incompressible += nraw
+                        cl.zswpout += nobj + nsame
+                        cl.reject_compress_poor += nrej
+                    for i in range(j, done):
+                        out[i] = not reject[i]
                 j = done
         for k in range(j, n):
             try:
@@ -1501,6 +1486,26 @@ class SwapLayer:
                 break
             out[k] = True
         return out
+
+    def _link_side_locked(self, cl: _Client, base: int, j: int, done: int, objs: Any,
+                          handles: Any, reject: list[bool], vals: Any) -> None:
+        """link_run's work in Python, for a run whose keys may need the side table."""
+        for i in range(j, done):
+            g = base + i
+            length = objs[i]
+            if not length:
+                if reject[i]:
+                    cl.reject_compress_poor += 1
+                    continue
+                self._words[g] = TAG_SAME | encode_value(vals[i])  # type: ignore[operator]
+                cl.same += 1
+                cl.stored += 1
+                cl.zswpout += 1
+                continue
+            self._words[g] = self._make_word(g, 0, handles[i], length) | self._ref_bit
+            self._link_new_locked(g, cl, 0)
+            self._count_locked(cl, 0, length)
+            cl.zswpout += 1
 
     def load_run(self, region: int, start: int, n: int, into: Page) -> int:
         """Load the run of pages ``start .. start+n-1`` of ``region`` into ``into`` (page j at
@@ -1550,67 +1555,43 @@ class SwapLayer:
                 cl = reg.client
                 words = self._words
                 base = reg.base + start
-                handles = array("Q")
-                values = array("Q")
-                j = done
-                while j < n:
-                    w = words[base + j]
-                    tag = w & TAG_MASK
-                    if tag == TAG_TIER0 and not w & (SIDE | WB | CLEAN):
-                        handles.append(w >> KEY_SHIFT)
-                        values.append(0)
-                    elif tag == TAG_SAME and not w & (SIDE | CLEAN):
-                        handles.append(0)
-                        values.append(decode_value(w))
-                    else:
-                        break
-                    j += 1
-                if not handles:
+                handles = array("Q", bytes(8 * (n - done)))
+                values = array("Q", bytes(8 * (n - done)))
+                got = nat.gather_run(words, base + done, n - done, handles, values)
+                hv = memoryview(handles)[:got]
+                if not got:
                     k = 0
                 elif fast is not None:
-                    k = fast.decode_objects(handles, values, view, done * PAGE_SIZE)
+                    k = fast.decode_objects(hv, memoryview(values)[:got], view, done * PAGE_SIZE)
                 else:
-                    items = [be.read(h) if h else v for h, v in zip(handles, values)]
+                    items = [be.read(h) if h else v for h, v in zip(hv, values)]
                     k = nat.decode_pages(items, view, done * PAGE_SIZE)
                 # free the k objects in order (the compiled zsmalloc frees what it can)
                 i = 0
                 while i < k:
                     if fast is not None:
-                        i = min(k, fast.free_objects(handles[:k], i))
+                        i = fast.free_objects(hv[:k], i)
                         if i >= k:
                             break
                     h = handles[i]
                     if h:
                         be.free(h)
                     i += 1
-                prv = self._prev
-                nxt = self._next
+                nobj, nsame, nbytes, nraw = nat.unlink_run(words, self._next, self._prev,
+                                                           base + done, k)
+                cl.counts[0] -= nobj
+                cl.stored -= nobj + nsame
+                cl.same -= nsame
+                cl.compr_bytes -= nbytes
+                cl.incompressible -= nraw
+                cl.zswpin += k
                 pol = self._policy
-                for g in range(base + done, base + done + k):
-                    w = words[g]
-                    if w & TAG_MASK == TAG_SAME:
-                        words[g] = 0
-                        cl.same -= 1
-                        cl.stored -= 1
-                        cl.zswpin += 1
-                        continue
-                    length = (w >> LEN_SHIFT) & LEN_MASK
-                    p = prv[g]
-                    nx = nxt[g]
-                    nxt[p] = nx
-                    prv[nx] = p
-                    prv[g] = nxt[g] = NIL
-                    words[g] = 0
-                    cl.counts[0] -= 1
-                    cl.stored -= 1
-                    cl.compr_bytes -= length
-                    if length == PAGE_SIZE:
-                        cl.incompressible -= 1
-                    if pol is not None:
-                        pol.remove(g)
-                    cl.zswpin += 1
+                if pol is not None:
+                    for g in range(base + done, base + done + k):
+                        if g in pol:
+                            pol.remove(g)
                 done += k
-                if k < len(handles):
+                if k < got:
                     return done  # an object that does not decode: ``load`` reports it
             if done < n:  # a page the batch does not take: load_run's load_many takes it,
                 return done  # with the rest of its slow tier's run in one batch
