@@ -42,10 +42,13 @@ def lock_type() -> Any:
 
 def attach(pool: Any) -> Any:
     """Give ``pool`` (a ZsPool built with ``lock_type()`` locks) the compiled fast paths;
-    return the ZsFast, or None under the reference or when its locks are not Mutexes."""
+    return the ZsFast, or None under the reference, when its locks are not Mutexes, or when
+    its state is mapped read-only (a reader in another process)."""
     nat = _native()
     if nat is None or not isinstance(pool._meta_lock, nat.Mutex):
         return None
+    if pool._H.readonly or pool.arena.buf.readonly:
+        return None  # a reader's read-only mapping: the Python paths read it
     geometry: list[tuple[int, int, int, int, int] | None] = [None] * 256
     locks: list[Any] = [None] * 256
     for cls in pool._classes:

@@ -64,22 +64,26 @@ def backend_names(args: argparse.Namespace) -> list[str]:
     return want
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes (``perf_counter``)."""
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], object],
+          clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds one call of ``fn`` takes (``clock``: wall time by default)."""
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+def interleaved_medians(variants: dict[str, Callable[[], object]], reps: int,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per variant over ``reps`` rounds; each round runs every variant once,
-    in an order rotated by one each round, so drift hits all variants alike."""
+    in an order rotated by one each round, so drift hits all variants alike.  ``clock``:
+    ``time.thread_time`` measures this thread's CPU time (for single-threaded variants on a
+    busy machine)."""
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         k = r % len(names)
         for n in names[k:] + names[:k]:
-            times[n].append(timed(variants[n]))
+            times[n].append(timed(variants[n], clock))
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 

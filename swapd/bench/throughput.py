@@ -11,7 +11,9 @@ and loaded by copy (zram's huge pages); pages a backend cannot hold (compressed 
 its ``max_size`` < PAGE_SIZE: zbud) are rejected after compression, counted, and count as
 processed.  The bare-lz4 variant does the compress and the decompress of the same pages
 and nothing else.  Every variant runs once per round, in a rotated order, for ``--reps``
-rounds; the figure is the median.  Before timing, one checked pass verifies that every
+rounds; the figure is the median of the thread's CPU time per round (``time.thread_time``:
+every variant runs in this one thread, so other processes on a busy machine do not skew the
+ratios).  Before timing, one checked pass verifies that every
 page comes back intact through every backend.
 
 Implementations (swapd/impl.py).  ``impl`` names the one that runs: under the compiled one a
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 if pool.total_pages() != 0:
                     raise AssertionError(f"{n}: pages left after the batch path freed all")
                 variants[f"{n}/batch"] = batch_round_trip(nat, fast, pool, pages)
-        med = interleaved_medians(variants, args.reps)
+        med = interleaved_medians(variants, args.reps, clock=time.thread_time)
     finally:
         for pool in pools.values():
             pool.close()
