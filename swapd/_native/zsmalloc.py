@@ -19,19 +19,24 @@ from swapd.impl import native
 
 __all__ = ["attach", "detach", "fast_of", "lock_type", "use_reference"]
 
-_reference = False  # pools built now get the reference paths (tests compare both in one process)
+_forced: list[Any] = []  # [module or None] while a test forces an implementation
 
 
-def use_reference(flag: bool) -> bool:
-    """Build the pools made from now on with the reference paths (``flag``) or with this
-    process's implementation; return the previous setting.  For the differential tests."""
-    global _reference
-    old, _reference = _reference, flag
+def use_reference(flag: bool | None) -> bool | None:
+    """Build the pools made from now on with the reference paths (True), with the compiled
+    ones (False: loaded even when this process runs the reference), or with this process's
+    implementation (None); return the previous setting.  For the differential tests."""
+    old = None if not _forced else _forced[0] is None
+    _forced.clear()
+    if flag is not None:
+        from swapd.impl import select
+
+        _forced.append(None if flag else select("compiled").module)
     return old
 
 
 def _native() -> Any:
-    return None if _reference else native()
+    return _forced[0] if _forced else native()
 
 
 def lock_type() -> Any:
