@@ -241,7 +241,8 @@ def test_decode_pages_equals_the_reference() -> None:
 @pytest.mark.slow
 def test_asan_build_passes_the_differential_test(tmp_path: Path) -> None:
     """Build the extension with -fsanitize=address into a copy of the package and run this
-    file's default tests with it; AddressSanitizer aborts the run on any bad access."""
+    file's default tests, the batch tests and the compiled zsmalloc's tests with it;
+    AddressSanitizer aborts the run on any bad access."""
     native_or_skip()
     cc = shutil.which("gcc")
     if cc is None:
@@ -271,7 +272,8 @@ def test_asan_build_passes_the_differential_test(tmp_path: Path) -> None:
     assert so.is_relative_to(copy), so
     assert b"__asan_report" in so.read_bytes(), "the copy was built without AddressSanitizer"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "tests/test_native_differential.py", "tests/test_layer_batch.py"],
+                          "tests/test_native_differential.py", "tests/test_layer_batch.py",
+                          "tests/test_native_zsmalloc.py"],
                          cwd=copy, env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "passed" in run.stdout
