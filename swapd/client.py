@@ -22,9 +22,10 @@ Design (docs/protocol.md has the wire format; docs/design.md sec. 11 the reasons
   is mapped.  If the daemon dies, a thread that touches an evicted page stays
   blocked in the kernel (state D/S, killable with SIGKILL, not interruptible by
   other signals) instead of reading zeros: the userfaultfd context outlives the
-  daemon because the client still holds it.  A restarted daemon could re-adopt
-  the region (``UFFDIO_WAKE`` re-delivers the fault); swapd 0.1 does not, so such
-  a thread stays blocked until the process is killed.  Pages that were resident
+  daemon because the client still holds it.  Under a service manager with an fd
+  store the next daemon re-adopts the region and ``UFFDIO_WAKE``s it, so the
+  thread retries and is served (docs/design.md sec. 9); without one it stays
+  blocked until the process is killed.  Pages that were resident
   stay readable and writable.  In Python a fault blocks while holding the GIL,
   so the other threads of the process stop too.
 * **Fails closed**: once the daemon's socket is closed, the next library call
