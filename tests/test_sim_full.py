@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from swapd.corpus import Corpus
-from swapd.errors import ConfigError
+from swapd.errors import ConfigError, SwapdError
 from swapd.plugins import available_backends, available_policies
 from swapd.sim.contents import PageContents, mix64
 from swapd.sim.costs import DEFAULT_COSTS, CostTable
@@ -205,3 +205,11 @@ def test_non_exclusive_loads_keep_clean_copies_and_writes_drop_them(seed: int) -
     _consistent(d, len(reqs))
     assert d["refaults"] > 0
 
+
+
+def test_a_bad_policy_leaves_no_temporary_directory(tmp_path: Path) -> None:
+    cfg = FullConfig(policy="no-such-policy", capacity=10, backend="zbud",
+                     pool_bytes=8 * 4096, disk_bytes=0)
+    with pytest.raises(SwapdError):
+        FullSim(cfg, CORPUS, workdir=str(tmp_path))
+    assert os.listdir(tmp_path) == []

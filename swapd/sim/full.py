@@ -272,10 +272,11 @@ class FullSim:
         self.costs = costs
         self.contents = PageContents(corpus, cfg.seed)
         self._now_us = 0.0  # the injected clock, microseconds of modelled time
-        self._tmp = tempfile.mkdtemp(prefix="swapd-sim-", dir=workdir)
         # Sized for the resident capacity (queues, ghosts), as in policy-only mode, so that a
-        # run without rejected stores faults exactly where policy-only mode misses.
+        # run without rejected stores faults exactly where policy-only mode misses.  Built
+        # before the temporary directory, so a bad policy leaves nothing behind.
         self.policy = make_policy(cfg.policy, cfg.capacity, **dict(cfg.params))
+        self._tmp = tempfile.mkdtemp(prefix="swapd-sim-", dir=workdir)
         try:
             self.layer = build_layer(cfg, self._clock, self._tmp)
         except BaseException:
