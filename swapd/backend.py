@@ -54,16 +54,48 @@ intact: :class:`InvalidHandleError` (unknown or freed handle),
 :class:`DoubleFreeError`, :class:`ObjectSizeError` (size 0, above
 ``max_size``, or data whose length differs from the allocated size),
 :class:`DataTypeError` (data not bytes-like) and :class:`PoolExhaustedError`.
+
+Handles.  A handle is an opaque positive int.  A backend may reuse the handle of
+a freed object for a later one (the shipped ones reuse handle *records* and put a
+generation in the handle, so a stale handle is still caught; see
+``backends/_layout.py``).  Handles below ``2**44`` fit the swap table's key
+field; a larger handle still works but costs the layer a side-table entry
+(``swapd/layer/table.py``).  Size limits: ``max_size`` is at most PAGE_SIZE; a
+backend whose ``max_size`` is below PAGE_SIZE gets no page that compresses worse
+(the layer rejects it, as zswap does on -ENOSPC).
+
+Opting into the array layout (docs/state-format.md).  A backend whose every piece
+of state -- handle records, page descriptors, list links, free lists, counters --
+lives in the arrays and scalars of state regions (``swapd.state.StateRegion``),
+with Python objects holding only what the configuration determines, sets
+``uses_state_layout = True`` and implements:
+
+* :meth:`Backend.state_fds` -- ``{"arena": fd, KIND: fd, ...}``, the regions
+  another process needs to read the pool;
+* :meth:`Backend.adopt` -- a classmethod rebuilding the backend from those fds
+  (validating every header; ``writable=False`` for a reader in another process);
+* :meth:`Backend.checksum` -- the CRC-32 recorded for each object at its last
+  write, so a reader tells a whole object from a torn one
+  (:meth:`Backend.read_verified` checks it);
+* a section of docs/state-format.md giving each record's offsets, widths and
+  meaning, precise enough for a C reader.
+
+A backend written against the older contract (no regions, Python objects)
+keeps working unchanged: the defaults below say it has no state to hand over
+and no checksums.  :class:`swapd.backend_adapter.StateTableAdapter` wraps such a
+backend to give it compact handles and per-object checksums in a state region.
 """
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from swapd.arena import DEFAULT_CACHE_PAGES, DEFAULT_MAX_PAGES, PAGE_SIZE, PageArena
-from swapd.errors import DataTypeError, ObjectSizeError
+from swapd.errors import CorruptPageError, DataTypeError, NotAdoptableError, ObjectSizeError
 
 Buffer = bytes | bytearray | memoryview
 
@@ -100,6 +132,8 @@ class Backend(ABC):
     description: ClassVar[str]
     #: Version of the backend implementation.
     version: ClassVar[str] = "0.1.0"
+    #: True when all of the backend's state lives in state regions (see the module doc).
+    uses_state_layout: ClassVar[bool] = False
 
     def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES,
                  arena_cache_pages: int = DEFAULT_CACHE_PAGES, **options: Any) -> None:
@@ -170,6 +204,51 @@ class Backend(ABC):
     @abstractmethod
     def _check(self) -> None:
         """Verify every invariant (raises InvariantError).  O(objects + pages)."""
+
+    # -- the state layout (optional; see the module doc) ----------------------------
+
+    def state_fds(self) -> dict[str, int]:
+        """The state regions holding the pool, by name.  O(1).
+
+        The default names only the arena (``{"arena": fd}``): a backend whose handles live
+        in Python objects cannot be adopted from it.  The fds stay owned by the backend; a
+        receiver dups them.
+        """
+        return dict(self.arena.state_fds())
+
+    @classmethod
+    def adopt(cls, fds: Mapping[str, int], *, writable: bool = True) -> Backend:
+        """Rebuild a backend from the regions :meth:`state_fds` named, taking over the fds.
+
+        ``writable=False`` maps them read-only: a reader in another process may ``read``,
+        ``read_verified``, ``stats`` and ``_check`` but must not change the pool.  Raises
+        NotAdoptableError when the backend keeps its state in Python objects, and
+        ``swapd.state.StateFormatError`` naming the field when a header does not match.
+        """
+        raise NotAdoptableError(
+            f"backend {cls.name!r} keeps its state in Python objects; it cannot be adopted")
+
+    def checksum(self, handle: int) -> int | None:
+        """The CRC-32 (zlib's) of the object as last written, None without checksums.
+
+        Raises InvalidHandleError for a handle not live.  O(1).
+        """
+        self.size_of(handle)  # validates the handle
+        return None
+
+    def read_verified(self, handle: int) -> bytes:
+        """``read`` and, if the backend keeps checksums, verify it.  O(size).
+
+        Raises CorruptPageError naming the handle when the bytes do not match the
+        checksum (a torn or never completed object), InvalidHandleError otherwise.
+        """
+        data = self.read(handle)
+        want = self.checksum(handle)
+        if want is not None and zlib.crc32(data) != want:
+            raise CorruptPageError(
+                f"{self.name}: object {handle:#x} ({len(data)} B) fails its checksum "
+                f"(stored {want:#010x}, read {zlib.crc32(data):#010x})")
+        return data
 
     # -- helpers shared by implementations -----------------------------------------
 

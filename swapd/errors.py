@@ -53,6 +53,11 @@ class DataTypeError(BackendError, TypeError):
     """``write`` was given something that is not a bytes-like object."""
 
 
+class NotAdoptableError(BackendError):
+    """A backend cannot be rebuilt from state fds (it keeps its state in Python objects, or
+    the fds it was given are not the regions it wrote)."""
+
+
 class PoolExhaustedError(BackendError, MemoryError):
     """The page arena has no page left for a new allocation."""
 

@@ -163,9 +163,10 @@ def test_straddling_object_round_trip(pool: ZsPool) -> None:
         handles.append((h, data))
         pool._check()
     h19, d19 = handles[19]
-    a, n1, b, n2, zs, idx = cls.handles[h19]
-    assert idx == 19 and (n1, n2) == (136, 64)
-    assert a >> 12 == zs.pages[0] and b >> 12 == zs.pages[1] and b & 4095 == 0
+    loc = pool.locate(h19)
+    (a, n1), (b, n2) = loc.parts
+    assert loc.slot == 19 and (n1, n2) == (136, 64)
+    assert a >> 12 == loc.pages[0] and b >> 12 == loc.pages[1] and b & 4095 == 0
     assert pool.read(h19) == d19
     # The two slices really are at the end of one arena page and the start of the next.
     assert bytes(pool.arena.buf[a:a + n1]) + bytes(pool.arena.buf[b:b + n2]) == d19
@@ -182,12 +183,13 @@ def test_straddling_object_round_trip(pool: ZsPool) -> None:
 
 def test_handle_header_is_in_the_arena(pool: ZsPool) -> None:
     h = pool.malloc(100)
-    a = pool.class_for(100).handles[h][0]
-    assert int.from_bytes(pool.arena.buf[a - 8:a], "little") == h
+    a = pool.locate(h).parts[0][0]
+    # the kernel's obj_malloc: the handle, tagged OBJ_ALLOCATED_TAG, heads the chunk
+    assert int.from_bytes(pool.arena.buf[a - 8:a], "little") == (h << 1) | 1
     oob = ZsPool(max_pages=64, handle_header=False)
     try:
         h2 = oob.malloc(100)
-        assert oob.class_for(100).handles[h2][0] & 4095 == 0  # payload at the slot start
+        assert oob.locate(h2).parts[0][0] & 4095 == 0  # payload at the slot start
     finally:
         oob.close()
 
@@ -206,7 +208,8 @@ def test_huge_objects_take_a_page_each(pool: ZsPool) -> None:
     assert cs.huge and cs.size == PAGE_SIZE and cs.objects == 3 and cs.pages == 3
     for h, d in objs:
         assert pool.read(h) == d
-        assert pool.class_for(len(d)).handles[h][0] & 4095 == 0  # no header in huge pages
+        loc = pool.locate(h)
+        assert loc.zspage == 0 and loc.parts[0][0] & 4095 == 0  # no header, no descriptor
     for h, _ in objs:
         pool.free(h)
         pool._check()
@@ -228,7 +231,7 @@ def test_fullness_groups_and_fullest_first(pool: ZsPool) -> None:
     assert fullness[2] == 1 and fullness[10] == 1 and sum(fullness) == 2
     # find_get_zspage takes the fullest zspage: the new object goes to b's zspage.
     h = pool.malloc(24)
-    assert cls.handles[h][4] is cls.handles[b[1]][4]
+    assert pool.locate(h).zspage == pool.locate(b[1]).zspage
     assert pool.stats().classes[0].fullness[11] == 1
     for x in a[115:]:
         pool.free(x)
@@ -252,7 +255,7 @@ def test_compaction_frees_pages_and_keeps_content(pool: ZsPool) -> None:
         pool.write(h, objs[h])
     assert pool.total_pages() == 50
     for h in list(objs):
-        if cls.handles[h][5] == 0:
+        if pool.locate(h).slot == 0:
             pool.free(h)
             del objs[h]
     pool._check()
@@ -450,23 +453,32 @@ def test_exhaustion_mid_zspage_returns_pages() -> None:
 
 
 def test_check_catches_corruption(pool: ZsPool) -> None:
+    from backends.zsmalloc import H_INFO, H_WORDS, IDX_MASK, IDX_SHIFT, Z_INUSE_H
+
     h = pool.malloc(100)
     h2 = pool.malloc(100)
-    a = pool.class_for(100).handles[h][0]
+    a = pool.locate(h).parts[0][0]
     pool._check()
-    pool.arena.buf[a - 8:a] = (h2).to_bytes(8, "little")  # clobber the handle header
+    header = bytes(pool.arena.buf[a - 8:a])
+    pool.arena.buf[a - 8:a] = ((h2 << 1) | 1).to_bytes(8, "little")  # clobber the header
+    with pytest.raises(InvariantError, match="header"):
+        pool._check()
+    pool.arena.buf[a - 8:a] = header
+    pool._check()
+    z = pool.locate(h).zspage
+    pool._ZH[(z << 3) + Z_INUSE_H] += 1  # a zspage's inuse count
     with pytest.raises(InvariantError):
         pool._check()
-    pool.arena.buf[a - 8:a] = h.to_bytes(8, "little")
+    pool._ZH[(z << 3) + Z_INUSE_H] -= 1
     pool._check()
-    zs = pool.class_for(100).handles[h][4]
-    zs.inuse += 1
+    hb = ((h2 >> IDX_SHIFT) & IDX_MASK) * H_WORDS
+    pool._H[hb + H_INFO] ^= 1 << 13  # move h2's record to another slot
     with pytest.raises(InvariantError):
         pool._check()
-    zs.inuse -= 1
-    rec = pool.class_for(100).handles[h2]
-    pool.class_for(100).handles[h2] = (rec[0] - 16, *rec[1:])  # type: ignore[assignment]
-    with pytest.raises(InvariantError):
+    pool._H[hb + H_INFO] ^= 1 << 13
+    pool._check()
+    pool._S[pool._s_hfree] = 7  # a free-handle chain pointing at nothing
+    with pytest.raises(InvariantError, match="free handle chain"):
         pool._check()
 
 
@@ -480,3 +492,126 @@ def test_bench_locks_runs_both_modes() -> None:
     for mode in ("class", "pool"):
         for w in WORKLOADS:
             assert run_once(mode, w, threads=3, ops=600, window=16, seed=1) > 0
+
+
+# -- the state regions: read back by another process ------------------------------------
+
+_READER = r"""
+import json, sys, zlib
+from backends.zsmalloc import ZsPool
+fds = json.loads(sys.argv[1])
+handles = json.loads(sys.argv[2])
+pool = ZsPool.adopt(fds, writable=False)
+pool._check()
+out = {str(h): zlib.crc32(pool.read_verified(h)) for h in handles}
+print(json.dumps({"objects": pool.stats().objects, "crc": out}))
+pool.close()
+"""
+
+
+@pytest.mark.parametrize("handle_header", [True, False])
+def test_fresh_process_reads_the_pool_from_its_fds(handle_header: bool) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import zlib
+
+    pool = ZsPool(max_pages=4096, handle_header=handle_header, lock="pool")
+    try:
+        rng = random.Random(21)
+        live: dict[int, bytes] = {}
+        for _ in range(600):
+            size = rng.choice((rng.randint(1, 300), rng.randint(1, PAGE_SIZE)))
+            h = pool.malloc(size)
+            live[h] = rng.randbytes(size)
+            pool.write(h, live[h])
+        for h in rng.sample(sorted(live), 400):
+            pool.free(h)
+            del live[h]
+        assert pool.compact() > 0  # objects moved: the reader must follow the records
+        pool._check()
+        fds = pool.state_fds()
+        assert set(fds) == {"arena", "zsmalloc"}
+        dups = {k: os.dup(fd) for k, fd in fds.items()}
+        try:
+            res = subprocess.run(
+                [sys.executable, "-c", _READER, json.dumps(dups), json.dumps(sorted(live))],
+                pass_fds=tuple(dups.values()), capture_output=True, text=True, timeout=120,
+                check=False)
+        finally:
+            for fd in dups.values():
+                os.close(fd)
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout)
+        assert got["objects"] == len(live)
+        assert got["crc"] == {str(h): zlib.crc32(d) for h, d in live.items()}
+    finally:
+        pool.close()
+
+
+def test_adopt_takes_over_and_continues() -> None:
+    import os
+
+    pool = ZsPool(max_pages=1024)
+    rng = random.Random(3)
+    live = {}
+    for _ in range(200):
+        size = rng.randint(1, PAGE_SIZE)
+        h = pool.malloc(size)
+        live[h] = rng.randbytes(size)
+        pool.write(h, live[h])
+    fds = {k: os.dup(fd) for k, fd in pool.state_fds().items()}
+    pool.close()  # the first owner goes away; the memfds live on in the dups
+    again = ZsPool.adopt(fds)
+    try:
+        again._check()
+        for h, d in live.items():
+            assert again.read_verified(h) == d
+        for h in list(live)[:100]:
+            again.free(h)
+            del live[h]
+        for _ in range(100):
+            h = again.malloc(1000)
+            live[h] = rng.randbytes(1000)
+            again.write(h, live[h])
+        again._check()
+        for h, d in live.items():
+            assert again.read(h) == d
+    finally:
+        again.close()
+
+
+def test_torn_object_fails_its_checksum(pool: ZsPool) -> None:
+    from swapd.errors import CorruptPageError
+
+    h = pool.malloc(500)
+    pool.write(h, b"\x5a" * 500)
+    assert pool.read_verified(h) == b"\x5a" * 500
+    a = pool.locate(h).parts[0][0]
+    pool.arena.buf[a + 100] ^= 0xFF  # a half-finished write
+    with pytest.raises(CorruptPageError, match="checksum"):
+        pool.read_verified(h)
+
+
+def test_adopt_rejects_a_wrong_region() -> None:
+    import os
+
+    from swapd.errors import NotAdoptableError
+    from swapd.state import StateFormatError
+
+    pool = ZsPool(max_pages=64)
+    try:
+        fds = pool.state_fds()
+        with pytest.raises(NotAdoptableError):
+            ZsPool.adopt({"arena": fds["arena"]})
+        swapped = {"arena": os.dup(fds["zsmalloc"]), "zsmalloc": os.dup(fds["arena"])}
+        with pytest.raises(StateFormatError, match="kind"):
+            ZsPool.adopt(swapped)
+        for fd in swapped.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    finally:
+        pool.close()
