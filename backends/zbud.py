@@ -18,22 +18,27 @@
 # = 3968 bytes (62 chunks), as in ``zbud_alloc``'s -ENOSPC check.  Objects
 # never move; zbud has no compaction (compact() returns 0).
 #
-# Handles: the kernel's handle is the object's address.  Ours is an opaque
-# integer from a counter (never reused) mapped to (offset, size, page, buddy),
-# so that a stale or doubly-freed handle is caught by name instead of
-# corrupting a neighbour.  The layout -- and hence density -- is unaffected.
+# State (docs/state-format.md, section 5.2; one state region of kind "zbud"): every live
+# object is a record of the shared handle table (backends/_objtable.py: page, buddy, size,
+# generation, CRC-32).  The page header lives where the kernel keeps struct zbud_header: in
+# the page's reserved first chunk, as u32 words (prev and next page on its list, as pfn + 1,
+# 0 = none; first_chunks; last_chunks; a magic word).  The list heads (63 lists, [0] the
+# buddied one) are the ``lists`` array (pfn + 1 of the head, 0 = empty); the non-empty mask
+# and the counters are scalars.  The kernel's handle is the object's address; ours names a
+# record, so that a stale or doubly-freed handle is caught by name instead of corrupting a
+# neighbour.  The layout -- and hence density -- is unaffected.
 #
 # Deviations, none of which changes where an object lands: zbud's LRU and
 # reclaim (removed from the kernel in 6.5, the LRU moved into zswap) are not
 # modelled; the pool lock is held across alloc_page (the kernel drops it).
 #
 # Lock order: ZbudPool._lock -> PageArena._lock (the arena lock is a leaf).
-# Invariants (checked by _check): every page in _pages holds 1 or 2 objects;
-#   first_chunks + last_chunks <= NCHUNKS (so the buddies never overlap and
-#   neither touches the header chunk); a page with two buddies is on
-#   _lists[0] (buddied), one with one buddy on _lists[NCHUNKS - used chunks];
-#   bit i of _mask is set iff _lists[i] is non-empty; pages held ==
-#   arena.pages_in_use.
+# Invariants (checked by _check): every pool page is on exactly one list and
+#   holds 1 or 2 objects; first_chunks + last_chunks <= NCHUNKS (so the buddies
+#   never overlap and neither touches the header chunk); a page with two buddies
+#   is on lists[0] (buddied), one with one buddy on lists[NCHUNKS - used chunks];
+#   bit i of the mask is set iff lists[i] is non-empty; every buddy with chunks
+#   is owned by exactly one live record; pages held == arena.pages_in_use.
 
 """The zbud allocator backend: at most two objects per page (``mm/zbud.c``)."""
 
@@ -41,13 +46,24 @@ from __future__ import annotations
 
 import mmap
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from backends._objtable import ObjectTablePool
+from backends._layout import CHECKSUM_CRC32
+from backends._objtable import (
+    BUD_MASK,
+    BUD_SHIFT,
+    H_INFO,
+    H_WORDS,
+    HANDLE_SCALARS,
+    SIZE_MASK,
+    ObjectTablePool,
+)
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import PoolStats
-from swapd.errors import InvariantError
+from swapd.errors import InvariantError, NotAdoptableError, PoolExhaustedError
+from swapd.state import ArraySpec, StateFormatError, StateRegion
 
 NCHUNKS_ORDER = 6
 CHUNK_SHIFT = PAGE_SHIFT - NCHUNKS_ORDER
@@ -87,6 +103,14 @@ class Placement:
     chunks: int
 
 
+# The page header, u32 words at the start of the page's first chunk (struct zbud_header).
+ZH_PREV, ZH_NEXT, ZH_FIRST, ZH_LAST, ZH_MAGIC = range(5)
+ZBUD_MAGIC = 0x7A627564  # "zbud"
+STATE_KIND = "zbud"
+STATE_VERSION = 1
+SCALARS = (*HANDLE_SCALARS, "mask", "pages", "objects", "bytes", "chunks", "max_pages")
+
+
 class ZbudPool(ObjectTablePool):
     """A zbud pool: two buddies per page, unbuddied lists indexed by free chunks.
 
@@ -95,26 +119,57 @@ class ZbudPool(ObjectTablePool):
 
     name = "zbud"
     description = "mm/zbud.c: at most 2 objects per page, 64 B chunks, first/last buddies"
-    version = "0.1.0"
+    version = "0.2.0"
 
     def __init__(self, *, max_pages: int = DEFAULT_MAX_PAGES, **options: Any) -> None:
         super().__init__(max_pages=max_pages, **options)
-        # The arena's mmap (memoryview.obj): slicing it copies out in one step, and
-        # mmap.move() is memmove.
+        self.state = StateRegion.create(STATE_KIND, STATE_VERSION, [
+            ArraySpec("handles", "I", 2 * max_pages + 1, H_WORDS * 4),
+            ArraySpec("lists", "I", NCHUNKS),
+        ], SCALARS)
+        st = self.state
+        st.set_count("handles", 1)
+        st.set_count("lists", NCHUNKS)
+        st.set("checksum", CHECKSUM_CRC32)
+        st.set("max_pages", max_pages)
+        self._setup()
+
+    def _setup(self) -> None:
+        # The arena's mmap (memoryview.obj): slicing it copies out in one step.
         self._mm = cast(mmap.mmap, self.arena.buf.obj)
+        self._au32 = self.arena.buf.cast("I")  # page headers
         self._lock = threading.Lock()
-        # page -> [first_chunks, last_chunks]; 0 means that buddy is free.  Under _lock.
-        self._pages: dict[int, list[int]] = {}
-        # _lists[i] for i >= 1: pages with one buddy and i free chunks; _lists[0]: buddied.
-        # Dicts used as ordered sets: insertion = list_add at the head, popitem() =
-        # list_first_entry + list_del.  Under _lock.
-        self._lists: list[dict[int, None]] = [{} for _ in range(NCHUNKS)]
-        self._mask = 0  # under _lock; bit i set iff _lists[i] is non-empty
-        # handle -> (arena byte offset, size, page, buddy).  Under _lock.
-        self._objs: dict[int, tuple[int, int, int, int]] = {}
-        self._next_handle = 1  # under _lock; handles are never reused
-        self._bytes = 0  # under _lock; sum of live object sizes
-        self._chunks = 0  # under _lock; sum of live object chunk counts
+        self._init_table()
+        self._L = self.state.view("lists")
+        st = self.state
+        self._s_mask, self._s_pages, self._s_objects, self._s_bytes, self._s_chunks = (
+            st.scalar_index(k) for k in ("mask", "pages", "objects", "bytes", "chunks"))
+
+    @classmethod
+    def adopt(cls, fds: Mapping[str, int], *, writable: bool = True) -> ZbudPool:
+        """A pool over the regions ``fds`` (``{"arena", "zbud"}``), taken over.  Headers are
+        validated (StateFormatError naming the field).  O(1); ``_check()`` verifies the rest."""
+        from swapd.arena import PageArena
+
+        missing = {"arena", STATE_KIND} - set(fds)
+        if missing:
+            raise NotAdoptableError(f"zbud: adopt needs the fds {sorted(missing)}")
+        self = cls.__new__(cls)
+        self.arena = PageArena.adopt(fds["arena"], writable=writable)
+        try:
+            self.state = StateRegion.adopt(fds[STATE_KIND], STATE_KIND, STATE_VERSION,
+                                           writable=writable)
+        except BaseException:
+            self.arena.close()
+            raise
+        try:
+            if self.state.get("checksum") != CHECKSUM_CRC32:
+                raise StateFormatError(f"zbud: checksum algorithm {self.state.get('checksum')}")
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     # -- zpool_driver surface ----------------------------------------------------------
 
@@ -122,6 +177,40 @@ class ZbudPool(ObjectTablePool):
     def max_size(self) -> int:
         """Largest object: PAGE_SIZE - ZHDR_SIZE_ALIGNED - CHUNK_SIZE = 3968 bytes."""
         return MAX_OBJECT_SIZE
+
+    def _offset(self, pfn: int, bud: int) -> int:
+        """Arena offset of buddy ``bud`` of page ``pfn``: first after the header, last
+        right-justified.  O(1)."""
+        if bud == FIRST:
+            return (pfn << PAGE_SHIFT) + ZHDR_SIZE_ALIGNED
+        return ((pfn + 1) << PAGE_SHIFT) - (self._au32[(pfn << 10) + ZH_LAST] << CHUNK_SHIFT)
+
+    def _list_add_locked(self, pfn: int, i: int) -> None:
+        """list_add: page ``pfn`` at the head of list ``i``.  O(1)."""
+        L, A = self._L, self._au32
+        h = pfn << 10
+        head = L[i]
+        A[h + ZH_PREV] = 0
+        A[h + ZH_NEXT] = head
+        if head:
+            A[((head - 1) << 10) + ZH_PREV] = pfn + 1
+        L[i] = pfn + 1
+        self._S[self._s_mask] |= 1 << i
+
+    def _list_del_locked(self, pfn: int, i: int) -> None:
+        """list_del: page ``pfn`` off list ``i``.  O(1)."""
+        L, A = self._L, self._au32
+        h = pfn << 10
+        p, n = A[h + ZH_PREV], A[h + ZH_NEXT]
+        if p:
+            A[((p - 1) << 10) + ZH_NEXT] = n
+        else:
+            L[i] = n
+            if not n:
+                self._S[self._s_mask] &= ~(1 << i)
+        if n:
+            A[((n - 1) << 10) + ZH_PREV] = p
+        A[h + ZH_PREV] = A[h + ZH_NEXT] = 0
 
     def malloc(self, size: int) -> int:
         """Allocate ``size`` bytes as zbud_alloc does and return a handle.
@@ -135,173 +224,193 @@ class ZbudPool(ObjectTablePool):
             size = int(size)
         chunks = (size + CHUNK_SIZE - 1) >> CHUNK_SHIFT
         with self._lock:
-            lists = self._lists
-            m = self._mask >> chunks
+            if not self._has_room_for_rec():
+                raise PoolExhaustedError(f"zbud: all {self._hcap - 1} handles are in use")
+            S, A = self._S, self._au32
+            m = S[self._s_mask] >> chunks
             if m:
                 i = (m & -m).bit_length() - 1 + chunks
-                lst = lists[i]
-                pfn = lst.popitem()[0]
-                if not lst:
-                    self._mask &= ~(1 << i)
-                page = self._pages[pfn]
-                bud = FIRST if page[FIRST] == 0 else LAST
+                pfn = self._L[i] - 1
+                self._list_del_locked(pfn, i)
+                bud = FIRST if A[(pfn << 10) + ZH_FIRST] == 0 else LAST
             else:
                 pfn = self.arena.alloc_page()  # PoolExhaustedError leaves the pool as it was
-                page = [0, 0]
-                self._pages[pfn] = page
+                h = pfn << 10
+                A[h + ZH_FIRST] = A[h + ZH_LAST] = 0
+                A[h + ZH_MAGIC] = ZBUD_MAGIC
+                S[self._s_pages] += 1
                 bud = FIRST
-            page[bud] = chunks
-            idx = BUDDIED if page[FIRST] and page[LAST] else NCHUNKS - chunks
-            lists[idx][pfn] = None
-            self._mask |= 1 << idx
-            base = pfn << PAGE_SHIFT
-            if bud == FIRST:
-                off = base + ZHDR_SIZE_ALIGNED
-            else:
-                off = base + PAGE_SIZE - (chunks << CHUNK_SHIFT)
-            handle = self._next_handle
-            self._next_handle = handle + 1
-            self._objs[handle] = (off, size, pfn, bud)
-            self._bytes += size
-            self._chunks += chunks
-        return handle
+            h = pfn << 10
+            A[h + ZH_FIRST + bud] = chunks
+            first, last = A[h + ZH_FIRST], A[h + ZH_LAST]
+            self._list_add_locked(pfn, BUDDIED if first and last else NCHUNKS - chunks)
+            S[self._s_objects] += 1
+            S[self._s_bytes] += size
+            S[self._s_chunks] += chunks
+            return self._new_rec_locked(pfn, bud, size)
 
     def free(self, handle: int) -> None:
         """Free the object as zbud_free does; an emptied page goes back to the arena.  O(1)."""
         with self._lock:
-            rec = self._objs.pop(handle, None)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=True)
-            _off, size, pfn, bud = rec
-            page = self._pages[pfn]
-            first, last = page
-            old = BUDDIED if first and last else NCHUNKS - first - last
-            lists = self._lists
-            lst = lists[old]
-            del lst[pfn]
-            if not lst:
-                self._mask &= ~(1 << old)
-            chunks = page[bud]
-            page[bud] = 0
-            self._bytes -= size
-            self._chunks -= chunks
-            if page[FIRST] == 0 and page[LAST] == 0:
-                del self._pages[pfn]
+            hi = self._rec_locked(handle, "free")
+            H, S, A = self._H, self._S, self._au32
+            hb = hi * H_WORDS
+            pfn = H[hb]
+            info = H[hb + H_INFO]
+            bud = (info >> BUD_SHIFT) & BUD_MASK
+            size = info & SIZE_MASK
+            h = pfn << 10
+            first, last = A[h + ZH_FIRST], A[h + ZH_LAST]
+            self._list_del_locked(pfn, BUDDIED if first and last else NCHUNKS - first - last)
+            chunks = A[h + ZH_FIRST + bud]
+            A[h + ZH_FIRST + bud] = 0
+            S[self._s_objects] -= 1
+            S[self._s_bytes] -= size
+            S[self._s_chunks] -= chunks
+            self._free_rec_locked(hi)
+            first, last = A[h + ZH_FIRST], A[h + ZH_LAST]
+            if first == 0 and last == 0:
+                A[h + ZH_MAGIC] = 0
+                S[self._s_pages] -= 1
                 self.arena.free_page(pfn)
             else:
-                idx = NCHUNKS - page[FIRST] - page[LAST]
-                lists[idx][pfn] = None
-                self._mask |= 1 << idx
+                self._list_add_locked(pfn, NCHUNKS - first - last)
 
     def total_pages(self) -> int:
         """Pages the pool holds (zbud_get_pool_size).  O(1)."""
-        return len(self._pages)
+        return int(self._S[self._s_pages])
 
     def compact(self) -> int:
         """zbud never moves objects (the kernel has no zbud compaction): returns 0."""
         return 0
 
     def stats(self) -> ZbudStats:
-        """A frozen snapshot of the pool's accounting.  O(1)."""
+        """A frozen snapshot of the pool's accounting.  O(buddied pages)."""
         with self._lock:
-            buddied = len(self._lists[BUDDIED])
+            buddied = sum(1 for _ in self._list_pages_locked(BUDDIED))
+            S = self._S
+            pages = int(S[self._s_pages])
             return ZbudStats(
-                total_pages=len(self._pages),
-                objects=len(self._objs),
-                object_bytes=self._bytes,
+                total_pages=pages,
+                objects=int(S[self._s_objects]),
+                object_bytes=int(S[self._s_bytes]),
                 pages_compacted=0,
                 buddied_pages=buddied,
-                unbuddied_pages=len(self._pages) - buddied,
-                chunks_used=self._chunks,
+                unbuddied_pages=pages - buddied,
+                chunks_used=int(S[self._s_chunks]),
             )
+
+    def _list_pages_locked(self, i: int) -> Iterator[int]:
+        """The pages of list ``i``, head first.  O(list)."""
+        A = self._au32
+        p = self._L[i]
+        n = 0
+        limit = self.arena.max_pages
+        while p:
+            n += 1
+            if n > limit:
+                raise InvariantError(f"zbud: list {i} has a cycle")
+            yield p - 1
+            p = A[((p - 1) << 10) + ZH_NEXT]
 
     # -- introspection for tests and tools -------------------------------------------------
 
     def locate(self, handle: int) -> Placement:
         """Where a live object sits in its page.  O(1)."""
         with self._lock:
-            rec = self._objs.get(handle)
-            if rec is None:
-                self._raise_bad_handle(handle, freeing=False)
-            off, size, pfn, bud = rec
-            return Placement(pfn, BUDDY_NAMES[bud], off - (pfn << PAGE_SHIFT), size,
-                             self._pages[pfn][bud])
+            hi = self._rec_locked(handle, "locate")
+            hb = hi * H_WORDS
+            pfn = self._H[hb]
+            info = self._H[hb + H_INFO]
+            bud = (info >> BUD_SHIFT) & BUD_MASK
+            off = self._offset(pfn, bud)
+            return Placement(pfn, BUDDY_NAMES[bud], off - (pfn << PAGE_SHIFT),
+                             info & SIZE_MASK, self._au32[(pfn << 10) + ZH_FIRST + bud])
 
     def unbuddied_index(self, pfn: int) -> int | None:
         """Free chunks of the unbuddied list page ``pfn`` is on, None if buddied.  O(1)."""
         with self._lock:
-            page = self._pages.get(pfn)
-            if page is None:
+            h = pfn << 10
+            if not 0 <= pfn < self.arena.max_pages or self._au32[h + ZH_MAGIC] != ZBUD_MAGIC:
                 raise KeyError(f"zbud: page {pfn} is not in the pool")
-            if page[FIRST] and page[LAST]:
+            first, last = self._au32[h + ZH_FIRST], self._au32[h + ZH_LAST]
+            if first and last:
                 return None
-            return NCHUNKS - page[FIRST] - page[LAST]
+            return NCHUNKS - first - last
 
     # -- helpers --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the views, the state region and the arena."""
+        v = getattr(self, "_au32", None)
+        if v is not None:
+            v.release()
+        super().close()
 
     def _check(self) -> None:
         """Verify every invariant of the layout (raises InvariantError).  O(objects + pages)."""
         with self._lock:
             self.arena._check()
-            pages = self._pages
-            if len(pages) != self.arena.pages_in_use:
-                raise InvariantError(
-                    f"zbud: {len(pages)} pages held but the arena has "
-                    f"{self.arena.pages_in_use} in use")
-            listed = 0
-            for i, lst in enumerate(self._lists):
-                if bool(lst) != bool(self._mask >> i & 1):
-                    raise InvariantError(f"zbud: mask bit {i} disagrees with list {i}")
-                listed += len(lst)
-                for pfn in lst:
-                    page = pages.get(pfn)
-                    if page is None:
-                        raise InvariantError(f"zbud: list {i} holds page {pfn} not in the pool")
-                    first, last = page
+            self.state._check()
+            A, S = self._au32, self._S
+            pages: dict[int, tuple[int, int]] = {}
+            mask = 0
+            for i in range(NCHUNKS):
+                prev = 0
+                for pfn in self._list_pages_locked(i):
+                    mask |= 1 << i
+                    h = pfn << 10
+                    if pfn in pages or A[h + ZH_MAGIC] != ZBUD_MAGIC:
+                        raise InvariantError(f"zbud: list {i} holds page {pfn} twice or a page "
+                                             "without a zbud header")
+                    if A[h + ZH_PREV] != prev:
+                        raise InvariantError(f"zbud: page {pfn} prev link {A[h + ZH_PREV]} != "
+                                             f"{prev}")
+                    prev = pfn + 1
+                    first, last = A[h + ZH_FIRST], A[h + ZH_LAST]
                     want = BUDDIED if first and last else NCHUNKS - first - last
                     if want != i:
                         raise InvariantError(
                             f"zbud: page {pfn} ({first}+{last} chunks) on list {i}, "
                             f"belongs on {want}")
-            if self._mask >> NCHUNKS:
-                raise InvariantError("zbud: mask has bits beyond the lists")
-            if listed != len(pages):
-                raise InvariantError(f"zbud: {listed} pages on lists, {len(pages)} in the pool")
+                    if first == 0 and last == 0:
+                        raise InvariantError(f"zbud: empty page {pfn} still held")
+                    if first + last > NCHUNKS:
+                        raise InvariantError(
+                            f"zbud: page {pfn} buddies overlap ({first}+{last} > {NCHUNKS} chunks)")
+                    pages[pfn] = (first, last)
+            if mask != S[self._s_mask]:
+                raise InvariantError(f"zbud: mask {S[self._s_mask]:#x} != lists {mask:#x}")
+            if len(pages) != S[self._s_pages] or len(pages) != self.arena.pages_in_use:
+                raise InvariantError(
+                    f"zbud: {len(pages)} pages on lists, {S[self._s_pages]} counted, arena has "
+                    f"{self.arena.pages_in_use} in use")
             seen: dict[tuple[int, int], int] = {}
             total = chunk_sum = 0
-            for handle, (off, size, pfn, bud) in self._objs.items():
+            for hi, (pfn, bud, size, _foreign) in self._live_records_locked().items():
                 page = pages.get(pfn)
-                if page is None:
-                    raise InvariantError(f"zbud: handle {handle} points at a freed page {pfn}")
+                if page is None or bud not in (FIRST, LAST):
+                    raise InvariantError(f"zbud: record {hi} points at page {pfn} buddy {bud}, "
+                                         "not in the pool")
                 chunks = page[bud]
                 if chunks == 0 or size_to_chunks(size) != chunks:
                     raise InvariantError(
-                        f"zbud: handle {handle} of {size} B in a {chunks}-chunk buddy")
-                base = pfn << PAGE_SHIFT
-                want = (base + ZHDR_SIZE_ALIGNED if bud == FIRST
-                        else base + PAGE_SIZE - (chunks << CHUNK_SHIFT))
-                if off != want:
-                    raise InvariantError(f"zbud: handle {handle} at {off}, expected {want}")
+                        f"zbud: record {hi} of {size} B in a {chunks}-chunk buddy")
                 if (pfn, bud) in seen:
                     raise InvariantError(
-                        f"zbud: handles {seen[(pfn, bud)]} and {handle} share a buddy")
-                seen[(pfn, bud)] = handle
+                        f"zbud: records {seen[(pfn, bud)]} and {hi} share a buddy")
+                seen[(pfn, bud)] = hi
                 total += size
                 chunk_sum += chunks
             for pfn, (first, last) in pages.items():
-                if first == 0 and last == 0:
-                    raise InvariantError(f"zbud: empty page {pfn} still held")
-                if first + last > NCHUNKS:
-                    raise InvariantError(
-                        f"zbud: page {pfn} buddies overlap ({first}+{last} > {NCHUNKS} chunks)")
                 for bud, chunks in ((FIRST, first), (LAST, last)):
                     if bool(chunks) != ((pfn, bud) in seen):
                         raise InvariantError(
                             f"zbud: page {pfn} {BUDDY_NAMES[bud]} buddy has {chunks} chunks "
                             f"but {'no' if chunks else 'a'} live handle")
-            if total != self._bytes or chunk_sum != self._chunks:
+            if total != S[self._s_bytes] or chunk_sum != S[self._s_chunks] or \
+                    len(seen) != S[self._s_objects]:
                 raise InvariantError(
-                    f"zbud: accounting says {self._bytes} B / {self._chunks} chunks, "
-                    f"objects hold {total} B / {chunk_sum} chunks")
-            if any(h >= self._next_handle or h <= 0 for h in self._objs):
-                raise InvariantError("zbud: a live handle outside the issued range")
+                    f"zbud: accounting says {S[self._s_objects]} objects, {S[self._s_bytes]} B / "
+                    f"{S[self._s_chunks]} chunks; records hold {len(seen)}, {total} B / "
+                    f"{chunk_sum} chunks")

@@ -6,8 +6,15 @@ Stores ``--entries`` pages (default 1,000,000) into a layer with a compressed ti
 * ``bytes_per_entry`` -- tracemalloc: bytes still allocated by code in ``swapd/layer/`` (the swap
   table words, the LRU links, side tables, per-client state, the disk tier's checksums), divided
   by the entries.  Target: at most 24 (the kernel's proposed virtual-swap descriptor);
-* ``rss_bytes_per_entry`` -- the RSS growth of the process minus the backend arena's resident
-  pages (so: layer metadata + the backend's own Python metadata), per entry;
+* ``rss_bytes_per_entry`` -- the whole process's RSS growth (``/proc/self/statm`` resident:
+  anonymous memory *and* the shared memfd mappings of the state regions) minus the pool's own
+  pages (the arena's resident pages, ``mincore``), per entry: everything the daemon pays per
+  swapped-out page besides the compressed bytes.  Target: at most 32
+  (``target_rss_bytes_per_entry``);
+* ``backend_state_bytes_per_entry`` -- the memory the backend's own state regions hold (their
+  memfds' ``st_blocks``; the arena excluded), per entry; ``table_state_bytes_per_entry`` the same
+  for the swap table's region;
+* ``impl`` -- which implementation ran (``SWAPD_IMPL``, swapd/impl.py);
 * ``backend_bytes_per_entry`` -- tracemalloc for ``backends/`` alone, for comparison;
 * ``side_table_entries`` and ``side_bytes_per_entry`` -- same-filled values / handles too wide for
   the word (see swapd/layer/table.py).
@@ -32,8 +39,14 @@ from typing import Any
 from swapd.arena import PAGE_SIZE
 from swapd.bench.common import add_corpus_arguments, load_corpus, print_json, print_table
 from swapd.errors import StoreRejected
+from swapd.impl import IMPL
 from swapd.layer import CompressedTier, DiskTier, LayerConfig, SwapLayer, TierLimits
 from swapd.plugins import make_backend
+
+
+def _region_bytes(fds: dict[str, int]) -> int:
+    """Memory the memfds ``fds`` hold (``st_blocks`` * 512)."""
+    return sum(os.fstat(fd).st_blocks * 512 for fd in fds.values())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk-fraction", type=float, default=0.0,
                    help="fraction of the entries to write back to a disk tier (default 0)")
     p.add_argument("--state-dir", default=None, help="directory for the disk tier's file")
+    p.add_argument("--rss-only", action="store_true",
+                   help="skip the (slow) tracemalloc pass; its keys are null")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -123,6 +138,9 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
             out["compressed_pages"] = st.stored_pages - st.same_filled_pages
         else:
             out["rss_bytes"] = _rss_bytes() - rss0 - be.arena.resident_pages() * PAGE_SIZE
+            fds = {k: v for k, v in be.state_fds().items() if k != "arena"}
+            out["backend_state_bytes"] = _region_bytes(fds) if be.uses_state_layout else 0
+            out["table_state_bytes"] = _region_bytes(lay._table.state_fds())
         return out
     finally:
         if tracemalloc.is_tracing():
@@ -132,29 +150,40 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
 
 
 def measure(pages: list[bytes], entries: int, regions: int, backend: str,
-            disk_fraction: float, state_dir: str | None) -> dict[str, Any]:
-    """Two passes on the same pages: tracemalloc (layer bytes), then RSS without tracing."""
+            disk_fraction: float, state_dir: str | None, *, trace: bool = True) -> dict[str, Any]:
+    """Two passes on the same pages: RSS without tracing, then (``trace``) tracemalloc for the
+    layer's Python bytes.  Without ``trace`` the tracemalloc keys are None."""
     ndisk = int(entries * disk_fraction)
     # RSS first: the traced pass would leave freed memory in the allocator for reuse
     lines = _malloc_lines()
     b = _fill(pages, entries, regions, backend, ndisk, state_dir, None)
-    a = _fill(pages, entries, regions, backend, ndisk, state_dir, lines)
-    n = a["entries"]
+    a = _fill(pages, entries, regions, backend, ndisk, state_dir, lines) if trace else None
+    n = b["entries"]
+
+    def per(key: str) -> float | None:
+        return None if a is None else a[key] / n
+
     return {
         "entries": n,
-        "rejected": a["rejected"],
-        "bytes_per_entry": a["layer_bytes"] / n,
-        "table_array_bytes_per_entry": a["table_bytes"] / n,
+        "rejected": b["rejected"],
+        "bytes_per_entry": per("layer_bytes"),
+        "table_array_bytes_per_entry": per("table_bytes"),
         "rss_bytes_per_entry": b["rss_bytes"] / n,
-        "backend_bytes_per_entry": a["backend_bytes"] / n,
-        "side_table_entries": a["side_table_entries"],
-        "side_bytes_per_entry": a["side_bytes"] / n,
-        "same_filled_pages": a["same_filled_pages"],
-        "compressed_pages": a["compressed_pages"],
-        "disk_pages": a["disk_pages"],
+        "backend_state_bytes_per_entry": b["backend_state_bytes"] / n,
+        "table_state_bytes_per_entry": b["table_state_bytes"] / n,
+        "backend_bytes_per_entry": per("backend_bytes"),
+        "side_table_entries": None if a is None else a["side_table_entries"],
+        "side_bytes_per_entry": per("side_bytes"),
+        "same_filled_pages": None if a is None else a["same_filled_pages"],
+        "compressed_pages": None if a is None else a["compressed_pages"],
+        "disk_pages": None if a is None else a["disk_pages"],
         "backend": backend,
         "target_bytes_per_entry": 24,
-        "meets_target": a["layer_bytes"] / n <= 24,
+        "meets_target": None if a is None else a["layer_bytes"] / n <= 24,
+        "target_rss_bytes_per_entry": 32,
+        "meets_rss_target": b["rss_bytes"] / n <= 32,
+        "impl": IMPL,
+        "loadavg": os.getloadavg()[0],
     }
 
 
@@ -165,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(args)
     pages = list(corpus)
     res = measure(pages, args.entries, args.regions, args.backend, args.disk_fraction,
-                  args.state_dir)
+                  args.state_dir, trace=not args.rss_only)
     if args.json:
         print_json(res)
     else:
