@@ -365,6 +365,7 @@ class ZsPool(Backend):
         # The handles array's record count as a slot of the header's u64 view: a handle is
         # looked up only below it (records past the file's end must not be touched).
         self._s_hcount = st.count_index("handles")
+        self._hroom = st.count("handles")  # records known to be inside the file
         pool_lock = threading.Lock() if lock == "pool" else None
 
         # zs_create_pool: walk the classes from the largest down, merging a class into the
@@ -507,7 +508,19 @@ class ZsPool(Backend):
         lock = cls.lock
         lock.acquire()
         try:
-            hi = self._take_record()
+            # cache_alloc_handle: a free record, else a new one (the file grown in steps).
+            S = self._S
+            meta = self._meta_lock
+            meta.acquire()
+            hi = S[self._s_hfree]
+            if hi:
+                S[self._s_hfree] = self._H[hi * H_WORDS]
+                meta.release()
+            else:
+                try:
+                    hi = self._new_record_locked()
+                finally:
+                    meta.release()
             try:
                 if cls.huge:
                     z = self.arena.alloc_page()
@@ -620,7 +633,12 @@ class ZsPool(Backend):
                     else:
                         self._free_zspage_locked(cls, z)
             H[hb + H_INFO] = info & ~(SIZE_MASK | (SLOT_MASK << SLOT_SHIFT))  # keeps gen
-            self._put_record(hi)
+            meta = self._meta_lock
+            meta.acquire()
+            S = self._S
+            H[hb] = S[self._s_hfree]
+            S[self._s_hfree] = hi
+            meta.release()
         finally:
             lock.release()
 
@@ -832,24 +850,19 @@ class ZsPool(Backend):
                     f"zsmalloc: {op} of stale handle {handle:#x} (freed, record reused)")
         return InvalidHandleError(f"zsmalloc: {op} of unknown handle {handle:#x}")
 
-    def _take_record(self) -> int:
-        """A free handle record index (the kernel's cache_alloc_handle).  O(1) amortized."""
-        meta = self._meta_lock
-        meta.acquire()
-        try:
-            S = self._S
-            hi = S[self._s_hfree]
-            if hi:
-                S[self._s_hfree] = self._H[hi * H_WORDS]
-                return int(hi)
-            st = self.state
-            hi = st.count("handles")
+    def _new_record_locked(self) -> int:
+        """A never-used handle record (caller holds _meta_lock).  O(1) amortized."""
+        S = self._S
+        hi = S[self._s_hcount]
+        if hi >= self._hroom:
             if hi >= self._hcap:
                 raise PoolExhaustedError(f"zsmalloc: all {self._hcap - 1} handles are in use")
-            st.set_count("handles", hi + 1)
-            return hi
-        finally:
-            meta.release()
+            # Grow the file by at least 64 Ki records at a time; count stays the truth.
+            room = min(self._hcap, hi + (1 << 16))
+            self.state.ensure("handles", room)
+            self._hroom = room
+        S[self._s_hcount] = hi + 1
+        return int(hi)
 
     def _put_record(self, hi: int) -> None:
         """Chain record ``hi`` (already marked free) on the free list.  O(1)."""

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from swapd.backend import Backend
+from swapd.backend_adapter import StateTableAdapter
 from swapd.errors import ConfigError
 from swapd.plugins import available_backends, available_policies
 from swapd.testing import BackendVariant
@@ -34,10 +35,22 @@ if str(TINY_SRC) not in sys.path:
     sys.path.append(str(TINY_SRC))
 
 
+class AdaptedTiny(StateTableAdapter):
+    """The fixture's ``tiny`` backend wrapped in swapd.backend_adapter.StateTableAdapter."""
+
+    name = "tiny+adapter"
+
+    def __init__(self, **options: Any) -> None:
+        from tinybackend import TinyPool
+
+        super().__init__(TinyPool(**options))
+
+
 def _backend_specs() -> list[str]:
     """Every installed backend, zsmalloc's second lock mode, and ``tiny`` (by import path)."""
     names = sorted(available_backends())
-    specs = [*names, "tinybackend:TinyPool"]
+    # tiny again through the array-layout adapter: a backend of the older contract.
+    specs = [*names, "tinybackend:TinyPool", "tests.conftest:AdaptedTiny"]
     zs = available_backends().get("zsmalloc")
     if zs is not None:
         try:

@@ -417,5 +417,78 @@ def test_compact_on_empty_pool(swapd_pool: Backend) -> None:
     assert pool.total_pages() == 0
 
 
+# -- the state layout: another process reads the pool from its fds ------------------------------
+
+_READER = r"""
+import importlib, json, sys, zlib
+mod, qual, fds, handles = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+cls = getattr(importlib.import_module(mod), qual)
+pool = cls.adopt(fds, writable=False)
+pool._check()
+print(json.dumps({"objects": pool.stats().objects,
+                  "crc": {str(h): zlib.crc32(pool.read_verified(h)) for h in handles}}))
+pool.close()
+"""
+
+
+def test_another_process_reads_the_pool_from_its_fds(swapd_pool: Backend) -> None:
+    """The contract: a backend with the array layout (``uses_state_layout``) can be adopted
+    read-only by another process from ``state_fds()`` and serves every object, checksum
+    verified; any other backend refuses ``adopt`` with NotAdoptableError."""
+    pool = swapd_pool
+    import json
+    import os
+    import subprocess
+    import sys
+    import zlib
+
+    from swapd.errors import NotAdoptableError
+
+    if not pool.uses_state_layout:
+        with pytest.raises(NotAdoptableError):
+            type(pool).adopt(pool.state_fds())
+        return
+    rng = random.Random(8)
+    shadow: Shadow = {}
+    for _ in range(300):
+        store(pool, shadow, _pattern(rng, rng.randint(1, pool.max_size)))
+    for h in rng.sample(list(shadow), 200):
+        release(pool, shadow, h)
+    pool.compact()
+    verify(pool, shadow)
+    dups = {k: os.dup(fd) for k, fd in pool.state_fds().items()}
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _READER, type(pool).__module__, type(pool).__qualname__,
+             json.dumps(dups), json.dumps(sorted(shadow))],
+            pass_fds=tuple(dups.values()), capture_output=True, text=True, timeout=300,
+            check=False)
+    finally:
+        for fd in dups.values():
+            os.close(fd)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["objects"] == len(shadow)
+    assert got["crc"] == {str(h): zlib.crc32(d) for h, d in shadow.items()}
+
+
+def test_checksums_follow_writes(swapd_pool: Backend) -> None:
+    """The contract: ``checksum`` is None or the CRC-32 of the bytes last written, and
+    ``read_verified`` returns them."""
+    pool = swapd_pool
+    import zlib
+
+    shadow: Shadow = {}
+    h = store(pool, shadow, b"\x01" * 300)
+    want = pool.checksum(h)
+    assert want is None or want == zlib.crc32(b"\x01" * 300)
+    pool.write(h, b"\x02" * 300)
+    assert pool.checksum(h) in (None, zlib.crc32(b"\x02" * 300))
+    assert pool.read_verified(h) == b"\x02" * 300
+    release(pool, shadow, h)
+    with pytest.raises(InvalidHandleError):
+        pool.checksum(h)
+
+
 # ``from swapd.testing.backend_contract import *`` brings the tests and their fixture
 __all__ = [n for n in list(globals()) if n.startswith("test_")] + ["populated"]
