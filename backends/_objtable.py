@@ -133,6 +133,11 @@ class ObjectTablePool(Backend):
             hi = self._rec_locked(handle, "size_of")
             return int(self._H[hi * H_WORDS + H_INFO] & SIZE_MASK)
 
+    def page_of(self, handle: int) -> int:
+        """The arena page holding the object (the Backend ABC's optional ``page_of``).  O(1)."""
+        with self._lock:
+            return int(self._H[self._rec_locked(handle, "page_of") * H_WORDS + H_LOC])
+
     def checksum(self, handle: int) -> int:
         """The CRC-32 recorded at the object's last write (0 before any).  O(1)."""
         with self._lock:

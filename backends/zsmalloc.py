@@ -827,6 +827,12 @@ class ZsPool(Backend):
                 (a, room), (pages[pno + 1] << PAGE_SHIFT, size - room))
             return ZsLocation(cls.index, z, slot, pages, parts, size, H[hb + H_CRC])
 
+    def page_of(self, handle: int) -> int:
+        """The allocator page holding the object: its zspage index, or for a huge object
+        ``-1 - pfn`` of its page (the Backend ABC's optional ``page_of``).  O(1)."""
+        loc = self.locate(handle)
+        return loc.zspage if loc.zspage else -1 - loc.pages[0]
+
     def zspage_inuse(self, zspage: int) -> int:
         """Live objects of a zspage (for tests).  O(1)."""
         return int(self._ZH[(zspage << 3) + Z_INUSE_H])
