@@ -175,14 +175,16 @@ def test_client_keeps_its_data_across_restarts_and_a_crash(tmp_path: Path) -> No
             r = c.read()
             assert r["bad"] == [], r
             assert before["SWAPPED"] > 0, before
-            assert 0 < len(r["poisoned"]) == r["pages"]["GONE"], r  # every lost page, poisoned
+            # every lost page is poisoned; with backends whose state is in their memfd regions
+            # (docs/state-format.md, section 5) the compressed copies survive the crash too,
+            # and only a copy caught mid-store can be lost
+            assert len(r["poisoned"]) == r["pages"]["GONE"], r
             assert r["pages"]["RESIDENT"] + len(r["poisoned"]) <= PAGES, r
             assert r["counters"]["poisoned_pages"] == len(r["poisoned"])
-            lost = r["poisoned"][0]
-
-            # a poisoned page raises SIGBUS in the client: never zeros, never stale data
-            c.send(f"touch {lost}")
-            assert c.p.wait(60) == -signal.SIGBUS
+            if r["poisoned"]:
+                # a poisoned page raises SIGBUS in the client: never zeros, never stale data
+                c.send(f"touch {r['poisoned'][0]}")
+                assert c.p.wait(60) == -signal.SIGBUS
         finally:
             c.close()
         log = (tmp_path / "daemon.log").read_text()
