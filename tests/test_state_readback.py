@@ -205,3 +205,45 @@ def test_adoption_frees_disk_slots_no_word_names(tmp_path: Path) -> None:
         other._check()
     finally:
         other.close()
+
+def _compressed_layer(tmp: Path, backend: str) -> tuple[SwapLayer, dict[str, str]]:
+    """A compressed tier (``backend`` + lz4) over a disk tier, pages in both and in the word."""
+    from swapd.layer import CompressedTier, TierLimits
+    from swapd.plugins import make_backend
+
+    tiers = [CompressedTier("lz4", make_backend(backend, max_pages=4096),
+                            TierLimits(ram_total_bytes=1 << 40)),
+             DiskTier(tmp, 1024 * PAGE_SIZE)]
+    lay = SwapLayer(tiers, config=LayerConfig(pool_limit_bytes=1 << 30), clock=lambda: 0.0)
+    corpus = Corpus.synthetic(500, seed=12)
+    r1, r2 = lay.add_region("a", 300), lay.add_region("b", 200)
+    want: dict[str, str] = {}
+    for rid, n, off in ((r1, 300, 0), (r2, 200, 300)):
+        for i in range(n):
+            page = bytes(corpus.page(off + i))
+            lay.store(rid, i, page)
+            want[f"{rid}:{i}"] = hashlib.sha256(page).hexdigest()
+    assert lay.writeback(120) > 0  # the coldest go to the disk tier
+    for i in range(0, 300, 9):
+        lay.load(r1, i)
+        del want[f"{r1}:{i}"]
+    lay._check()
+    st = lay.stats()
+    assert st.disk_pages > 0 and st.stored_pages - st.same_filled_pages > 0
+    return lay, want
+
+
+@pytest.mark.parametrize("backend", ["zsmalloc", "zbud", "z3fold"])
+def test_a_fresh_process_reads_the_compressed_and_the_disk_tier(tmp_path: Path,
+                                                                 backend: str) -> None:
+    """The "Done when" of issue 8: every page of both tiers, from a second process."""
+    lay, want = _compressed_layer(tmp_path, backend)
+    try:
+        fds = lay.state_fds()
+        assert {"table", f"tier0.{backend}", "tier0.arena", "tier1.disk", "tier1.file"} <= set(fds)
+        assert _child(fds, "ro") == want
+        got = _child(fds, "rw")
+        assert got.pop("left") == 0
+        assert got == want
+    finally:
+        lay.close(keep_state=True)
