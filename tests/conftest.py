@@ -131,3 +131,13 @@ def redis_tier_options(redis_host: Any, request: pytest.FixtureRequest) -> dict[
     ns = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:20]
     return {"url": redis_host.url, "namespace": f"t-{ns}", "retry_s": 2.0,
             "capacity_bytes": 1 << 20}
+
+
+@pytest.fixture
+def swapd_tier_options(swapd_tier_variant: Any, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The shipped tier suite's extra options: a Redis tier without a url in its spec gets the
+    session's Redis on a test host, in a namespace of its own test."""
+    if swapd_tier_variant.name == "redis" and "url" not in swapd_tier_variant.options:
+        opts: dict[str, Any] = request.getfixturevalue("redis_tier_options")
+        return opts
+    return {}

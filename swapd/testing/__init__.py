@@ -27,7 +27,8 @@ from typing import Any
 
 from swapd.errors import ConfigError, PluginError
 
-__all__ = ["BackendVariant", "PolicyVariant", "backend_variant", "policy_variant"]
+__all__ = ["BackendVariant", "PolicyVariant", "TierVariant", "backend_variant",
+           "policy_variant", "tier_variant"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,23 @@ class PolicyVariant:
     def make(self, capacity: int | None) -> Any:
         """A fresh policy of ``capacity`` keys (None: unbounded)."""
         return self.cls(capacity, **self.params)
+
+
+@dataclass(frozen=True)
+class TierVariant:
+    """A tier class (of the ``swapd.tiers`` group) and its ``[tier.NAME]`` options."""
+
+    id: str
+    cls: type[Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.cls, "name", self.id))
+
+    def make(self, ctx: Any, **extra: Any) -> Any:
+        """Build a fresh tier with ``cls.from_config(ctx, options)`` (``extra`` added)."""
+        return self.cls.from_config(ctx, {**self.options, **extra})
 
 
 def _split(spec: str) -> tuple[str, dict[str, str]]:
@@ -131,3 +149,17 @@ def _literal(v: str) -> Any:
         except ValueError:
             pass
     return v
+
+
+def tier_variant(spec: str) -> TierVariant:
+    """The variant a ``--swapd-tier`` spec names: ``NAME[:opt=value,...]`` or
+    ``pkg.mod:Class[:opt=value,...]`` (PluginError if it is not a tier; a bad option is
+    refused by the tier's ``from_config`` when the suite builds it)."""
+    from swapd.layer.tier import Tier
+    from swapd.plugins import TIERS_GROUP, load
+
+    target, raw = _split(spec)
+    cls = _import(target) if ":" in target else load(TIERS_GROUP, target)
+    if not issubclass(cls, Tier):
+        raise PluginError(f"{target} is not a subclass of swapd.layer.tier.Tier")
+    return TierVariant(spec, cls, {k: _literal(v) for k, v in raw.items()})

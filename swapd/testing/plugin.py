@@ -18,10 +18,18 @@ from typing import Any
 
 import pytest
 
-from swapd.testing import BackendVariant, PolicyVariant, backend_variant, policy_variant
+from swapd.testing import (
+    BackendVariant,
+    PolicyVariant,
+    TierVariant,
+    backend_variant,
+    policy_variant,
+    tier_variant,
+)
 
 _BACKENDS = pytest.StashKey[list[BackendVariant]]()
 _POLICIES = pytest.StashKey[list[PolicyVariant]]()
+_TIERS = pytest.StashKey[list[TierVariant]]()
 _DEFAULTS = pytest.StashKey[tuple[list[str], list[str]]]()
 
 
@@ -38,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--swapd-backend", action="append", default=[], metavar="SPEC",
                 help="run the backend contract suite against SPEC: NAME, NAME:opt=value,... "
                      "or pkg.module:Class (repeatable; default: every installed backend)")
+    g.addoption("--swapd-tier", action="append", default=[], metavar="SPEC",
+                help="run the tier contract suite against SPEC: NAME, NAME:opt=value,... or "
+                     "pkg.module:Class (repeatable; default: every installed tier)")
     g.addoption("--swapd-policy", action="append", default=[], metavar="SPEC",
                 help="run the policy contract suite against SPEC: NAME, NAME:param=value,... "
                      "or pkg.module:Class (repeatable; default: every installed policy)")
@@ -50,15 +61,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long-running contract test")
     bspecs: list[str] = config.getoption("swapd_backend") or []
     pspecs: list[str] = config.getoption("swapd_policy") or []
+    tspecs: list[str] = config.getoption("swapd_tier") or []
     try:
         config.stash[_BACKENDS] = [backend_variant(s) for s in bspecs]
         config.stash[_POLICIES] = [policy_variant(s) for s in pspecs]
+        config.stash[_TIERS] = [tier_variant(s) for s in tspecs]
     except SwapdError as exc:
         raise pytest.UsageError(f"swapd plugin: {exc}") from exc
-    if (bspecs or pspecs) and config.args_source is not pytest.Config.ArgsSource.ARGS:
+    if (bspecs or pspecs or tspecs) and \
+            config.args_source is not pytest.Config.ArgsSource.ARGS:
         here = Path(__file__).parent
         config.args[:] = ([str(here / "backend_contract.py")] if bspecs else []) + \
-                         ([str(here / "policy_contract.py")] if pspecs else [])
+                         ([str(here / "policy_contract.py")] if pspecs else []) + \
+                         ([str(here / "tier_contract.py")] if tspecs else [])
 
 
 def _backends(config: pytest.Config) -> list[BackendVariant]:
@@ -85,11 +100,23 @@ def _policies(config: pytest.Config) -> list[PolicyVariant]:
     return [PolicyVariant(n, c) for n, c in sorted(available_policies().items())]
 
 
+def _tiers(config: pytest.Config) -> list[TierVariant]:
+    got = config.stash.get(_TIERS, [])
+    if got:
+        return got
+    from swapd.plugins import available_tiers
+
+    return [TierVariant(n, c) for n, c in sorted(available_tiers().items())]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``swapd_backend`` / ``swapd_policy`` over the variants."""
     if "swapd_backend" in metafunc.fixturenames:
         bs = _backends(metafunc.config)
         metafunc.parametrize("swapd_backend", bs, ids=[b.id for b in bs])
+    if "swapd_tier_variant" in metafunc.fixturenames:
+        ts = _tiers(metafunc.config)
+        metafunc.parametrize("swapd_tier_variant", ts, ids=[t.id for t in ts])
     if "swapd_policy_variant" in metafunc.fixturenames:
         ps = _policies(metafunc.config)
         metafunc.parametrize("swapd_policy_variant", ps, ids=[p.id for p in ps])
@@ -107,3 +134,24 @@ def swapd_pool(swapd_backend: BackendVariant) -> Iterator[Any]:
 def swapd_policy(swapd_policy_variant: PolicyVariant) -> Any:
     """A factory ``capacity -> Policy`` of the parametrized policy."""
     return swapd_policy_variant.make
+
+
+@pytest.fixture
+def swapd_tier_options(swapd_tier_variant: TierVariant) -> dict[str, Any]:
+    """Options added to the variant's when the suite builds a tier (none).  A project's
+    conftest overrides this fixture to give a tier what only a test can make (the address
+    of a store the test started)."""
+    return {}
+
+
+@pytest.fixture
+def swapd_tier(swapd_tier_variant: TierVariant, swapd_tier_options: dict[str, Any],
+               tmp_path: Path) -> Iterator[Any]:
+    """A fresh tier of the parametrized variant (state in ``tmp_path``); closed afterwards."""
+    from swapd.layer.tier import TierContext
+
+    ctx = TierContext(state_path=tmp_path, instance=f"contract-{swapd_tier_variant.name}",
+                      max_pages=4096, disk_bytes=512 * 4096)
+    t = swapd_tier_variant.make(ctx, **swapd_tier_options)
+    yield t
+    t.close()
