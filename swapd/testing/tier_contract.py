@@ -23,6 +23,7 @@ from swapd.layer.tier import Tier, TierContext
 from swapd.pages import PAGE_SIZE
 from swapd.testing import TierVariant
 
+
 def page(rng: random.Random, i: int) -> bytes:
     """A page that compresses (a repeated line) and is distinct per ``i``."""
     line = f"page {i} {rng.randrange(1 << 30)} ".encode()
