@@ -1144,9 +1144,9 @@ class SwapLayer:
                   one_stretch: bool = False) -> list[bytes]:
         """The pages of the swapped-out run from ``index`` (at most ``n``), loaded in order.
 
-        For readahead: consecutive entries of one slow tier are fetched with one
-        ``load_batch`` (one round trip to a remote tier) outside the lock; other entries as
-        :meth:`load`.  Stops at the first page that is not swapped out or fails to load (a
+        For readahead: consecutive entries of one slow tier (same-filled pages among them
+        included, they need no I/O) are fetched with one ``load_batch`` (one round trip to a
+        remote tier) outside the lock; other entries as :meth:`load`.  Stops at the first page that is not swapped out or fails to load (a
         failure of the first page raises as :meth:`load` does); with ``one_stretch``, also
         after one slow-tier run or one other page.  O(n) plus the I/O.
         """
@@ -1169,20 +1169,26 @@ class SwapLayer:
                         return out
                     raise EntryNotFoundError(f"page {i} of region {region} is not swapped out")
                 t = tag - TAG_TIER0
-                run: list[tuple[int, int]] = []  # (g, word) of a run in one slow tier
+                # (g, word, slow) of a run in one slow tier, same-filled entries among them
+                run: list[tuple[int, int, bool]] = []
                 if tag >= TAG_TIER0 and self._tiers[t].slow:
                     end = min(reg.base + reg.npages, g0 + n - len(out))
                     g = g0
                     while g < end:
                         w = words[g]
-                        if (w & TAG_MASK != tag or w & (CLEAN | WB)) or g in self._busy:
+                        wt = w & TAG_MASK
+                        if wt == TAG_SAME and not w & CLEAN:
+                            run.append((g, w, False))
+                        elif wt != tag or w & (CLEAN | WB) or g in self._busy:
                             break
-                        run.append((g, w))
+                        else:
+                            run.append((g, w, True))
                         g += 1
                 if run:
-                    keys = [self._key_locked(g, w) for g, w in run]
-                    for g, w in run:
-                        self._begin_io_locked(g, cl, t, w)
+                    keys = [self._key_locked(g, w) for g, w, slow in run if slow]
+                    for g, w, slow in run:
+                        if slow:
+                            self._begin_io_locked(g, cl, t, w)
             if not run:
                 try:
                     out.append(self.load(region, i))
@@ -1197,22 +1203,41 @@ class SwapLayer:
                 pages = self._tiers[t].load_batch(keys)
             except (CorruptPageError, TierIOError):
                 pages = []
-            for j, (g, w) in enumerate(run):
+            k = 0  # index of the next slow entry's page in ``pages``
+            for j, (g, w, slow) in enumerate(run):
                 try:
-                    got = self._end_load(region, g, cl, t, w, pages[j:j + 1])
+                    if slow:
+                        got = self._end_load(region, g, cl, t, w, pages[k:k + 1])
+                        k += 1
+                    else:
+                        got = [self._load_same(region, g, cl, w)]
                 except (CorruptPageError, TierIOError, EntryNotFoundError):
-                    if out or j:
-                        # the rest of the run stays swapped out (already ended above)
-                        for g2, w2 in run[j + 1:]:
+                    # the rest of the run stays swapped out, as it was
+                    for g2, w2, slow2 in run[j + 1:]:
+                        if slow2:
                             self._end_load(region, g2, cl, t, w2, None)
+                    if out or j:
                         return out
-                    for g2, w2 in run[1:]:
-                        self._end_load(region, g2, cl, t, w2, None)
                     raise
                 out.append(got[0])
-            if len(pages) < len(run) or one_stretch:
+            if k < len(keys) or len(pages) < len(keys) or one_stretch:
                 return out
         return out
+
+    def _load_same(self, region: int, g: int, cl: _Client, w: int) -> bytes:
+        """Load same-filled entry ``g`` (word ``w`` when the run was read), as :meth:`load`
+        does; EntryNotFoundError if the word changed meanwhile.  O(1) under the lock."""
+        with self._lock:
+            table = self._table
+            if table.words[g] != w or self._clients.get(cl.key) is not cl:
+                raise EntryNotFoundError(f"entry {g} of region {region} changed meanwhile")
+            value = table.side.value(w) if w & SIDE else decode_value(w)
+            cl.zswpin += 1
+            if self._exclusive:
+                self._drop_locked(g, cl)
+            else:
+                table.words[g] = w | CLEAN
+            return fill_page(value)
 
     def _begin_io_locked(self, g: int, cl: _Client, t: int, w: int) -> None:
         """Mark entry ``g`` of slow tier ``t`` busy for I/O outside the lock: off its list,
