@@ -1146,9 +1146,10 @@ class SwapLayer:
 
         For readahead: consecutive entries of one slow tier (same-filled pages among them
         included, they need no I/O) are fetched with one ``load_batch`` (one round trip to a
-        remote tier) outside the lock; other entries as :meth:`load`.  Stops at the first page that is not swapped out or fails to load (a
-        failure of the first page raises as :meth:`load` does); with ``one_stretch``, also
-        after one slow-tier run or one other page.  O(n) plus the I/O.
+        remote tier) outside the lock; other entries as :meth:`load`.  Stops at the first
+        page that is not swapped out or fails to load (a failure of the first page raises as
+        :meth:`load` does); with ``one_stretch``, also after one slow-tier run or one other
+        page.  O(n) plus the I/O.
         """
         out: list[bytes] = []
         while len(out) < n:
