@@ -494,10 +494,51 @@ class SwapLayer:
                         words[g] = w & ~WB
                         table.push_tail(cl.lists[t], g)
                         cl.counts[t] += 1
+        if table.region.writable:
+            self._repair_lists_locked()
         if self._policy is not None:
             for cl in self._clients.values():
                 for g in reversed(table.iter_list(cl.lists[0], table.top)):
                     self._policy.insert(g)
+
+    def _repair_lists_locked(self) -> None:
+        """After a crash, make every list agree with the words (the truth).
+
+        A SIGKILL can land between a word's update and its list's (a load putting an entry
+        back, a writeback returning its victims, a drop): a list is kept when it is whole and
+        holds exactly its tier's entries, else it is rebuilt from the words in page order
+        (its LRU order is lost; a warning says so).  O(pages).
+        """
+        table = self._table
+        words = table.words
+        for cl in self._clients.values():
+            for t, s in enumerate(cl.lists):
+                try:
+                    members = table.check_list(s)
+                except InvariantError:
+                    members = None
+                want = TAG_TIER0 + t
+                if members is not None and len(members) == cl.counts[t] and all(
+                        words[g] & TAG_MASK == want and not words[g] & WB for g in members):
+                    continue
+                log.warning("adopted table: client %s tier %d: its LRU list disagrees with "
+                            "the swap table (a crash mid-update); rebuilt in page order",
+                            cl.key, t)
+                nxt, prv = table.next, table.prev
+                if members:
+                    for g in members:
+                        nxt[g] = prv[g] = NIL
+                nxt[s] = prv[s] = s
+                n = 0
+                for rid in sorted(cl.regions):
+                    reg = self._regions[rid]
+                    for g in range(reg.base, reg.base + reg.npages):
+                        w = words[g]
+                        if w & TAG_MASK == want and not w & WB:
+                            nxt[g] = prv[g] = NIL
+                            table.push_tail(s, g)
+                            n += 1
+                cl.counts[t] = n
 
     def _reconcile_tiers_locked(self) -> None:
         """Let every tier release the keys no word of the table references.  O(pages)."""
