@@ -98,7 +98,11 @@ class Victim:
             [sys.executable, "-m", "swapd.bench._victim", str(path), "--pages", str(pages),
              "--limit-pages", str(limit_pages), "--seed", str(seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        first = self._line(60.0)
+        try:
+            first = self._line(60.0)
+        except BaseException:
+            self.close()
+            raise
         if not first.get("ready"):
             self.close()
             raise RuntimeError(f"victim did not start: {first}")

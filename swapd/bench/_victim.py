@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-pages", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the bench
     n = args.pages
     lock = threading.Lock()
     st: dict[str, Any] = {"ops": 0, "mismatches": 0, "max_stall_ms": 0.0, "alive": True,
