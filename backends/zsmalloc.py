@@ -115,6 +115,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from backends._layout import CHECKSUM_CRC32, GEN_MASK, HANDLE_LIMIT, crc32
+from swapd._native.zsmalloc import attach, detach, lock_type
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import Backend, Buffer, PoolStats
 from swapd.errors import (
@@ -366,7 +367,8 @@ class ZsPool(Backend):
         # looked up only below it (records past the file's end must not be touched).
         self._s_hcount = st.count_index("handles")
         self._hroom = st.count("handles")  # records known to be inside the file
-        pool_lock = threading.Lock() if lock == "pool" else None
+        Lock = lock_type()  # threading.Lock, or the compiled implementation's Mutex
+        pool_lock = Lock() if lock == "pool" else None
 
         # zs_create_pool: walk the classes from the largest down, merging a class into the
         # one above it when both have the same (pages per zspage, objects per zspage).
@@ -384,7 +386,7 @@ class ZsPool(Backend):
             if prev is not None and prev.pages_per_zspage == ppz and prev.objs_per_zspage == opz:
                 rep[i] = prev
                 continue
-            cls = SizeClass(i, size, ppz, opz, hs, pool_lock or threading.Lock())
+            cls = SizeClass(i, size, ppz, opz, hs, pool_lock or Lock())
             by_index[i] = cls
             rep[i] = cls
             prev = cls
@@ -400,7 +402,7 @@ class ZsPool(Backend):
         # Unique locks, in class-index order (one entry in pool mode).
         self._locks: list[threading.Lock] = list(dict.fromkeys(c.lock for c in self._classes))
         self._compact_lock = threading.Lock()  # one compaction at a time (kernel: atomic)
-        self._meta_lock = threading.Lock()  # free chains of handles and zspages; growth
+        self._meta_lock = Lock()  # free chains of handles and zspages; growth
         self._rep = [rep[i] for i in range(ZS_SIZE_CLASSES)]  # index -> its class
         if fresh:
             st.set_count("classes", _CLASS_MASK + 1)
@@ -421,6 +423,7 @@ class ZsPool(Backend):
                       "checksum": CHECKSUM_CRC32, "max_pages": max_pages}
             for k, v in values.items():
                 st.set(k, v)
+        attach(self)  # the compiled fast paths (swapd/_native/zsmalloc.py) when they run
 
     # -- the state regions ------------------------------------------------------------
 
@@ -791,6 +794,7 @@ class ZsPool(Backend):
 
     def close(self) -> None:
         """Release the views, the state region and the arena."""
+        detach(self)
         for name in ("_ZH", "_au32", "_au64"):
             v = getattr(self, name, None)
             if v is not None:
