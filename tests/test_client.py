@@ -75,6 +75,12 @@ def test_limit_zero_still_correct(tmp_path: Path) -> None:
                 reg = c.map(64 * 4096)
                 for i in range(64):
                     reg[i * 4096:i * 4096 + 4] = i.to_bytes(4, "little")
+                # the reclaimer evicts the 64 pages (within the hard slack) in the background:
+                # wait for it (bounded), then read every page back from the layer
+                end = time.monotonic() + 60
+                while (c.stats()["counters"]["evicted_pages"] == 0
+                       and time.monotonic() < end):
+                    time.sleep(0.02)
                 ok = all(reg[i * 4096:i * 4096 + 4] == i.to_bytes(4, "little")
                          for i in range(64))
                 out(eff=eff, ok=ok, evicted=c.stats()["counters"]["evicted_pages"])
