@@ -237,12 +237,13 @@ class PagerConfig:
     latency_samples: int = opt(65536, "fault service times kept per client for percentiles",
                                min=1)
     # On a VM whose idle vCPUs halt, a wake-up across vCPUs costs 50-100 us (docs/design.md
-    # sec. 11.8), twice per fault.  Off by default: with inline reclaim, which runs between
-    # faults, a client faulting back to back on the loop's own CPU leaves no gap, and its
-    # resident set outgrows its limit (up to the hard slack) until the reclaimer gets a time
-    # slice of its own (swapd.daemon.pager.Pager._follow_locked).
-    colocate: bool = opt(False, "serve each client thread on the CPU it faults on (pins the loop "
-                                "and narrows the thread's affinity; see README, CPU placement)")
+    # sec. 11.8), twice per fault.  The limit holds either way: every placement is charged
+    # first and a fault that would cross the limit pays for the reclaim (swapd.policy.sizer).
+    colocate: bool = opt(True, "serve each client thread on the CPU it faults on (pins the loop "
+                               "and narrows the thread's affinity; see README, CPU placement)")
+    # Off by default: it did not lower fault costs when measured (tests/bench/RESULTS.md).
+    busy_poll_us: int = opt(0, "microseconds the event loop polls without blocking before it "
+                               "blocks in epoll (0 = off)", min=0, max=10000)
 
 
 @dataclass(frozen=True)
@@ -252,10 +253,12 @@ class ReclaimConfig:
     policy: str = opt("clock", "victim-selection policy of resident pages (a swapd.policies "
                                "plugin: `swapd policies`)", live=True)
     batch_pages: int = opt(64, "pages evicted per batch", live=True, min=1, max=1024)
-    low_watermark_pages: int = opt(64, "headroom below the limit the reclaimer restores once it "
-                                       "starts (hysteresis)", live=True, min=0)
-    hard_slack_pages: int = opt(512, "faults are throttled (direct reclaim) above the limit plus "
-                                     "this many pages", live=True, min=0)
+    low_watermark_pages: int = opt(64, "background reclaim starts when the headroom below the "
+                                       "limit falls below this, and restores it plus one batch",
+                                   live=True, min=0)
+    hard_slack_pages: int = opt(0, "a placement that would take a client above the limit plus "
+                                   "this many pages pays for reclaim first (0 = a hard limit)",
+                                live=True, min=0)
     refbit_slice_pages: int = opt(2048, "software referenced bit: pages zapped per sweep with "
                                         "MADV_PAGEOUT and sampled with PAGEMAP_SCAN (0 = off)",
                                   live=True, min=0)
@@ -282,6 +285,8 @@ _LAYER_DOCS = {
     "reject_to_disk_when_full": "the kernel's behaviour: a store finding the pool full goes to "
                                 "disk (counts LRU inversions)",
     "second_chance": "referenced bit: a referenced entry is rotated once instead of demoted",
+    "clean_first": "when the pool needs room, free the clean copies kept by non-exclusive loads "
+                   "(oldest first) before writing anything back",
     "shrinker_start_percent": "the proactive shrinker writes back above this percent of the "
                               "pool limit",
     "shrinker_batch": "entries per proactive shrinker step",

@@ -96,7 +96,7 @@ def test_record_writes_a_trace_swapd_sim_reads(tmp_path: Path) -> None:
         run_client("""
             with connect(SOCK) as c:
                 reg = c.map(32 * 4096)
-                for i in range(32):
+                for i in reversed(range(32)):  # not sequential: no zero-fill-ahead
                     reg[i * 4096] = 1
                 reg.advise(0, 32 * 4096, "cold")
                 for i in range(32):

@@ -65,7 +65,10 @@ def test_integrity_under_churn(tmp_path: Path, inline: bool) -> None:
         assert r["bad"] == 0
         c = r["stats"]["counters"]
         assert c["evicted_pages"] > 1000 and c["swapins"] > 1000, c
-        assert r["stats"]["layer"]["zswpout"] >= c["evicted_pages"] - c["store_rejects"]
+        # every eviction compressed the page, or dropped a still-clean one (its kept copy)
+        assert r["stats"]["layer"]["zswpout"] + c["clean_drops"] >= \
+            c["evicted_pages"] - c["store_rejects"]
+        assert c["clean_drops"] > 0 and c["clean_faults"] > 0, c
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline-reclaim", "reclaim-thread"])
@@ -643,7 +646,8 @@ def test_record_writes_faults_and_evictions_that_sim_replays(tmp_path: Path) -> 
 
     events = list(read_trace(trace, "csv", events=True))
     ops = {op: sum(1 for e in events if e.op == op) for op in "rwe"}
-    assert ops["w"] >= 256 and ops["e"] >= 256 and ops["r"] >= 1, ops
+    # the fill faults once per zero-filled run (zero-ahead), not once per page
+    assert ops["w"] >= 1 and ops["e"] >= 256 and ops["r"] >= 1, ops
     assert [e.time for e in events] == sorted(e.time for e in events)
     sim = subprocess.run([sys.executable, "-m", "swapd", "sim", "--trace", str(trace),
                           "--policy", "lru", "--capacity", "64", "--json"],

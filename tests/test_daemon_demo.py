@@ -24,7 +24,9 @@ def test_demo_small_run_verifies_and_cleans_up() -> None:
     r = json.loads(p.stdout)
     assert r["mismatches"] == 0 and r["pages"] == 2048
     c = r["counters"]
-    assert c["faults"] >= 2048 and c["swapins"] > 0 and c["evicted_pages"] > 0
+    # every page was placed by a fault of its own or zero-filled ahead of a sequential one
+    assert c["faults"] + c["zero_ahead_pages"] >= 2048
+    assert c["swapins"] > 0 and c["evicted_pages"] > 0
     assert r["latency"]["count"] > 0 and r["latency"]["p99_us"] >= r["latency"]["p50_us"] > 0
     assert r["compression_ratio"] is not None and r["compression_ratio"] > 1.0
     assert r["layer"]["lru_inversions"] == 0

@@ -461,7 +461,7 @@ def test_demotion_policy_plugin(backend: str, tmp_path: Path) -> None:
     rng = random.Random(11)
     pages = [text_page(rng) for _ in range(300)]
     lay = make_layer(backend, tmp_path, policy="fifo", exclusive_loads=False,
-                     pool_limit_bytes=30 * PAGE_SIZE)
+                     pool_limit_bytes=30 * PAGE_SIZE, clean_first=False)
     try:
         r = lay.add_region("a", len(pages))
         for i, pg in enumerate(pages):

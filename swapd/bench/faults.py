@@ -100,6 +100,9 @@ else:
             view[i * 4096:(i + 1) * 4096] = pages[i % len(pages)]
         r.advise(0, size, "cold")
         res = {}
+        if p.get("barrier"):  # --clients: every client measures at the same time
+            print("ready", flush=True)
+            sys.stdin.readline()
         if p["latency"]:
             res["lat"] = latencies(view)
             r.advise(0, size, "cold")
@@ -128,6 +131,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--copy-reps", type=int, default=200,
                    help="UFFDIO_COPY calls timed for the copy floor (default 200)")
+    p.add_argument("--clients", type=int, default=1,
+                   help="also run N compressed-side clients at once and report each one's "
+                        "p99 (per_client_p99_us; issue 9 fairness: largest <= 2x smallest)")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -141,8 +147,9 @@ def _root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def _child(params: dict[str, object]) -> subprocess.Popen[str]:
+def _child(params: dict[str, object], stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({**params, "root": _root()})],
+                            stdin=subprocess.PIPE if stdin else None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -297,6 +304,9 @@ def run(args: argparse.Namespace) -> int:
     lat: dict[str, list[tuple[float, float]]] = {"bare": [], "compressed": [], "disk": []}
     floor: list[float] = []
     scan: dict[str, list[float]] = {"readahead": [], "no_readahead": []}
+    if args.clients < 1:
+        raise SystemExit("error: --clients must be at least 1")
+    per_client: list[list[float]] = [[] for _ in range(args.clients)]  # p99 per rep
     base = {"pages": args.pages, "stride": args.stride, "seed": args.seed}
     with tempfile.TemporaryDirectory(prefix="swapd-bench-faults-") as tmp:
         w = Path(tmp)
@@ -321,6 +331,22 @@ def run(args: argparse.Namespace) -> int:
                 r = _finish(_child({**base, "mode": "swapd", "socket": s_nora, "latency": False,
                                     "scan": True, "seed": args.seed + rep}), "no_readahead")
                 scan["no_readahead"].append(float(r["scan_ns_per_page"]))  # type: ignore[arg-type]
+                if args.clients > 1:  # N clients faulting at once on one daemon
+                    procs = [_child({**base, "mode": "swapd", "socket": s_comp,
+                                     "latency": True, "scan": False, "barrier": True,
+                                     "seed": args.seed + rep * 100 + k}, stdin=True)
+                             for k in range(args.clients)]
+                    for proc in procs:  # all filled and evicted: measure together
+                        assert proc.stdout is not None
+                        proc.stdout.readline()
+                    for proc in procs:
+                        assert proc.stdin is not None
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                    for k, proc in enumerate(procs):
+                        lv = _finish(proc, f"client {k}")["lat"]
+                        assert isinstance(lv, list)
+                        per_client[k].append(_pct(lv, 0.99))
                 if not args.json:
                     print(f"rep {rep + 1}/{args.reps}: p50 bare {lat['bare'][-1][0]:.1f} "
                           f"compressed {lat['compressed'][-1][0]:.1f} "
@@ -336,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
         "no_readahead_us_per_page": statistics.median(scan["no_readahead"]) / 1000.0,
     }
     result["copy_floor_us_per_page"] = statistics.median(floor)  # type: ignore[assignment]
+    if args.clients > 1:
+        result["per_client_p99_us"] = [statistics.median(v) for v in per_client]  # type: ignore[assignment]
     result["ratios"] = {
         "compressed_p50_over_bare": result["compressed"]["p50_us"] / result["bare"]["p50_us"],
         "disk_p50_over_bare": result["disk"]["p50_us"] / result["bare"]["p50_us"],
@@ -344,6 +372,10 @@ def run(args: argparse.Namespace) -> int:
         "readahead_over_copy_floor": result["sequential"]["readahead_us_per_page"]
         / statistics.median(floor),
     }
+    if args.clients > 1:
+        pc = [statistics.median(v) for v in per_client]
+        result["ratios"]["per_client_p99_max_over_min"] = max(pc) / min(pc)
+    result["loadavg"] = list(os.getloadavg())  # type: ignore[assignment]
     if args.json:
         print(json.dumps({**result, "impl": _impl_name(),
                           "loadavg": os.getloadavg()[0],
@@ -367,4 +399,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"copy floor: {result['copy_floor_us_per_page']:.2f} us/page (one UFFDIO_COPY of "
           f"{COPY_RUN} ready pages); readahead is "
           f"{result['ratios']['readahead_over_copy_floor']:.2f}x that (impl {_impl_name()})")
+    if args.clients > 1:
+        pcs = ", ".join(f"{x:.1f}" for x in result["per_client_p99_us"])  # type: ignore[attr-defined]
+        print(f"{args.clients} clients at once, p99 us each: {pcs} (max/min "
+              f"{result['ratios']['per_client_p99_max_over_min']:.2f})")
+    print(f"load average {result['loadavg']}")
     return 0

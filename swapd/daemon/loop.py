@@ -8,9 +8,25 @@ its limit), a control socket by :class:`~swapd.daemon.ops.Ops`, a pidfd by endin
 the session (the client exited: nothing arrives on a userfaultfd then), the
 listening socket by :class:`~swapd.daemon.admission.Admission`.  Within one
 batch of events, faults go first and departures before admissions (quotas).
-With inline reclaim (``[reclaim] inline``) the loop evicts one batch whenever it
-finds no event, and sweeps the software referenced bit and runs the layer's
-shrinker on its interval.  The loop feeds the watchdog (``WATCHDOG=1``), sends
+With inline reclaim (``[reclaim] inline``) the loop runs background reclaim (one
+batch, when the sizer says a client's headroom fell below its low watermark)
+whenever it finds no event -- or, if it has found events every time for
+``max_defer`` (a fault storm), once per turn anyway -- and sweeps the software
+referenced bit and runs the layer's shrinker on its interval.  Faults that would
+cross a limit pay for their own reclaim in the pager (direct reclaim), so the
+limit holds whichever CPU the loop runs on (``[pager] colocate``).
+
+Fairness: each turn handles at most one slice of each ready region (the pager
+reads at most ``SLICE_EVENTS`` faults per call; epoll is level-triggered, so the
+rest comes next turn, after the other clients); a batch evicted on the loop
+thread (``advise cold``, background reclaim) serves the pending faults of every
+client every 8 stores and feeds the watchdog there, so no client's fault storm
+or long ``advise cold`` holds another's faults for more than one slice.
+
+Busy-polling (``[pager] busy_poll_us``, 0 = off): before the loop blocks in
+epoll it polls without blocking for that long, like KVM's halt-polling, so a
+fault arriving soon after the last one finds the loop awake (measured in
+tests/bench/RESULTS.md).  The loop feeds the watchdog (``WATCHDOG=1``), sends
 ``STATUS=`` when the number of clients changes, and runs every invariant check
 once a second under ``--check``.  A handler's unexpected exception costs its
 client the session, never the loop (an :class:`InvariantError` stops it).
@@ -60,6 +76,8 @@ class EventLoop:
         self._stop = False
         self._thread: threading.Thread | None = None  # the thread running run()
         self._yielding = False  # inside serve_faults_now: no nested reclaim
+        self._wd_interval = 0.0  # loop thread: watchdog period (0: none)
+        self._next_wd = 0.0  # loop thread: when WATCHDOG=1 is due
         self._status = ""
         self._status_n = -1  # session count of the last STATUS= (loop thread)
         self._listen_paused: tuple[int, Any] | None = None  # (fd, socket) out of the set
@@ -129,7 +147,7 @@ class EventLoop:
         cfg = d.cfg
         wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         wd_interval = cfg.daemon.watchdog_interval_s or (wd_usec / 2e6 if wd_usec else 0)
-        next_wd = 0.0
+        self._next_wd = 0.0
         next_check = 0.0
         d.notify("READY=1\nSTATUS=serving " + str(d.socket_path))
         if ready is not None:
@@ -140,13 +158,25 @@ class EventLoop:
         layer = d.layer
         inline = cfg.reclaim.inline
         interval = cfg.reclaim.interval_ms / 1000.0
+        sizer = reclaimer.sizer
+        spin_ns = cfg.pager.busy_poll_us * 1000
+        clock_ns = time.perf_counter_ns
         next_sweep = 0.0
         next_reap = 0.0
         stalled_until = 0.0  # inline reclaim made no progress: not busy before this
+        self._wd_interval = wd_interval
         while not self._stop:
             busy = inline and time.monotonic() >= stalled_until and reclaimer.needs_work()
-            events = ep.poll(0 if busy else (interval if inline else 0.5))
-            if busy and not events:  # idle between faults: evict one batch
+            events = ep.poll(0)
+            if not events and not busy:
+                if spin_ns:  # bounded busy-polling before blocking (halt-polling)
+                    until = clock_ns() + spin_ns
+                    while not events and clock_ns() < until:
+                        events = ep.poll(0)
+                if not events:
+                    events = ep.poll(interval if inline else 0.5)
+            if busy and sizer.background_due(idle=not events):
+                # idle (or deferred too long): one background batch
                 rejects = self._store_rejects()
                 if reclaimer.step() == 0 and self._store_rejects() > rejects:
                     # the layer refused every page of the batch (pool full, the disk failing
@@ -179,9 +209,9 @@ class EventLoop:
                 d.admission.reap(now)
                 self._maybe_resume_listener(now)
                 next_reap = now + 0.25
-            if wd_interval and now >= next_wd:
+            if wd_interval and now >= self._next_wd:
                 d.notify("WATCHDOG=1")
-                next_wd = now + wd_interval
+                self._next_wd = now + wd_interval
             d.keeper.tick(now)
             if d.cfg.daemon.check_invariants and now >= next_check:
                 d.check()
@@ -207,6 +237,11 @@ class EventLoop:
             return  # the reclaimer thread's batches: the loop serves faults meanwhile
         self._yielding = True
         try:
+            if self._wd_interval:  # a long advise cold must not starve the watchdog
+                now = time.monotonic()
+                if now >= self._next_wd:
+                    self.daemon.notify("WATCHDOG=1")
+                    self._next_wd = now + self._wd_interval
             events = self.ep.poll(0)
             if not events:
                 return
@@ -237,8 +272,8 @@ class EventLoop:
                     pager.drop_region_locked(region, f"uffd failed: {exc}")
                 return
             s = region.session
-            if s.resident > s.limit_pages and not s.dead and not self._yielding:
-                reclaimer.direct(s)
+            if reclaimer.threaded and not s.dead:
+                reclaimer.direct(s)  # kicks the reclaimer thread when background work is due
         elif kind == "conn":
             d.ops.on_conn(obj)
         elif kind == "pidfd":

@@ -1,24 +1,39 @@
 """The pager: resolves the userfaultfd events of every client region.
 
 Design.  The daemon's main thread reads events from each region's userfaultfd
-when epoll reports it readable and calls :meth:`Pager.handle_events`.  For each
-page fault, under the owning ``Session.lock`` and by the page's state byte
-(``swapd.daemon.session``):
+when epoll reports it readable and calls :meth:`Pager.handle_events` -- one read
+of at most ``slice_events`` faults per call, so one client's fault storm cannot
+hold the loop (epoll is level-triggered: the rest comes next turn).  Every
+placement is charged first (:meth:`Pager._charge_locked`, the sizer of
+:mod:`swapd.policy.sizer`): a fault that would take its client over the
+resident limit pays for one eviction batch first (direct reclaim, the memcg
+charge path), a readahead or zero-fill-ahead run is shrunk to what fits, so the
+client's memfds never hold more than its limit.  For each page fault, under the
+owning ``Session.lock`` and by the page's state byte (``swapd.daemon.session``):
 
-* MISSING on SWAPPED (the hot path): ``layer.load`` (exclusive), ``UFFDIO_COPY``
-  of that page alone -- which wakes the faulting thread -- and only then the
-  bookkeeping (state, policy, counters, latency sample, trace record) and
-  readahead: the contiguous run of SWAPPED pages after it
-  (``layer.swapped_run``), loaded back to back into one contiguous page-aligned
-  buffer and placed with ONE multi-page ``UFFDIO_COPY``.  The window adapts
-  like the kernel's swap readahead (``mm/swap_state.c``, ``swap_vma_readahead``,
-  which sizes the window from readahead hits): a fault on the page where the
-  previous fault or readahead ended is sequential and doubles the window,
-  starting at ``readahead_min`` (4) up to ``readahead_max`` (64); any other
-  fault is random and resets it to 0 (no readahead), so random access does not
-  pay for pages it will not touch.  A same-filled page comes back from
+* MISSING on SWAPPED (the hot path): charge, ``layer.load`` and ``UFFDIO_COPY``
+  of that page, then the bookkeeping (state, policy, counters, latency sample,
+  trace record) and readahead: the contiguous run of SWAPPED pages after it
+  (``layer.swapped_run``), loaded into one contiguous page-aligned buffer
+  (``layer.load_run``) and placed with ONE multi-page ``UFFDIO_COPY``.  A random
+  fault wakes its thread with its own COPY; a sequential one only after the run
+  is placed (woken earlier, the thread would fault again on the next page
+  before the run is there).  The window adapts like the kernel's swap readahead
+  (``mm/swap_state.c``, ``swap_vma_readahead``, which sizes the window from
+  readahead hits): a fault on the page where the previous fault or readahead
+  ended is sequential and doubles the window, starting at ``readahead_min`` (4)
+  up to ``readahead_max`` (64); any other fault is random and resets it to 0 (no
+  readahead), so random access does not pay for pages it will not touch.
+  Clean pages: a read fault and readahead load non-exclusively (the layer keeps
+  the compressed copy) and place the pages write-protected
+  (``UFFDIO_COPY_MODE_WP``); ``ManagedRegion.clean`` marks them.  Evicting a page
+  that is still clean only drops it (``layer.store_clean``, no compression), as
+  the kernel's reclaim drops a clean swap-cache page; a write fault loads
+  exclusively and places the page writable.  A same-filled page comes back from
   ``layer.load`` as a filled page and is copied like any other.
-* MISSING on HOLE (never written): ``UFFDIO_ZEROPAGE``.
+* MISSING on HOLE (never written): ``UFFDIO_ZEROPAGE``; a first touch where the
+  last one ended zero-fills a run of HOLE pages ahead (zero-fill-ahead, window
+  as readahead's), so a sequential fill pays one fault per run.
 * MISSING on RESIDENT/EVICTING: a stale duplicate (the page is already there,
   EEXIST -> wake) or the client punched its own page (ZEROPAGE succeeds: the
   page reads as zeros, as after ``MADV_REMOVE``).
@@ -27,7 +42,9 @@ page fault, under the owning ``Session.lock`` and by the page's state byte
   wakes the writer); phase 3 of the batch drops the stored copy.
 * WP on SWAPPED: the batch finished first; ``UFFDIO_WAKE`` and the client
   refaults MISSING and gets the stored copy (docs/design.md sec. 11.4, resolution b).
-* WP on RESIDENT/HOLE: a stale uffd-wp marker; clear it.
+* WP on a clean RESIDENT page: the first write; the kept copy is freed
+  (``layer.invalidate``) and the protection cleared.
+* WP on RESIDENT/HOLE otherwise: a stale uffd-wp marker; clear it.
 * UNMAP of the whole region: free everything (layer and fds); of a part: the
   pages there become GONE and their stored copies are dropped.  REMAP of the
   whole region moves it; a partial mremap cannot be followed and the region is
@@ -46,7 +63,9 @@ that reported the event to the return of the COPY/ZEROPAGE that woke the thread.
 
 Lock order: ``Session.lock`` -> layer locks; the pager takes no other lock
 while holding ``Session.lock`` except the leaf ``Daemon.fd_lock`` (through the
-``forget_fd`` callback).  Only the daemon's main thread calls ``handle_events``;
+``forget_fd`` callback).  Direct reclaim runs with ``Session.lock`` held except
+during its stores (phase 2), so a fault re-reads its page's state after a charge
+that reclaimed.  Only the daemon's main thread calls ``handle_events``;
 the reclaimer may call :meth:`mark_gone_locked` under ``Session.lock``.
 
 Prior art: ``mm/swap_state.c`` (readahead window), ``mm/workingset.c``
@@ -100,14 +119,18 @@ from swapd.kernel.uffd import (
     RemoveEvent,
     UnmapEvent,
 )
+from swapd.policy.sizer import Sizer, SizerConfig, WatermarkSizer
 
 log = logging.getLogger(__name__)
 
 _MAX_RETRIES = 1000  # EAGAIN retries after draining events, per ioctl
 _RESIDENT_RUN = bytes((RESIDENT,)) * 1024  # state bytes for a placed run (readahead_max <= 256)
+_ONES = b"\x01" * 1024  # clean flags for a placed run
+SLICE_EVENTS = 64  # events of one region handled per call of handle_events (one loop slice)
 
 
 COLOCATE_EVERY = 256  # faults between two checks of the faulting thread's CPU
+COLOCATE_STREAK = 8  # consecutive faults of another thread before the loop follows it
 
 
 def thread_cpu(pid: int, tid: int) -> int | None:
@@ -144,8 +167,17 @@ class Pager:
                  forget_fd: Callable[[int], None],
                  recorder: Callable[[int, str], None] | None = None,
                  clock_ns: Callable[[], int] = time.perf_counter_ns,
-                 colocate: bool = False) -> None:
+                 colocate: bool = False, sizer: Sizer | None = None,
+                 clean_pages: bool = True, zero_ahead: bool = True,
+                 slice_events: int = SLICE_EVENTS) -> None:
         self.layer = layer
+        # The charge of every placement (see the module docstring); ``reclaim(session, n)``
+        # is the reclaimer's direct_locked, set by the daemon (None: never reclaim here).
+        self.sizer: Sizer = sizer or WatermarkSizer(SizerConfig())
+        self.reclaim: Callable[[Any, int], int] | None = None
+        self.clean_pages = clean_pages  # read faults: write-protected, copy kept
+        self.zero_ahead = zero_ahead  # sequential first-touch faults: zero-fill a run
+        self.slice_events = max(1, slice_events)
         # CPU placement (main thread only): the loop follows the CPU of the thread whose
         # faults it serves, checked when the faulting thread changes and every
         # COLOCATE_EVERY faults.  _cpu is the CPU the loop is pinned to, -1 if none.
@@ -153,6 +185,8 @@ class Pager:
         self._cpu = -1
         self._place_tid = -1
         self._since_place = 0
+        self._cand_tid = -1  # a thread other than _place_tid faulting in a streak
+        self._cand_n = 0
         self.ra_min = max(1, readahead_min)
         self.ra_max = max(self.ra_min, readahead_max)
         self.forget_fd = forget_fd
@@ -181,19 +215,22 @@ class Pager:
         caller ends the session).
         """
         session = region.session
-        first = True
-        first_t0 = t0
+        reads = 0
         while True:
             with session.lock:
                 if region.dropped or session.dead:
                     return
                 events: collections.deque[Any] = region.pending
                 if not events:
-                    events.extend(region.uffd.read_events(64))
+                    # Fairness: one read (at most slice_events faults) per call; the
+                    # loop's level-triggered epoll reports the rest on its next turn,
+                    # after the other clients' descriptors.
+                    if reads:
+                        return
+                    events.extend(region.uffd.read_events(self.slice_events))
+                    reads += 1
                     if not events:
                         return
-                    t0 = first_t0 if first else self.clock_ns()
-                    first = False
                 try:
                     while events:
                         ev = events.popleft()
@@ -246,6 +283,7 @@ class Pager:
             if st != GONE:
                 self.layer.invalidate(region.layer_region, i)
                 region.state[i] = GONE
+                region.clean[i] = 0
 
     def _drain_locked(self, region: ManagedRegion) -> None:
         """Read pending events: apply UNMAP/REMAP now, queue faults for later."""
@@ -289,7 +327,7 @@ class Pager:
             if flags & UFFD_PAGEFAULT_FLAG_WP:
                 self._wp_locked(region, idx, st)
             elif st == SWAPPED:
-                self._swapin_locked(region, idx, t0)
+                self._swapin_locked(region, idx, t0, bool(flags & UFFD_PAGEFAULT_FLAG_WRITE))
             else:
                 self._missing_locked(region, idx, st, t0)
         finally:  # counted and recorded even if the page turned out to be unmapped
@@ -307,22 +345,37 @@ class Pager:
         Why: the thread blocked in its fault is woken by our UFFDIO_COPY, and its next
         fault wakes us.  When the two run on different vCPUs that halt when idle, each of
         those wake-ups is an IPI to a halted vCPU, 50-100 us on these machines
-        (docs/design.md sec. 11.8: blocking handler pinned to the same vCPU 23-44 us per fault,
-        to different vCPUs 107-139 us).  Pinning only the loop is not enough: the loop
+        (docs/design.md sec. 11.8: a blocking handler pinned to the same vCPU 23-44 us per
+        fault, to different vCPUs 107-139 us).  Pinning only the loop is not enough: the loop
         is still busy after the COPY, so the scheduler wakes the client on the other,
         idle vCPU.  Measured with ``swapd demo --size 128M --limit 32M`` on a quiet
         machine: client time per page, random access 43 -> 20 us, sequential 68 -> 19 us
         (``taskset -c 0`` on both gives the same).  The faulting thread's affinity is
         narrowed to the CPU it was running on (inside its own mask), a side effect a
-        client sees in ``sched_getaffinity``.  Opt-in (``[pager] colocate = true``): see
-        :class:`swapd.config.PagerConfig` for why it is not the default yet.
+        client sees in ``sched_getaffinity``.  On by default (``[pager] colocate``): the
+        limit holds because faults pay for their own reclaim (:meth:`_charge_locked`).
         The CPU is read from ``/proc/PID/task/TID/stat`` (field 39, ``processor``) only
-        when the faulting thread changes or every COLOCATE_EVERY faults.
+        when the faulting thread changes or every COLOCATE_EVERY faults.  The loop follows
+        another thread only after COLOCATE_STREAK consecutive faults of it: when several
+        clients fault in turns, it stays where it is and nobody's affinity is narrowed
+        (chasing each of them would cost two affinity changes per fault and pile the
+        clients onto few CPUs).
         """
-        n = self._since_place + 1
-        if tid == self._place_tid and n < COLOCATE_EVERY:
-            self._since_place = n
-            return
+        if tid == self._place_tid:
+            n = self._since_place + 1
+            self._cand_tid = -1
+            if n < COLOCATE_EVERY:
+                self._since_place = n
+                return
+        else:
+            if tid != self._cand_tid:
+                self._cand_tid = tid
+                self._cand_n = 1
+                return
+            self._cand_n += 1
+            if self._cand_n < COLOCATE_STREAK:
+                return
+            self._cand_tid = -1
         self._since_place = 0
         self._place_tid = tid
         cpu = thread_cpu(region.session.pid, tid)
@@ -347,24 +400,89 @@ class Pager:
         if st == EVICTING:
             region.state[idx] = RESIDENT  # phase 3 drops the stored copy
             region.session.counters.eviction_aborts += 1
+        elif region.clean[idx]:  # the first write to a clean page: its kept copy goes
+            region.clean[idx] = 0
+            self.layer.invalidate(region.layer_region, idx)
         self._ioctl_locked(region, uffd.writeprotect, addr, PAGE_SIZE, wp=False)
 
     def _missing_locked(self, region: ManagedRegion, idx: int, st: int, t0: int) -> None:
         """A MISSING fault on a page that is not SWAPPED (see the module docstring)."""
         session = region.session
         if st == HOLE:
-            self._zeropage_locked(region, idx)
-            self._latency(session, t0)
-            region.state[idx] = RESIDENT
-            session.resident += 1
-            session.policy.insert(page_key(region.id, idx))
-            session.counters.zero_faults += 1
+            self._zero_locked(region, idx, t0)
             return
         if st == GONE:
             self._ioctl_locked(region, region.uffd.wake, region.address(idx), PAGE_SIZE)
         else:  # RESIDENT/EVICTING: stale duplicate, or the client punched its own page
-            self._zeropage_locked(region, idx)
+            if region.clean[idx] and self._zeropage_locked(region, idx):
+                region.clean[idx] = 0  # punched by the client: it reads zeros, copy is stale
+                self.layer.invalidate(region.layer_region, idx)
+            elif not region.clean[idx]:
+                self._zeropage_locked(region, idx)
         self._latency(session, t0)
+
+    def _charge_locked(self, region: ManagedRegion, want: int, minimum: int = 1) -> int:
+        """Charge ``want`` pages (``minimum`` of them needed) before placing them; returns
+        how many may be placed.  O(1), or one direct-reclaim batch.
+
+        A charge that does not fit makes this fault pay for reclaim first (the sizer's
+        direct reclaim); ``Session.lock`` is released during its stores, so the caller
+        re-reads the page's state afterwards.  If nothing could be evicted (every store
+        refused) the ``minimum`` pages are placed anyway -- a client is never left blocked --
+        and counted as ``charge_overruns``.  Raises RegionGone if the region went away.
+        """
+        session = region.session
+        c = self.sizer.charge(session, want, minimum)
+        if not c.reclaim:
+            return c.allowed
+        if self.reclaim is not None:
+            self.reclaim(session, c.reclaim)
+            if region.dropped or session.dead:
+                raise RegionGone()
+        room = session.limit_pages + self.sizer.config.hard_slack_pages - session.resident
+        if room < minimum and session.limit_pages >= minimum:
+            session.counters.charge_overruns += 1
+        return min(want, max(room, minimum))
+
+    def _zero_locked(self, region: ManagedRegion, idx: int, t0: int) -> None:
+        """MISSING on HOLE: zero-fill the page (charged first).  A first touch where the
+        last one ended is sequential (a fill) and zero-fills a run of HOLE pages ahead, its
+        window doubling like readahead's, so a fill pays one fault per run."""
+        session = region.session
+        window = 1
+        if self.zero_ahead and idx == region.ra_next:
+            window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))
+            end = min(region.npages, idx + window)
+            state = region.state
+            k = 1
+            while idx + k < end and state[idx + k] == HOLE:
+                k += 1
+            window = k
+        if session.resident + window > session.limit_pages:
+            window = self._charge_locked(region, window)
+            if region.state[idx] != HOLE:  # the reclaim let another fault in first
+                self._missing_locked(region, idx, region.state[idx], t0)
+                return
+            state = region.state
+            k = 1
+            while k < window and state[idx + k] == HOLE:
+                k += 1
+            window = k
+        placed = self._zeropage_run_locked(region, idx, window)
+        self._latency(session, t0)
+        region.state[idx:idx + placed] = _RESIDENT_RUN[:placed]
+        base = region.id << 32
+        insert = session.policy.insert
+        for j in range(idx, idx + placed):
+            insert(base | j)
+        session.resident += placed
+        session.counters.zero_faults += 1
+        if placed > 1:
+            session.counters.zero_ahead_pages += placed - 1
+            region.ra_window = window
+        else:
+            region.ra_window = 1 if idx == region.ra_next else 0
+        region.ra_next = idx + placed
 
     def _latency(self, session: Any, t0: int) -> None:
         dt = self.clock_ns() - t0
@@ -373,14 +491,38 @@ class Pager:
         session.fault_ns += dt
         self.latency_ns.append(dt)
 
-    def _zeropage_locked(self, region: ManagedRegion, idx: int) -> None:
+    def _zeropage_locked(self, region: ManagedRegion, idx: int) -> bool:
+        """ZEROPAGE one page; False if it was present (EEXIST: woken instead)."""
         addr = region.address(idx)
         try:
             self._ioctl_locked(region, region.uffd.zeropage, addr, PAGE_SIZE)
         except UffdExistsError:
             self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
+            return False
+        return True
 
-    def _copy_locked(self, region: ManagedRegion, addr: int, src: int, length: int) -> int:
+    def _zeropage_run_locked(self, region: ManagedRegion, idx: int, n: int) -> int:
+        """ZEROPAGE the HOLE pages ``[idx, idx+n)`` (one ioctl); returns pages to account.
+
+        The first page is always accounted (present one way or another); after a
+        partial zero-fill the rest of the run is left as HOLE.
+        """
+        if n <= 1:
+            self._zeropage_locked(region, idx)
+            return 1
+        addr = region.address(idx)
+        try:
+            done = int(self._ioctl_locked(region, region.uffd.zeropage, addr,
+                                          n << PAGE_SHIFT))
+        except UffdExistsError:
+            self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
+            return 1
+        except UffdPartialCopyError as exc:
+            done = int(exc.copied)
+        return max(1, done >> PAGE_SHIFT)
+
+    def _copy_locked(self, region: ManagedRegion, addr: int, src: int, length: int, *,
+                     wp: bool = False, dontwake: bool = False) -> int:
         """COPY ``length`` bytes; returns bytes placed by this call (EEXIST -> 0, woken).
 
         The common case is one ioctl.  EEXIST (the first page is present) wakes and
@@ -389,20 +531,21 @@ class Pager:
         """
         uffd = region.uffd
         try:
-            return uffd.copy(addr, src, length)
+            return uffd.copy(addr, src, length, wp=wp, dontwake=dontwake)
         except UffdExistsError:
             self._ioctl_locked(region, uffd.wake, addr, PAGE_SIZE)
             return 0
         except UffdPartialCopyError as exc:
             return int(exc.copied)
         except UffdError:
-            return self._copy_slow_locked(region, addr, src, length)
+            return self._copy_slow_locked(region, addr, src, length, wp, dontwake)
 
     def _copy_slow_locked(self, region: ManagedRegion, addr: int, src: int,
-                          length: int) -> int:
+                          length: int, wp: bool, dontwake: bool = False) -> int:
         """:meth:`_copy_locked` after an error: retry, draining events on EAGAIN-pending."""
         try:
-            return int(self._ioctl_locked(region, region.uffd.copy, addr, src, length))
+            return int(self._ioctl_locked(region, region.uffd.copy, addr, src, length,
+                                          wp=wp, dontwake=dontwake))
         except UffdExistsError:
             self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
             return 0
@@ -421,47 +564,78 @@ class Pager:
         region.state[idx] = GONE
         region.session.counters.poisoned_pages += 1
 
-    def _swapin_locked(self, region: ManagedRegion, idx: int, t0: int) -> None:
-        """MISSING on SWAPPED: load, COPY the page (waking the thread), then bookkeeping
-        and readahead.  O(1) before the COPY, plus O(window) readahead after it.
+    def _swapin_locked(self, region: ManagedRegion, idx: int, t0: int, write: bool) -> None:
+        """MISSING on SWAPPED: charge, load, COPY the page (waking the thread), then
+        bookkeeping and readahead.  O(1) before the COPY (plus a direct-reclaim batch when
+        the charge does not fit), O(window) readahead after it.
 
-        A same-filled page comes back from ``layer.load`` as a filled page and is copied
-        like any other (one lookup fewer than asking the layer for its fill value first).
+        A read fault keeps the stored copy (non-exclusive load) and places the page
+        write-protected: evicting it while it is still clean only drops it.  A write fault
+        frees the copy.  A same-filled page comes back from ``layer.load`` as a filled page
+        and is copied like any other.
         """
         session = region.session
+        # readahead: a fault where the last one (or its readahead) ended is sequential and
+        # doubles the window (from ra_min up to ra_max); any other fault resets it to 0.
+        # The window counts the faulting page (COPY p, then [p+1, p+k)).
+        if idx == region.ra_next:
+            window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))
+        else:
+            window = 0
+        want = max(1, window)
+        allowed = want
+        if session.resident + want > session.limit_pages:
+            allowed = self._charge_locked(region, want)
+            st = region.state[idx]
+            if st != SWAPPED:  # the reclaim let another fault (or event) in first
+                self._missing_locked(region, idx, st, t0)
+                return
+        clean = self.clean_pages and not write
         try:
-            data = self.layer.load(region.layer_region, idx)
+            data = self.layer.load(region.layer_region, idx, not clean)
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
             self._poison_locked(region, idx, exc)
             self._latency(session, t0)
             return
         self._page0[:] = data
-        self._copy_locked(region, region.start + (idx << PAGE_SHIFT), self._src0, PAGE_SIZE)
-        dt = self.clock_ns() - t0  # the thread is awake: the rest is off its path
-        session.latency_ns.append(dt)
-        session.fault_hist[dt.bit_length()] += 1
-        session.fault_ns += dt
-        self.latency_ns.append(dt)
+        addr = region.start + (idx << PAGE_SHIFT)
+        # A sequential fault wakes its thread only after the readahead run is placed: woken
+        # at once, the thread would fault again on the next page before the run is there
+        # (a second round trip), and on a shared CPU it would preempt the run's placement.
+        later = allowed > 1
+        placed = self._copy_locked(region, addr, self._src0, PAGE_SIZE, wp=clean,
+                                   dontwake=later)
+        if not later:
+            self._latency(session, t0)  # the thread is awake: the rest is off its path
         region.state[idx] = RESIDENT
+        if clean:
+            if placed:
+                region.clean[idx] = 1
+                session.counters.clean_faults += 1
+            else:  # the page was there already: it is the authority, the copy is stale
+                self.layer.invalidate(region.layer_region, idx)
         session.resident += 1
         session.policy.insert((region.id << 32) | idx)
         c = session.counters
         c.swapins += 1
         if session.eviction_seq - region.evicted_seq[idx] < session.limit_pages:
             c.refaults += 1
-        # readahead: a fault where the last one (or its readahead) ended is sequential and
-        # doubles the window (from ra_min up to ra_max); any other fault resets it to 0.
-        if idx == region.ra_next:
-            window = min(self.ra_max, max(self.ra_min, region.ra_window * 2))
+        if window:
             c.readahead_hits += 1
-        else:
-            window = 0  # random access: no readahead until a sequential fault
         region.ra_window = window
-        # the window counts the faulting page (docs/design.md sec. 11: COPY p, then [p+1, p+k))
-        self._readahead_locked(region, idx + 1, window - 1)
+        if later:
+            try:
+                self._readahead_locked(region, idx + 1, allowed - 1)
+            finally:
+                if placed:
+                    self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
+                self._latency(session, t0)
+        else:
+            region.ra_next = idx + 1
 
     def _readahead_locked(self, region: ManagedRegion, start: int, window: int) -> int:
-        """Copy in up to ``window`` SWAPPED pages from ``start``; returns pages placed."""
+        """Copy in up to ``window`` SWAPPED pages from ``start`` (already charged); returns
+        pages placed."""
         region.ra_next = start
         if window <= 0 or start >= region.npages:
             return 0
@@ -481,15 +655,19 @@ class Pager:
         """Load the SWAPPED run ``[start, start+k)`` into one contiguous buffer (pages 1..k)
         and place it with ONE multi-page UFFDIO_COPY; returns pages placed.  O(k).
 
-        A page that cannot be loaded is poisoned and ends the run there.  After a partial
-        copy (a page became present: the client wrote it) the rest goes page by page, and
-        a present page wins.
+        The run is charged by the caller.  With clean pages on, the loads keep the stored
+        copies and the run is placed write-protected (nobody has written it yet).  A page
+        that cannot be loaded is poisoned and ends the run there.  After a partial copy (a
+        page became present: the client wrote it) the rest goes page by page, and a
+        present page wins (its kept copy is freed).
         """
         session = region.session
         load = self.layer.load
         load_run = self.layer.load_run
         rid = region.layer_region
         view = self.buf.view
+        clean = self.clean_pages
+        exclusive = not clean
         end = start + k
         i = start
         off = PAGE_SIZE
@@ -497,11 +675,12 @@ class Pager:
             while i < end:
                 # the run is decompressed straight into the buffer; load() then tells why it
                 # stopped (raising), or takes the one page the batch did not (a disk page)
-                n = load_run(rid, i, end - i, view[off:off + ((end - i) << PAGE_SHIFT)])
+                n = load_run(rid, i, end - i, view[off:off + ((end - i) << PAGE_SHIFT)],
+                             exclusive)
                 i += n
                 off += n << PAGE_SHIFT
                 if i < end:
-                    view[off:off + PAGE_SIZE] = load(rid, i)
+                    view[off:off + PAGE_SIZE] = load(rid, i, exclusive)
                     off += PAGE_SIZE
                     i += 1
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
@@ -511,15 +690,22 @@ class Pager:
             return 0
         src = self._src1
         dst = region.start + (start << PAGE_SHIFT)
+        present: list[int] = []
         try:
-            done = self._copy_locked(region, dst, src, loaded << PAGE_SHIFT)
+            done = self._copy_locked(region, dst, src, loaded << PAGE_SHIFT, wp=clean)
             for j in range(done >> PAGE_SHIFT, loaded):
-                self._copy_locked(region, dst + (j << PAGE_SHIFT), src + (j << PAGE_SHIFT),
-                                  PAGE_SIZE)
+                if not self._copy_locked(region, dst + (j << PAGE_SHIFT),
+                                         src + (j << PAGE_SHIFT), PAGE_SIZE, wp=clean):
+                    present.append(start + j)
         except PageGone:  # unmapped meanwhile: the loaded copies have nowhere to go
             self.mark_gone_locked(region, start, loaded)
             return 0
         region.state[start:i] = _RESIDENT_RUN[:loaded]
+        if clean:
+            region.clean[start:i] = _ONES[:loaded]
+            for j in present:
+                region.clean[j] = 0
+                self.layer.invalidate(rid, j)
         insert = session.policy.insert
         base = region.id << 32
         for j in range(start, i):
@@ -536,7 +722,8 @@ class Pager:
     def prefetch_locked(self, region: ManagedRegion, start: int, npages: int,
                         budget: int) -> int:
         """``advise willneed``: copy in SWAPPED pages of the range, at most ``budget``."""
-        region.session._assert_locked()
+        session = region.session
+        session._assert_locked()
         done = 0
         i = start
         end = start + npages
@@ -549,6 +736,9 @@ class Pager:
             while i + k < end and k < self.ra_max and done + k < budget and \
                     state[i + k] == SWAPPED:
                 k += 1
+            k = self.sizer.charge(session, k, 0).allowed  # a prefetch never reclaims
+            if k <= 0:
+                break
             done += self._copy_run_locked(region, i, k, readahead=False)
             i += k
         return done
@@ -567,6 +757,9 @@ class Pager:
             if st == SWAPPED:
                 self.layer.invalidate(region.layer_region, i)
             else:  # RESIDENT or EVICTING (the batch's phase 3 drops its stored copy)
+                if region.clean[i]:
+                    region.clean[i] = 0
+                    self.layer.invalidate(region.layer_region, i)
                 session.resident -= 1
                 if key in session.policy:
                     session.policy.remove(key)

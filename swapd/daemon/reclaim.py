@@ -1,12 +1,21 @@
 """The reclaimer: keeps every client under its resident limit and the daemon under its own.
 
-Design.  A background thread wakes every ``interval_ms`` (or when kicked by the
-pager after a fault) and, for each session over its limit, evicts batches of
-the session's reclaim-policy victims until it is ``low_watermark_pages`` below
-the limit; then, while the sum over sessions exceeds the global limit, it
-evicts from the session with the most resident pages.  The pager runs one
-batch itself (direct reclaim, ``mm/vmscan.c``'s throttling of an allocating
-task) when a client runs more than ``hard_slack_pages`` over its limit.
+Design.  How many pages go, and when, is the sizer's decision
+(:mod:`swapd.policy.sizer`, shared with ``swapd sim`` full mode); this module
+carries it out.  Three callers:
+
+* **direct reclaim** (:meth:`Reclaimer.direct_locked`): the pager charges every
+  placement before it places it; a charge that does not fit makes the faulting
+  client pay for one batch of its own victims first (``mm/memcontrol.c``:
+  ``try_charge_memcg`` -> ``try_to_free_mem_cgroup_pages``).  That batch runs
+  under the client's ``Session.lock`` except for phase 2, and does not serve
+  other faults between its stores: it is one bounded slice of the loop.
+* **background reclaim** (:meth:`Reclaimer.step`, inline on the event loop when
+  it is idle; or :meth:`balance` on the reclaimer thread when ``inline`` is
+  off): one batch per call for the session whose headroom fell below the low
+  watermark (the sizer's hysteresis), or from the largest session while the
+  clients together exceed the global limit.
+* **``advise cold``** (:meth:`evict_range`): the pages of a range, in batches.
 
 An eviction batch has three phases (docs/design.md sec. 11.4):
 
@@ -46,6 +55,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -67,6 +77,7 @@ from swapd.kernel.errors import (
     UffdEventPendingError,
     UffdRangeGoneError,
 )
+from swapd.policy.sizer import Sizer, SizerConfig, WatermarkSizer
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +99,17 @@ class Reclaimer:
                  global_limit_pages: int, refbit_slice_pages: int, interval_s: float,
                  mark_gone: Callable[[ManagedRegion, int, int], None],
                  between_stores: Callable[[], None] | None = None,
-                 recorder: Callable[[int, str], None] | None = None) -> None:
+                 recorder: Callable[[int, str], None] | None = None,
+                 sizer: Sizer | None = None) -> None:
         self.layer = layer
         self.recorder = recorder  # ``--record``: told of every page evicted (op "e")
         self.sessions = sessions
-        self.batch = batch_pages
-        self.low_wm = low_watermark_pages
-        self.hard_slack = hard_slack_pages
-        self.global_limit = global_limit_pages
+        if sizer is None:
+            sizer = WatermarkSizer(SizerConfig(
+                batch_pages=batch_pages, low_watermark_pages=low_watermark_pages,
+                hard_slack_pages=hard_slack_pages, global_limit_pages=global_limit_pages),
+                clock=time.monotonic)
+        self.sizer = sizer
         self.refbit_slice = refbit_slice_pages
         self.interval = interval_s
         self.mark_gone = mark_gone  # pager's mark_gone_locked: pages unmapped under us
@@ -123,6 +137,44 @@ class Reclaimer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    # The sizer's knobs, as the live-reload code (swapd.daemon.control) reads and sets them.
+    @property
+    def batch(self) -> int:
+        return self.sizer.batch
+
+    @batch.setter
+    def batch(self, v: int) -> None:
+        self.sizer.reconfigure(batch_pages=v)
+
+    @property
+    def low_wm(self) -> int:
+        return self.sizer.config.low_watermark_pages
+
+    @low_wm.setter
+    def low_wm(self, v: int) -> None:
+        self.sizer.reconfigure(low_watermark_pages=v)
+
+    @property
+    def hard_slack(self) -> int:
+        return self.sizer.config.hard_slack_pages
+
+    @hard_slack.setter
+    def hard_slack(self, v: int) -> None:
+        self.sizer.reconfigure(hard_slack_pages=v)
+
+    @property
+    def global_limit(self) -> int:
+        return self.sizer.config.global_limit_pages
+
+    @global_limit.setter
+    def global_limit(self, v: int) -> None:
+        self.sizer.reconfigure(global_limit_pages=v)
+
+    @property
+    def threaded(self) -> bool:
+        """Whether background reclaim runs on the reclaimer thread (not inline)."""
+        return self._thread is not None
+
     def kick(self) -> None:
         """Ask the thread to balance now (cheap; called by the pager)."""
         with self._cond:
@@ -146,94 +198,97 @@ class Reclaimer:
                 self.errors += 1
                 log.exception("reclaimer pass failed")
 
-    # --- sizing ---------------------------------------------------------------------------
+    # --- sizing (the sizer decides; these carry it out) ------------------------------------
 
     def balance(self) -> int:
-        """Evict until every session and the daemon are under their limits.  Returns pages."""
+        """Background reclaim until no session and not the daemon needs any (the reclaimer
+        thread).  Returns pages evicted."""
         total = 0
-        sessions = list(self.sessions())
-        for s in sessions:
-            if s.dead or s.resident <= s.limit_pages:
-                continue
-            target = max(0, s.limit_pages - self.low_wm)
-            while not s.dead and s.resident > target:
-                n = self.evict(s, min(self.batch, s.resident - target))
-                if n == 0:
-                    break
-                total += n
         while True:
-            live = [s for s in sessions if not s.dead]
-            resident = sum(s.resident for s in live)
-            over = resident - self.global_limit
-            if over <= 0 or not live:
-                break
-            victim = max(live, key=lambda s: s.resident)
-            n = self.evict(victim, min(self.batch, over + self.low_wm))
+            n = self.step()
             if n == 0:
-                break
+                return total
             total += n
-        return total
 
     def needs_work(self) -> bool:
-        """True while a session (or the daemon) is above its reclaim target.  O(sessions).
+        """True while background reclaim is due for a session or the daemon.  O(sessions).
 
-        Hysteresis: a session over its limit stays "reclaiming" until it is
-        ``low_watermark_pages`` below it.
+        Updates the sizer's hysteresis flags (``Session.reclaiming``).
         """
+        sizer = self.sizer
         total = 0
         work = False
         for s in self.sessions():
             total += s.resident
-            if s.resident > s.limit_pages:
-                s.reclaiming = True
-            elif s.resident <= max(0, s.limit_pages - self.low_wm):
-                s.reclaiming = False
-            work = work or s.reclaiming
-        return work or total > self.global_limit
+            if sizer.background(s):
+                work = True
+        return work or sizer.global_excess(total) > 0
 
     def step(self) -> int:
-        """One eviction batch for the session most above its target (the inline mode)."""
+        """One background batch for the session with the least headroom among those the
+        sizer says are due, else for the largest one if the global limit is exceeded.
+        Returns pages evicted (0: nothing was due, or nothing could be evicted)."""
+        sizer = self.sizer
         best: Session | None = None
-        best_over = 0
+        best_n = 0
+        best_room = 0
         total = 0
-        live = list(self.sessions())
+        live = [s for s in self.sessions() if not s.dead]
         for s in live:
             total += s.resident
-            over = s.resident - max(0, s.limit_pages - self.low_wm) if s.reclaiming else 0
-            if over > best_over:
-                best, best_over = s, over
-        if best is None and total > self.global_limit and live:
-            best = max(live, key=lambda x: x.resident)
-            best_over = total - self.global_limit + self.low_wm
+            n = sizer.background(s)
+            room = s.limit_pages - s.resident
+            if n and (best is None or room < best_room):
+                best, best_n, best_room = s, n, room
+        if best is None:
+            over = sizer.global_excess(total)
+            if over and live:
+                best = max(live, key=lambda x: x.resident)
+                best_n = over
         if best is None:
             return 0
-        return self.evict(best, min(self.batch, best_over))
+        n = self.evict(best, best_n)
+        if n:
+            best.counters.background_reclaims += 1
+        return n
 
     def direct(self, session: Session) -> int:
-        """Called by the pager after faults: kick the thread; when the client is more
-        than ``hard_slack_pages`` over its limit, evict inline until it is not."""
-        over = session.resident - session.limit_pages
-        if over <= 0:
+        """Kick the background thread when ``session`` needs reclaim (compatibility entry:
+        the pager's charge does the direct reclaim).  Returns 0."""
+        if self.sizer.background(session):
+            self.kick()
+        return 0
+
+    def direct_locked(self, session: Session, n: int) -> int:
+        """Direct reclaim: evict up to ``n`` of ``session``'s victims now, from the faulting
+        path, ``Session.lock`` held (released during phase 2).  No fault is served between
+        the stores.  Returns pages evicted."""
+        session._assert_locked()
+        if n <= 0 or session.dead:
             return 0
-        self.kick()
-        total = 0
-        while not session.dead and session.resident - session.limit_pages > self.hard_slack:
-            session.counters.direct_reclaims += 1
-            n = self.evict(session, min(self.batch, session.resident - session.limit_pages))
-            if n == 0:
-                break
-            total += n
-        return total
+        session.counters.direct_reclaims += 1
+        return self._evict_victims_locked(session, n, serve=False)
 
     # --- eviction -------------------------------------------------------------------------
 
     def _buffer(self, npages: int) -> kmemfd.PageBuffer:
-        buf: kmemfd.PageBuffer | None = getattr(self._tls, "buf", None)
-        if buf is None or buf.npages < npages:
-            if buf is not None:
-                buf.close()
-            buf = kmemfd.PageBuffer(max(npages, self.batch))
-            self._tls.buf = buf
+        """This thread's batch buffer for the current nesting depth.
+
+        A batch on the loop's thread may serve faults in its phase 2, and such a fault may
+        pay for a direct-reclaim batch of its own: each depth has its own buffer.
+        """
+        tls = self._tls
+        bufs: list[kmemfd.PageBuffer] | None = getattr(tls, "bufs", None)
+        if bufs is None:
+            bufs = tls.bufs = []
+            tls.depth = 0
+        d: int = tls.depth
+        while len(bufs) <= d:
+            bufs.append(kmemfd.PageBuffer(self.batch))
+        buf = bufs[d]
+        if buf.npages < npages:
+            buf.close()
+            buf = bufs[d] = kmemfd.PageBuffer(max(npages, self.batch))
         return buf
 
     def evict(self, session: Session, n: int) -> int:
@@ -243,27 +298,31 @@ class Reclaimer:
         with session.lock:
             if session.dead:
                 return 0
-            keys = session.policy.victims(n)
-            if not keys:
-                return 0
-            pages: dict[int, list[int]] = {}
-            for key in keys:
-                k = int(key)  # type: ignore[call-overload]
-                pages.setdefault(k >> 32, []).append(k & 0xFFFFFFFF)
-            spans: list[tuple[ManagedRegion, int, int]] = []
-            for rid, idxs in pages.items():
-                region = session.regions.get(rid)
-                if region is None:
-                    continue
-                idxs.sort()
-                i = 0
-                while i < len(idxs):
-                    j = i + 1
-                    while j < len(idxs) and idxs[j] == idxs[j - 1] + 1:
-                        j += 1
-                    spans.append((region, idxs[i], j - i))
-                    i = j
-            return self._evict_spans_locked(session, spans)
+            return self._evict_victims_locked(session, n, serve=True)
+
+    def _evict_victims_locked(self, session: Session, n: int, *, serve: bool) -> int:
+        """Take ``n`` victims from the policy and evict them (lock held).  O(n log n)."""
+        keys = session.policy.victims(n)
+        if not keys:
+            return 0
+        pages: dict[int, list[int]] = {}
+        for key in keys:
+            k = int(key)  # type: ignore[call-overload]
+            pages.setdefault(k >> 32, []).append(k & 0xFFFFFFFF)
+        spans: list[tuple[ManagedRegion, int, int]] = []
+        for rid, idxs in pages.items():
+            region = session.regions.get(rid)
+            if region is None:
+                continue
+            idxs.sort()
+            i = 0
+            while i < len(idxs):
+                j = i + 1
+                while j < len(idxs) and idxs[j] == idxs[j - 1] + 1:
+                    j += 1
+                spans.append((region, idxs[i], j - i))
+                i = j
+        return self._evict_spans_locked(session, spans, serve=serve)
 
     def evict_range(self, session: Session, region: ManagedRegion, start: int,
                     npages: int) -> int:
@@ -295,11 +354,66 @@ class Reclaimer:
                 total += self._evict_spans_locked(session, spans)
         return total
 
+    def _drop_clean_locked(self, session: Session, region: ManagedRegion, start: int,
+                           count: int) -> list[tuple[ManagedRegion, int, int]]:
+        """Evict the still-clean pages of a span by dropping them: the layer's clean copy
+        becomes the stored copy again (``layer.store_clean``, no compression) and the page
+        is punched, as the kernel's reclaim drops a clean swap-cache page.  Returns the
+        rest of the span (the dirty pages, and clean ones whose copy the layer freed) as
+        sub-spans.  O(count).  Session.lock held."""
+        clean = region.clean
+        state = region.state
+        rest: list[tuple[ManagedRegion, int, int]] = []
+        punch: list[tuple[int, int]] = []
+        store_clean = self.layer.store_clean
+        lrid = region.layer_region
+        c = session.counters
+        record = self.recorder
+        for i in range(start, start + count):
+            if clean[i]:
+                clean[i] = 0
+                if state[i] == RESIDENT and store_clean(lrid, i):
+                    state[i] = SWAPPED
+                    session.resident -= 1
+                    session.eviction_seq += 1
+                    region.evicted_seq[i] = session.eviction_seq
+                    _extend(punch, i)
+                    c.clean_drops += 1
+                    c.evicted_pages += 1
+                    if record is not None:
+                        record(page_key(region.id, i), "e")
+                    continue
+            if rest and rest[-1][1] + rest[-1][2] == i:
+                rest[-1] = (region, rest[-1][1], rest[-1][2] + 1)
+            else:
+                rest.append((region, i, 1))
+        for s0, n in punch:
+            kmemfd.punch_hole(region.memfd, s0 << PAGE_SHIFT, n << PAGE_SHIFT)
+        return rest
+
     def _evict_spans_locked(self, session: Session,
-                            spans: list[tuple[ManagedRegion, int, int]]) -> int:
-        """Phase 1 under the lock (held on entry), then phases 2 and 3.  Returns pages."""
+                            spans: list[tuple[ManagedRegion, int, int]], *,
+                            serve: bool = True) -> int:
+        """Phase 1 under the lock (held on entry), then phases 2 and 3.  Returns pages.
+
+        Still-clean pages are dropped in phase 1 (:meth:`_drop_clean_locked`); the others
+        are write-protected, read and stored.  ``serve``: serve pending faults between
+        the stores of phase 2 (not for direct reclaim).
+        """
         session._assert_locked()
+        dropped = 0
+        split: list[tuple[ManagedRegion, int, int]] = []
+        for region, start, count in spans:
+            if region.dropped or not any(region.clean[start:start + count]):
+                split.append((region, start, count))
+                continue
+            before = session.resident
+            split.extend(self._drop_clean_locked(session, region, start, count))
+            dropped += before - session.resident
+        spans = split
         npages = sum(c for _, _, c in spans)
+        if npages == 0:
+            return dropped
         buf = self._buffer(npages)
         runs: list[_Run] = []
         off = 0
@@ -343,22 +457,26 @@ class Reclaimer:
             runs.append(_Run(region, start, count, off, [False] * count))
             off += count
         if not runs:
-            return 0
+            return dropped
         session.evicting += 1
+        tls = self._tls
+        tls.depth += 1
         session.lock.release()
         try:
-            self._store_runs(buf, runs)
+            self._store_runs(buf, runs, serve=serve)
         finally:
             session.lock.acquire()
             session.evicting -= 1
-        return self._commit_locked(session, runs)
+            tls.depth -= 1
+        return dropped + self._commit_locked(session, runs)
 
-    def _store_runs(self, buf: kmemfd.PageBuffer, runs: list[_Run]) -> None:
+    def _store_runs(self, buf: kmemfd.PageBuffer, runs: list[_Run], *,
+                    serve: bool = True) -> None:
         """Phase 2: compress and store (no lock held), one ``store_batch`` per run -- per 8
-        pages when ``between_stores`` must serve faults in between."""
+        pages when ``between_stores`` must serve faults in between (``serve``)."""
         store_batch = self.layer.store_batch
         view = buf.view
-        yield_ = self.between_stores
+        yield_ = self.between_stores if serve else None
         step = 8 if yield_ is not None else 1 << 30
         for run in runs:
             lrid = run.region.layer_region

@@ -143,6 +143,8 @@ class Daemon:
             refbit_slice_pages=rc.refbit_slice_pages, interval_s=rc.interval_ms / 1000.0,
             mark_gone=self.pager.mark_gone_locked,
             between_stores=loop.serve_faults_now, recorder=rec)
+        self.pager.sizer = self.reclaimer.sizer
+        self.pager.reclaim = self.reclaimer.direct_locked
         self.listener = keeper.take_listener()
         if self.listener is None:
             self.listener = self._bind()

@@ -69,11 +69,12 @@ class LayerLike(Protocol):
     def remove_region(self, region: int) -> None: ...
     def remove_client(self, client: Any) -> None: ...
     def store(self, region: int, index: int, page: bytes | bytearray | memoryview) -> None: ...
-    def load(self, region: int, index: int) -> bytes: ...
+    def load(self, region: int, index: int, exclusive: bool | None = None) -> bytes: ...
+    def store_clean(self, region: int, index: int) -> bool: ...
     def store_batch(self, region: int, start: int,
                     pages: bytes | bytearray | memoryview) -> list[bool]: ...
     def load_run(self, region: int, start: int, n: int,
-                 into: bytes | bytearray | memoryview) -> int: ...
+                 into: bytes | bytearray | memoryview, exclusive: bool | None = None) -> int: ...
     def same_filled_value(self, region: int, index: int) -> int | None: ...
     def swapped_run(self, region: int, index: int, max_pages: int) -> int: ...
     def invalidate(self, region: int, index: int) -> None: ...
@@ -100,6 +101,7 @@ class Counters:
     faults: int = 0  # MISSING faults served
     wp_faults: int = 0  # write-protect faults served
     zero_faults: int = 0  # served with UFFDIO_ZEROPAGE
+    zero_ahead_pages: int = 0  # HOLE pages zero-filled ahead of a sequential first touch
     swapins: int = 0  # faults that loaded a stored page (major faults)
     refaults: int = 0  # swapins of pages evicted less than `refault_window` evictions ago
     readahead_pages: int = 0  # pages copied in ahead of a fault
@@ -107,7 +109,11 @@ class Counters:
     evicted_pages: int = 0  # pages stored and punched
     eviction_aborts: int = 0  # a write during eviction cancelled the page's eviction
     store_rejects: int = 0  # the layer refused the page; it stayed resident
-    direct_reclaims: int = 0  # batches run by the pager because a client ran ahead
+    direct_reclaims: int = 0  # batches run by a fault whose charge did not fit (direct reclaim)
+    background_reclaims: int = 0  # batches run in the background (below the low watermark)
+    charge_overruns: int = 0  # placements made over the limit: nothing could be evicted
+    clean_drops: int = 0  # evictions of still-clean pages: dropped, their kept copy reused
+    clean_faults: int = 0  # read faults placed write-protected with the copy kept
     refbit_sampled: int = 0  # pages whose referenced bit was read (PAGEMAP_SCAN)
     refbit_referenced: int = 0  # ... that had been touched since their PAGEOUT zap
     poisoned_pages: int = 0  # unrecoverable pages poisoned (SIGBUS on access)
@@ -139,6 +145,11 @@ class ManagedRegion:
         # Pages lost with a crashed daemon and poisoned at recovery (under Session.lock);
         # reported by ``stats`` so that a client can tell which pages will raise SIGBUS.
         self.poisoned: set[int] = set()
+        # Under Session.lock: 1 = RESIDENT, write-protected, and the layer keeps its clean
+        # copy (a read fault's non-exclusive load); a write clears it and frees the copy.
+        # Not kept across a restart: an adopted page is treated as dirty (its stale kept
+        # copy is replaced when it is stored again).
+        self.clean = bytearray(npages)
         self.dropped = False  # under Session.lock; True once freed (fds closed)
         # Readahead (under Session.lock): window in pages, index expected next if sequential.
         self.ra_window = 0
@@ -242,6 +253,9 @@ class Session:
                                      f"keys for {resident} resident pages")
             for r in self.regions.values():
                 for i, st in enumerate(bytes(r.state[:r.npages])):
+                    if r.clean[i] and st != RESIDENT:
+                        raise InvariantError(f"session {self.id}: page {i} of region {r.id} "
+                                             f"is marked clean in state {STATE_NAMES[st]}")
                     if page_key(r.id, i) in self.policy and st != RESIDENT:
                         raise InvariantError(f"session {self.id}: policy tracks page {i} of "
                                              f"region {r.id} in state {STATE_NAMES[st]}")

@@ -144,6 +144,8 @@ class LayerConfig:
     Shrinker knobs: ``shrinker_start_percent`` of the limit, ``shrinker_batch`` pages per step,
     ``shrinker_refault_window`` seconds, back-off between ``shrinker_backoff_min`` and
     ``shrinker_backoff_max`` seconds, ``shrinker_recent`` written-back entries remembered.
+    ``clean_first``: when the pool needs room, free the clean copies kept by non-exclusive
+    loads (oldest first) before writing anything back.
     """
 
     pool_limit_bytes: int | None = None
@@ -156,6 +158,7 @@ class LayerConfig:
     writeback_batch: int = 32
     reject_to_disk_when_full: bool = False
     second_chance: bool = True
+    clean_first: bool = True
     shrinker_start_percent: float = 80.0
     shrinker_batch: int = 32
     shrinker_refault_window: float = 1.0
@@ -194,7 +197,10 @@ class LayerStats:
     (disk-tier reads / writes), ``lru_inversions``, ``clean_dropped``, ``shrinker_backoffs``,
     ``refaults_soon``; disk faults of writeback: ``writeback_io_errors`` (batches whose write
     failed), ``writeback_disk_full`` (batches that found the disk full), ``writeback_backoffs``
-    (times writeback was skipped while backing off after either).
+    (times writeback was skipped while backing off after either).  ``clean_kept_bytes``:
+    compressed bytes of the clean copies kept by non-exclusive loads (the page is resident
+    again; the pool limit counts them, and they are the first thing freed when the pool
+    needs room).
     """
 
     stored_pages: int = 0
@@ -225,6 +231,7 @@ class LayerStats:
     writeback_io_errors: int = 0
     writeback_disk_full: int = 0
     writeback_backoffs: int = 0
+    clean_kept_bytes: int = 0
 
     @property
     def mm_stat(self) -> str:
@@ -249,8 +256,9 @@ _TIER_EVENTS = ("demoted_in", "demoted_out", "loads", "load_errors", "store_erro
 class _Client:
     """Per-client lists and counters.  Every field is under SwapLayer._lock."""
 
-    __slots__ = ("clean_dropped", "compr_bytes", "counts", "incompressible", "key", "lists",
-                 "lru_inversions", "num", "pool_limit_hit", "pswpin", "pswpout", "regions",
+    __slots__ = ("clean_bytes", "clean_dropped", "compr_bytes", "counts", "incompressible",
+                 "key", "lists", "lru_inversions", "num", "pool_limit_hit", "pswpin", "pswpout",
+                 "regions",
                  "reject_alloc_fail", "reject_compress_fail", "reject_compress_poor",
                  "reject_disk_fail", "reject_reclaim_fail", "same", "stored",
                  "written_back_pages", "zswpin", "zswpout", "zswpwb")
@@ -265,6 +273,7 @@ class _Client:
         self.same = 0
         self.incompressible = 0
         self.compr_bytes = 0
+        self.clean_bytes = 0            # compressed bytes of CLEAN copies in tier 0
         # events (the names of _EVENTS)
         self.written_back_pages = 0
         self.reject_compress_poor = 0
@@ -342,6 +351,9 @@ class SwapLayer:
         self._wb_io_errors = 0                       # under _lock
         self._wb_full = 0                            # under _lock
         self._wb_skipped = 0                         # under _lock
+        # CLEAN copies in tier 0 in the order they became clean (oldest first): freed first
+        # when the pool needs room (they are redundant: the page is resident).
+        self._clean: dict[int, _Client] = {}         # under _lock
         self._closed = False
         # Per-client limits (swapd ctl): client -> (zswap_max_bytes or None, writeback allowed),
         # as cgroup v2's memory.zswap.max / memory.zswap.writeback.  Under _lock; usually empty.
@@ -799,8 +811,33 @@ class SwapLayer:
             self._uncount_locked(cl, t, w)
             if t:
                 self._recent_wb.pop(g, None)
+        if w & CLEAN:
+            self._unclean_locked(g, cl, w)
         if w & SIDE:
             table.side.free(w)
+
+    def _unclean_locked(self, g: int, cl: _Client, w: int) -> None:
+        """Entry ``g`` stops being a clean copy (dropped or swapped out again).  O(1)."""
+        if self._clean.pop(g, None) is not None:
+            cl.clean_bytes -= (w >> LEN_SHIFT) & LEN_MASK
+
+    def _make_clean_locked(self, g: int, cl: _Client, t: int, w: int) -> None:
+        """Entry ``g`` (word ``w``) of tier ``t`` became a clean copy.  O(1)."""
+        if t == 0 and self._tiers[0].compressed:
+            self._clean[g] = cl
+            cl.clean_bytes += (w >> LEN_SHIFT) & LEN_MASK
+
+    def _drop_clean_locked(self, n: int) -> int:
+        """Free up to ``n`` clean copies of tier 0, oldest first; return how many.  O(n)."""
+        clean = self._clean
+        done = 0
+        while clean and done < n:
+            g = next(iter(clean))
+            cl = clean[g]
+            self._drop_locked(g, cl)
+            cl.clean_dropped += 1
+            done += 1
+        return done
 
     def _uncount_locked(self, cl: _Client, t: int, w: int) -> None:
         if self._tiers[t].compressed:
@@ -1018,7 +1055,10 @@ class SwapLayer:
                 self._store_direct(region, index, target, bytes(page))
                 return
             if exhausted:  # the arena itself is full: make room whatever the limit says
-                ok = self.writeback(self._config.writeback_batch) > 0
+                with self._lock:
+                    ok = self._config.clean_first and \
+                        self._drop_clean_locked(self._config.writeback_batch) > 0
+                ok = ok or self.writeback(self._config.writeback_batch) > 0
                 if not ok:
                     with self._lock:
                         _, cl = self._lookup_locked(region, index)
@@ -1084,6 +1124,10 @@ class SwapLayer:
                 if cur <= self.accept_pages and cur < self.limit_pages:
                     self._reached_full = False
                     return True
+                # clean copies first: they cost nothing to lose
+                if self._clean and self._config.clean_first:
+                    self._drop_clean_locked(self._config.writeback_batch)
+                    continue
                 eligible = sum(c.counts[0] for c in self._clients.values())
             if eligible == 0 or self.writeback(self._config.writeback_batch) == 0:
                 # nothing written; dropping clean copies may still have made room
@@ -1103,8 +1147,12 @@ class SwapLayer:
 
     # -- load -------------------------------------------------------------------------------
 
-    def load(self, region: int, index: int) -> bytes:
+    def load(self, region: int, index: int, exclusive: bool | None = None) -> bytes:
         """zswap_load(): return the page (PAGE_SIZE bytes) and, by default, drop the copy.
+
+        ``exclusive`` overrides ``exclusive_loads`` for this load: False keeps the copy as a
+        clean copy (the daemon's read faults: the page is placed write-protected), True
+        frees it (write faults).
 
         Raises EntryNotFoundError when the page has no swapped-out copy, CorruptPageError when
         the copy fails its check (the entry stays, so every later load fails too), TierIOError.
@@ -1121,7 +1169,8 @@ class SwapLayer:
             tag = w & TAG_MASK
             if not tag or w & CLEAN:
                 raise EntryNotFoundError(f"page {index} of region {region} is not swapped out")
-            exclusive = self._exclusive
+            if exclusive is None:
+                exclusive = self._exclusive
             t0 = self._t0c
             if tag == TAG_TIER0 and exclusive and t0 is not None and not w & (SIDE | WB):
                 # fast path: an exclusive load from the compressed tier (zswap_load)
@@ -1175,14 +1224,14 @@ class SwapLayer:
                 except (CorruptPageError, TierIOError):
                     self._tier_events[t]["load_errors"] += 1
                     raise
-                self._loaded_locked(g, cl, t, w)
+                self._loaded_locked(g, cl, t, w, exclusive)
                 return page
             self._begin_io_locked(g, cl, t, w)
         # A slow tier: the read runs outside the lock (the entry is busy, off its list).
         return self._end_load(region, g, cl, t, w, tier.load_batch([key]))[0]
 
     def load_many(self, region: int, index: int, n: int, *,
-                  one_stretch: bool = False) -> list[bytes]:
+                  one_stretch: bool = False, exclusive: bool | None = None) -> list[bytes]:
         """The pages of the swapped-out run from ``index`` (at most ``n``), loaded in order.
 
         For readahead: consecutive entries of one slow tier (same-filled pages among them
@@ -1190,7 +1239,8 @@ class SwapLayer:
         remote tier) outside the lock; other entries as :meth:`load`.  Stops at the first
         page that is not swapped out or fails to load (a failure of the first page raises as
         :meth:`load` does); with ``one_stretch``, also after one slow-tier run or one other
-        page.  O(n) plus the I/O.
+        page.  ``exclusive`` as for :meth:`load` (for the entries it loads with
+        :meth:`load`).  O(n) plus the I/O.
         """
         out: list[bytes] = []
         while len(out) < n:
@@ -1233,7 +1283,7 @@ class SwapLayer:
                             self._begin_io_locked(g, cl, t, w)
             if not run:
                 try:
-                    out.append(self.load(region, i))
+                    out.append(self.load(region, i, exclusive))
                 except (CorruptPageError, TierIOError):
                     if out:
                         return out
@@ -1327,7 +1377,8 @@ class SwapLayer:
         with self._lock:
             return self._key_locked(g, w)
 
-    def _loaded_locked(self, g: int, cl: _Client, t: int, w: int) -> None:
+    def _loaded_locked(self, g: int, cl: _Client, t: int, w: int,
+                       exclusive: bool | None = None) -> None:
         """Account a load of entry ``g`` from tier ``t``; drop the copy or keep it CLEAN."""
         tier = self._tiers[t]
         table = self._table
@@ -1341,10 +1392,11 @@ class SwapLayer:
             if (wb_at is not None
                     and self._clock() - wb_at <= self._config.shrinker_refault_window):
                 self._soon += 1
-        if self._exclusive:
+        if self._exclusive if exclusive is None else exclusive:
             self._drop_locked(g, cl)
         else:
             table.words[g] = (w | CLEAN) & ~(REF | WB)
+            self._make_clean_locked(g, cl, t, w)
             if w & WB:  # off its list (I/O, or a writeback that will see the change)
                 self._link_new_locked(g, cl, t)
             else:
@@ -1373,6 +1425,7 @@ class SwapLayer:
                 cl.zswpout += 1
                 return True
             t = tag - TAG_TIER0
+            self._unclean_locked(g, cl, w)
             table.words[g] = (w & ~CLEAN) | (self._ref_bit if t == 0 else 0)
             table.unlink(g)
             table.push_head(cl.lists[t], g)
@@ -1574,7 +1627,8 @@ class SwapLayer:
             self._count_locked(cl, 0, length)
             cl.zswpout += 1
 
-    def load_run(self, region: int, start: int, n: int, into: Page) -> int:
+    def load_run(self, region: int, start: int, n: int, into: Page,
+                 exclusive: bool | None = None) -> int:
         """Load the run of pages ``start .. start+n-1`` of ``region`` into ``into`` (page j at
         byte j * PAGE_SIZE), as ``load`` of each page in order; return how many were loaded.
 
@@ -1582,21 +1636,25 @@ class SwapLayer:
         stays; ``load`` of it raises the reason) -- so a caller places the prefix and asks
         ``load`` about the rest.  Raises ObjectSizeError when ``into`` is too small,
         EntryNotFoundError when the run is not inside the region.  O(n) decompressions.
+        ``exclusive`` as for :meth:`load`.
         """
         view = self._run_view(region, start, n, into)
         nat = _NATIVE
-        native = nat is not None and self._fast_ok and self._exclusive
+        if exclusive is None:
+            exclusive = self._exclusive
+        native = nat is not None and self._fast_ok
         done = 0
         while done < n:
             if native:  # the compressed stretch in one compiled call
                 done += self._load_run_native(nat, region, start + done, n - done,
-                                              view[done * PAGE_SIZE:])
+                                              view[done * PAGE_SIZE:], exclusive)
                 if done >= n:
                     break
             # the next stretch: a slow tier's run in one load_batch (one round trip to a
             # remote tier), or one page
             try:
-                pages = self.load_many(region, start + done, n - done, one_stretch=native)
+                pages = self.load_many(region, start + done, n - done, one_stretch=native,
+                                       exclusive=exclusive)
             except (CorruptPageError, TierIOError, EntryNotFoundError):
                 return done
             for page in pages:
@@ -1607,8 +1665,9 @@ class SwapLayer:
         return done
 
     def _load_run_native(self, nat: Any, region: int, start: int, n: int,
-                         view: memoryview) -> int:
-        """load_run with the run's objects decoded in one compiled call (see above)."""
+                         view: memoryview, exclusive: bool = True) -> int:
+        """load_run with the run's objects decoded in one compiled call (see above); not
+        ``exclusive``: the copies stay, CLEAN, at the head of their list (as :meth:`load`)."""
         t0 = self._t0c
         assert t0 is not None
         be = t0.backend
@@ -1633,6 +1692,12 @@ class SwapLayer:
                 else:
                     items = [be.read(h) if h else v for h, v in zip(hv, values)]
                     k = nat.decode_pages(items, view, done * PAGE_SIZE)
+                if not exclusive:  # the copies stay, CLEAN, at the head of their list
+                    self._keep_clean_run_locked(cl, base + done, k)
+                    done += k
+                    if k < got:
+                        return done
+                    continue
                 # free the k objects in order (the compiled zsmalloc frees what it can)
                 i = 0
                 while i < k:
@@ -1663,6 +1728,25 @@ class SwapLayer:
             if done < n:  # a page the batch does not take: load_run's load_many takes it,
                 return done  # with the rest of its slow tier's run in one batch
         return done
+
+    def _keep_clean_run_locked(self, cl: _Client, g0: int, k: int) -> None:
+        """A non-exclusive load of entries ``g0 .. g0+k-1`` (tier 0 or same-filled, not
+        CLEAN, not WB): each becomes a clean copy at the head of its list.  O(k)."""
+        words = self._words
+        table = self._table
+        pol = self._policy
+        for g in range(g0, g0 + k):
+            w = words[g]
+            cl.zswpin += 1
+            if w & TAG_MASK == TAG_SAME:
+                words[g] = w | CLEAN
+                continue
+            words[g] = (w | CLEAN) & ~(REF | WB)
+            self._make_clean_locked(g, cl, 0, w)
+            table.unlink(g)
+            table.push_head(cl.lists[0], g)
+            if pol is not None:
+                pol.access(g)
 
     def free_batch(self, region: int, start: int, n: int) -> int:
         """``invalidate`` pages ``start .. start+n-1`` of ``region`` under one lock hold;
@@ -2102,6 +2186,7 @@ class SwapLayer:
                 mem_used_total=pool,
                 disk_slots_used=slots,
                 disk_pages=disk_pages,
+                clean_kept_bytes=sum(c.clean_bytes for c in cls_),
                 shrinker_backoffs=self._backoffs,
                 refaults_soon=self._soon,
                 writeback_io_errors=self._wb_io_errors,
@@ -2141,9 +2226,10 @@ class SwapLayer:
             words = table.words
             seen_keys: list[set[int]] = [set() for _ in self._tiers]
             tier0_tracked = 0
+            nclean = 0
             for cl in self._clients.values():
                 members: set[int] = set()
-                stored = same = compr = incompressible = 0
+                stored = same = compr = incompressible = clean = 0
                 on_list = [0] * self._ntiers
                 for rid in cl.regions:
                     reg = self._regions.get(rid)
@@ -2167,6 +2253,11 @@ class SwapLayer:
                         if key in seen_keys[t]:
                             raise InvariantError(f"tier {t} key {key} used twice")
                         seen_keys[t].add(key)
+                        if w & CLEAN and t == 0 and self._tiers[0].compressed:
+                            clean += (w >> LEN_SHIFT) & LEN_MASK
+                            nclean += 1
+                            if self._clean.get(g) is not cl:
+                                raise InvariantError(f"clean entry {g} is not indexed")
                         if self._tiers[t].compressed:
                             length = (w >> LEN_SHIFT) & LEN_MASK
                             compr += length
@@ -2190,11 +2281,16 @@ class SwapLayer:
                     for g in lst:
                         if g not in members or words[g] & TAG_MASK != TAG_TIER0 + t:
                             raise InvariantError(f"client {cl.key!r} tier {t}: stray entry {g}")
+                if clean != cl.clean_bytes:
+                    raise InvariantError(f"client {cl.key!r}: clean bytes {cl.clean_bytes} "
+                                         f"!= recount {clean}")
                 if (stored, same, compr, incompressible) != (
                         cl.stored, cl.same, cl.compr_bytes, cl.incompressible):
                     raise InvariantError(
                         f"client {cl.key!r}: gauges {(cl.stored, cl.same, cl.compr_bytes)} "
                         f"!= recount {(stored, same, compr)}")
+            if nclean != len(self._clean):
+                raise InvariantError(f"{len(self._clean)} clean copies indexed, {nclean} found")
             for t, tier in enumerate(self._tiers):
                 tier._check()
                 used = tier.keys_in_use()

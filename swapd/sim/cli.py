@@ -178,6 +178,11 @@ def _add_full(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--window", type=int, default=None, metavar="N",
                    help="record a time-series point every N requests (default: 200 points "
                         "per run in sweeps, none for one run)")
+    g.add_argument("--daemon-config", default="", metavar="FILE",
+                   help="daemon mode: size and place as the daemon with this swapd.toml does "
+                        "(or 'defaults'); --capacity is the client's resident limit")
+    g.add_argument("--region-pages", type=int, default=0, metavar="N",
+                   help="daemon mode: pages per daemon region of the trace (0: unbounded)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -481,7 +486,9 @@ def _full_config(args: argparse.Namespace, distinct: int) -> Any:
                       shrink_interval_s=args.shrink_interval,
                       compact_interval_s=args.compact_interval,
                       allow_overflow=args.allow_overflow,
-                      backend_options=tuple(sorted(bopts.items())), trace_pages=distinct)
+                      backend_options=tuple(sorted(bopts.items())), trace_pages=distinct,
+                      daemon_config=getattr(args, "daemon_config", ""),
+                      region_pages=getattr(args, "region_pages", 0))
 
 
 def _run_one(args: argparse.Namespace) -> int:

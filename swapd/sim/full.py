@@ -60,6 +60,26 @@ is compacted by its shrinker under memory pressure, ``zs_shrinker_scan`` in
 writeback stops freeing pages, as in the daemon), and once more at the end of
 the run, before the pool's density is read.
 
+Daemon mode (``daemon_config``: the daemon's TOML file, or ``"defaults"``).  The
+sizing follows the daemon's own decisions instead of a capacity: the resident-set
+sizer the daemon runs (:mod:`swapd.policy.sizer`, built from the config's
+``[reclaim]``, with ``capacity`` as the client's resident limit) charges every
+placement; a fault that does not fit evicts a batch first (direct reclaim), a
+readahead run is shrunk to what fits, and background reclaim restores the low
+watermark after each fault (the daemon does it when its loop is idle, i.e.
+between a client's faults).  Placement follows the pager (``[pager]``):
+readahead of the swapped-out run after a sequential fault, its window doubling
+from ``readahead_min`` to ``readahead_max``; zero-fill-ahead of never-touched
+pages after a sequential first touch; and clean pages -- a read fault keeps the
+stored copy (``layer.load(exclusive=False)``), the eviction of a page still
+clean reuses it (``layer.store_clean``: no compression), a write frees it.  Page
+ids are the daemon's (region id << 32 | index, as ``swapd serve --record``
+writes them): the page after ``p`` is ``p + 1``, up to ``region_pages`` per
+region (0: unbounded).  Hits do not reach the daemon, so in this mode they are
+not told to the policy either; the daemon's software referenced bit (which does
+tell it about some) is not modelled -- the documented nondeterminism of a
+replay (tests/test_sim_daemon_replay.py).
+
 Invariants (``_check``): every dense page is in exactly one of {never touched,
 resident (tracked by the policy), stored in the layer, overflow}; resident
 pages never exceed the capacity; the layer's ``state``
@@ -160,6 +180,8 @@ class FullConfig:
     #: disk when ``disk_bytes`` > 0.  ``tier_options``: ``(name, ((key, value), ...))`` each.
     tiers: tuple[str, ...] = ()
     tier_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    daemon_config: str = ""  # daemon mode: a swapd.toml path, or "defaults" (see above)
+    region_pages: int = 0  # daemon mode: pages per daemon region (0: unbounded)
 
     def __post_init__(self) -> None:
         if self.capacity <= 0:
@@ -197,6 +219,7 @@ class FullResult:
     modelled_time_s: float
     costs: dict[str, Any]
     series: tuple[dict[str, Any], ...] = field(default=())
+    daemon: dict[str, int] = field(default_factory=dict)  # daemon mode: its counters
 
     @property
     def miss_ratio(self) -> float:
@@ -311,6 +334,9 @@ class FullSim:
         self._next_bg_us = min(self._next_shrink_us if cfg.shrink_interval_s else float("inf"),
                                self._next_compact_us if cfg.compact_interval_s else float("inf"))
         self._closed = False
+        self._dm: _DaemonModel | None = None
+        if cfg.daemon_config:
+            self._dm = _DaemonModel(self, cfg)
 
     # -- the clock ----------------------------------------------------------------------
 
@@ -465,12 +491,15 @@ class FullSim:
         shrink_us = self.cfg.shrink_interval_s * 1e6
         compact_us = self.cfg.compact_interval_s * 1e6
         next_bg = self._next_bg_us
+        dm = self._dm
         for req in requests:
             n += 1
             d = dense.get(req.page)
             if d is None:
                 d = self._dense_index(req.page)
-            if where[d] == _RES:
+            if dm is not None:
+                dm.access(req.page, d, req.op == "w")
+            elif where[d] == _RES:
                 pol.access(d)
                 self.hits += 1
             else:
@@ -481,7 +510,7 @@ class FullSim:
             if req.op == "w":
                 self.writes += 1
                 self._version[d] += 1
-                if not exclusive and where[d] == _RES:
+                if not exclusive and where[d] == _RES and dm is None:
                     self.layer.invalidate(self._regions[d >> REGION_SHIFT], d & _MASK)
             if self._now_us >= next_bg:
                 next_bg = self._background(shrink_us, compact_us)
@@ -654,7 +683,8 @@ class FullSim:
             pages_compacted=self.pages_compacted, shrink_runs=self.shrink_runs,
             shrink_written=self.shrink_written, layer=lay,
             modelled_time_s=elapsed_us * 1e-6, costs=self.costs.to_dict(),
-            series=tuple(self.series))
+            series=tuple(self.series),
+            daemon=dict(self._dm.counters) if self._dm is not None else {})
 
     def _check(self) -> None:
         """Verify the simulator's invariants and call every ``_check()`` below.  O(pages)."""
@@ -665,6 +695,8 @@ class FullSim:
             raise InvariantError(f"hits {self.hits} + faults {self.first_touch + self.refaults}"
                                  f" != accesses {self.accesses}")
         res = self._where.count(_RES)
+        if self._dm is not None:
+            self._dm._check()
         if res > self.cfg.capacity:
             raise InvariantError(f"{res} resident pages above the capacity {self.cfg.capacity}")
         if self._where.count(_OVF) != self.overflow_now:
@@ -724,6 +756,217 @@ def run_replay(events: Iterable[Request], cfg: FullConfig, corpus: PageSource,
         if check:
             sim._check()
         return sim.result()
+
+
+class _DaemonModel:
+    """Daemon mode of :class:`FullSim`: the daemon's sizer, readahead, zero-fill-ahead and
+    clean pages over the simulator's resident set (see the module docstring)."""
+
+    def __init__(self, sim: FullSim, cfg: FullConfig) -> None:
+        from swapd.config import Config, load_config
+        from swapd.policy.sizer import SizerConfig, WatermarkSizer
+
+        dc = Config() if cfg.daemon_config == "defaults" else load_config(cfg.daemon_config)
+        rc, pc = dc.reclaim, dc.pager
+        self.sim = sim
+        self.sizer = WatermarkSizer(SizerConfig(
+            batch_pages=rc.batch_pages, low_watermark_pages=rc.low_watermark_pages,
+            hard_slack_pages=rc.hard_slack_pages,
+            global_limit_pages=dc.limits.global_resident_bytes // PAGE_SIZE), sim._clock)
+        self.ra_min = max(1, pc.readahead_min)
+        self.ra_max = max(self.ra_min, pc.readahead_max)
+        self.npages = cfg.region_pages or (1 << 32)
+        self.resident = 0  # the Account the sizer reads (mirrors sim._resident)
+        self.limit_pages = cfg.capacity
+        self.reclaiming = False
+        self.clean = bytearray()  # dense index -> 1 if its stored copy is kept clean
+        self.ra: dict[int, list[int]] = {}  # daemon region -> [ra_next, ra_window]
+        # the daemon's counter names (swapd.daemon.session.Counters)
+        self.counters = dict.fromkeys(
+            ("faults", "zero_faults", "zero_ahead_pages", "swapins", "readahead_pages",
+             "evicted_pages", "clean_drops", "clean_faults", "direct_reclaims",
+             "background_reclaims", "charge_overruns", "wp_faults"), 0)
+        # the simulator's policy is sized for a capacity; the daemon's is unbounded
+        sim.policy = make_policy(cfg.policy, None, **dict(cfg.params))
+
+    def _d(self, page: int) -> int:
+        sim = self.sim
+        d = sim._dense.get(page)
+        if d is None:
+            d = sim._dense_index(page)
+        if d >= len(self.clean):
+            self.clean.extend(bytes(d + 1 - len(self.clean)))
+        return d
+
+    def access(self, page: int, d: int, write: bool) -> None:
+        """One recorded fault (or a write to a write-protected clean page)."""
+        sim = self.sim
+        self._d(page)
+        st = sim._where[d]
+        c = self.counters
+        if st == _RES:  # a hit here; for the daemon a write to a clean (protected) page
+            sim.hits += 1
+            if write and self.clean[d]:
+                self.clean[d] = 0
+                c["wp_faults"] += 1
+                sim.layer.invalidate(sim._regions[d >> REGION_SHIFT], d & _MASK)
+            return
+        c["faults"] += 1
+        rid, idx = page >> 32, page & 0xFFFFFFFF
+        ra = self.ra.setdefault(rid, [-1, 0])
+        if st == _NEW:
+            self._zero(page, d, idx, ra)
+        else:
+            self._swapin(page, d, idx, ra, write)
+        self._background()
+
+    def _charge(self, want: int, minimum: int = 1) -> int:
+        """The pager's _charge_locked: direct reclaim first if the charge does not fit."""
+        self.resident = self.sim._resident
+        ch = self.sizer.charge(self, want, minimum)
+        if not ch.reclaim:
+            return ch.allowed
+        self.counters["direct_reclaims"] += 1
+        self.evict(ch.reclaim)
+        room = self.limit_pages + self.sizer.config.hard_slack_pages - self.sim._resident
+        if room < minimum and self.limit_pages >= minimum:
+            self.counters["charge_overruns"] += 1
+        return min(want, max(room, minimum))
+
+    def _place(self, d: int) -> None:
+        sim = self.sim
+        sim.policy.insert(d)
+        sim._where[d] = _RES
+        sim._resident += 1
+        if sim._resident > sim.max_resident:
+            sim.max_resident = sim._resident
+
+    def _zero(self, page: int, d: int, idx: int, ra: list[int]) -> None:
+        sim = self.sim
+        window = 1
+        seq = idx == ra[0]
+
+        def holes(limit: int) -> int:
+            k = 1
+            end = min(self.npages - idx, limit)
+            while k < end and sim._where[self._d(page + k)] == _NEW:
+                k += 1
+            return k
+
+        if seq:
+            window = holes(min(self.ra_max, max(self.ra_min, ra[1] * 2)))
+        if sim._resident + window > self.limit_pages:
+            window = holes(self._charge(window))
+        sim.first_touch += 1
+        sim._now_us += sim.costs.fault_us
+        for j in range(window):
+            self._place(self._d(page + j))
+        self.counters["zero_faults"] += 1
+        if window > 1:
+            self.counters["zero_ahead_pages"] += window - 1
+            ra[1] = window
+        else:
+            ra[1] = 1 if seq else 0
+        ra[0] = idx + window
+
+    def _load(self, d: int, exclusive: bool) -> None:
+        sim = self.sim
+        region, index = sim._regions[d >> REGION_SHIFT], d & _MASK
+        state = sim.layer.state(region, index)
+        data = sim.layer.load(region, index, exclusive)
+        ES = sim._EntryState
+        cost = sim.costs.decompress_us if state is ES.COMPRESSED else (
+            sim.costs.disk_read_us if state is ES.DISK else 0.0)
+        sim._now_us += cost
+        name = state.value if hasattr(state, "value") else str(state)
+        sim.refaults_by_tier[name] = sim.refaults_by_tier.get(name, 0) + 1
+        if sim.cfg.verify:
+            want = sim.contents.data(sim._page_of[d], sim._version[d])
+            if data != want:
+                raise InvariantError(f"layer returned wrong contents for page "
+                                     f"{sim._page_of[d]} (daemon mode, from {name})")
+        if not exclusive:
+            self.clean[d] = 1
+
+    def _swapin(self, page: int, d: int, idx: int, ra: list[int], write: bool) -> None:
+        sim = self.sim
+        c = self.counters
+        window = min(self.ra_max, max(self.ra_min, ra[1] * 2)) if idx == ra[0] else 0
+        want = max(1, window)
+        allowed = want
+        if sim._resident + want > self.limit_pages:
+            allowed = self._charge(want)
+        sim._now_us += sim.costs.fault_us
+        self._load(d, write)
+        if not write:
+            c["clean_faults"] += 1
+        self._place(d)
+        sim.refaults += 1
+        c["swapins"] += 1
+        ra[1] = window
+        ra[0] = idx + 1
+        k = 0
+        while k < allowed - 1 and idx + 1 + k < self.npages:
+            nd = sim._dense.get(page + 1 + k)
+            if nd is None or sim._where[nd] != _OUT:
+                break
+            self._load(nd, False)
+            self._place(nd)
+            k += 1
+        if k:
+            c["readahead_pages"] += k
+            ra[0] = idx + 1 + k
+
+    def evict(self, n: int) -> int:
+        """One batch of the policy's victims: clean ones dropped, the others stored."""
+        sim = self.sim
+        layer = sim.layer
+        costs = sim.costs
+        done = 0
+        for v in sim.policy.victims(n):
+            region, index = sim._regions[v >> REGION_SHIFT], v & _MASK
+            if self.clean[v]:
+                self.clean[v] = 0
+                if layer.store_clean(region, index):
+                    sim._now_us += costs.evict_us
+                    self.counters["clean_drops"] += 1
+                    sim._where[v] = _OUT
+                    sim._resident -= 1
+                    sim.evictions += 1
+                    done += 1
+                    continue
+            data = sim.contents.data(sim._page_of[v], sim._version[v])
+            sim._now_us += costs.evict_us + costs.compress_us
+            try:
+                layer.store(region, index, data)
+            except StoreRejected as exc:
+                sim.store_rejects[exc.reason] = sim.store_rejects.get(exc.reason, 0) + 1
+                sim.policy.insert(v)
+                continue
+            sim._where[v] = _OUT
+            sim._resident -= 1
+            sim.evictions += 1
+            done += 1
+        self.counters["evicted_pages"] += done
+        return done
+
+    def _background(self) -> None:
+        while True:
+            self.resident = self.sim._resident
+            n = self.sizer.background(self)
+            if not n or not self.evict(n):
+                return
+            self.counters["background_reclaims"] += 1
+
+    def _check(self) -> None:
+        sim = self.sim
+        for d, w in enumerate(sim._where):
+            if d < len(self.clean) and self.clean[d] and w != _RES:
+                raise InvariantError(f"page {sim._page_of[d]} is marked clean but not resident")
+        if sim._resident > max(self.limit_pages + self.sizer.config.hard_slack_pages, 1) \
+                and not sim.store_rejects:
+            raise InvariantError(f"{sim._resident} resident pages over the limit "
+                                 f"{self.limit_pages}")
 
 
 def run_full(requests: Iterable[Request], cfg: FullConfig, corpus: PageSource,
