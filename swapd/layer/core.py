@@ -1694,10 +1694,7 @@ class SwapLayer:
                     k = nat.decode_pages(items, view, done * PAGE_SIZE)
                 if not exclusive:  # the copies stay, CLEAN, at the head of their list
                     self._keep_clean_run_locked(cl, base + done, k)
-                    done += k
-                    if k < got:
-                        return done
-                    continue
+                    return done + k  # load_run's load_many takes what the batch did not
                 # free the k objects in order (the compiled zsmalloc frees what it can)
                 i = 0
                 while i < k:
