@@ -30,7 +30,6 @@ primary is killed (its replica takes over), and every page is read back: ``lost_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -39,9 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from swapd.bench.faults import daemon
 
 PAGE = 4096
 
@@ -112,34 +112,6 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-@contextlib.contextmanager
-def _daemon(workdir: Path, name: str, config: str) -> Iterator[tuple[str, Any]]:
-    d = workdir / name
-    d.mkdir()
-    (d / "swapd.toml").write_text(config)
-    sock = d / "swapd.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "swapd", "serve", "--socket", str(sock),
-                             "--state-dir", str(d), "--config", str(d / "swapd.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env())
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read() if proc.stderr else ""
-                raise SystemExit(f"error: swapd serve ({name}) did not come up: "
-                                 f"{err.strip()[-2000:]}")
-            time.sleep(0.05)
-        yield str(sock), proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _client(sock: str, args: argparse.Namespace, *, pause: bool = False
             ) -> subprocess.Popen[str]:
     params = {"socket": sock, "pages": args.pages, "stride": args.stride, "seed": args.seed,
@@ -204,14 +176,14 @@ def _one_delay(args: argparse.Namespace, delay_us: int, work: Path) -> dict[str,
             for rep in range(args.reps):
                 gets.append(_get_p50(url, args.gets, args.seed + rep))
                 cfg_c = '[layer]\ntiers = ["compressed"]\n'
-                with _daemon(work, f"c{delay_us}-{rep}", cfg_c) as (sock, _):
+                with daemon(work, f"c{delay_us}-{rep}", cfg_c) as sock:
                     res = _result(_client(sock, args), "compressed")
                 if "failed" in res:
                     raise SystemExit(f"error: compressed side: {res['failed']}")
                 comp.append(statistics.median(res["lat"]) / 1000.0)
                 cfg_r = ('[layer]\ntiers = ["compressed", "redis"]\npool_limit_bytes = "256K"\n'
                          f'[tier.redis]\nurl = "{url}"\nnamespace = "bench-{os.getpid()}"\n')
-                with _daemon(work, f"r{delay_us}-{rep}", cfg_r) as (sock, _):
+                with daemon(work, f"r{delay_us}-{rep}", cfg_r) as sock:
                     res = _result(_client(sock, args), "remote")
                 if "failed" in res:
                     lost += args.pages  # a SIGBUS (poisoned page) ended the client
@@ -250,7 +222,7 @@ def _failover(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cfg = ('[layer]\ntiers = ["compressed", "redis"]\npool_limit_bytes = "256K"\n'
                f'[tier.redis]\nurl = "{nodes[0].url}"\ncluster = true\nreplicas = 1\n'
                f'retry_s = 30\nnamespace = "bench-failover-{os.getpid()}"\n')
-        with _daemon(work, "failover", cfg) as (sock, _):
+        with daemon(work, "failover", cfg) as sock:
             proc = _client(sock, args, pause=True)
             assert proc.stdout is not None and proc.stdin is not None
             line = proc.stdout.readline()
