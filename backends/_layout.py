@@ -29,7 +29,14 @@
 from __future__ import annotations
 
 import zlib
-from typing import Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from swapd.errors import NotAdoptableError
+from swapd.state import StateRegion
+
+if TYPE_CHECKING:
+    from swapd.arena import PageArena
 
 #: The per-object checksum (CRC-32/ISO-HDLC, zlib's ``crc32``).
 crc32: Final = zlib.crc32
@@ -42,3 +49,22 @@ GEN_BITS: Final = 8
 GEN_MASK: Final = (1 << GEN_BITS) - 1
 
 __all__ = ["CHECKSUM_CRC32", "GEN_BITS", "GEN_MASK", "HANDLE_LIMIT", "crc32"]
+
+
+def adopt_regions(name: str, kind: str, version: int, fds: Mapping[str, int], *,
+                  writable: bool) -> tuple[PageArena, StateRegion]:
+    """The arena and the backend's own region named by ``fds`` (``{"arena", kind}``), taken
+    over; NotAdoptableError if one is missing, StateFormatError (naming the field) if a header
+    cannot be read.  On failure nothing stays open.  O(1)."""
+    from swapd.arena import PageArena
+
+    missing = {"arena", kind} - set(fds)
+    if missing:
+        raise NotAdoptableError(f"{name}: adopt needs the fds {sorted(missing)}")
+    arena = PageArena.adopt(fds["arena"], writable=writable)
+    try:
+        state = StateRegion.adopt(fds[kind], kind, version, writable=writable)
+    except BaseException:
+        arena.close()
+        raise
+    return arena, state

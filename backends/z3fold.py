@@ -88,7 +88,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, cast
 
-from backends._layout import CHECKSUM_CRC32
+from backends._layout import CHECKSUM_CRC32, adopt_regions
 from backends._objtable import (
     BUD_MASK,
     BUD_SHIFT,
@@ -102,7 +102,7 @@ from backends._objtable import (
 )
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import PoolStats
-from swapd.errors import ConfigError, InvariantError, NotAdoptableError, PoolExhaustedError
+from swapd.errors import ConfigError, InvariantError, PoolExhaustedError
 from swapd.state import ArraySpec, StateFormatError, StateRegion
 
 NCHUNKS_ORDER = 6
@@ -223,19 +223,9 @@ class Z3foldPool(ObjectTablePool):
     def adopt(cls, fds: Mapping[str, int], *, writable: bool = True) -> Z3foldPool:
         """A pool over the regions ``fds`` (``{"arena", "z3fold"}``), taken over.  Headers are
         validated (StateFormatError naming the field).  O(1); ``_check()`` verifies the rest."""
-        from swapd.arena import PageArena
-
-        missing = {"arena", STATE_KIND} - set(fds)
-        if missing:
-            raise NotAdoptableError(f"z3fold: adopt needs the fds {sorted(missing)}")
         self = cls.__new__(cls)
-        self.arena = PageArena.adopt(fds["arena"], writable=writable)
-        try:
-            self.state = StateRegion.adopt(fds[STATE_KIND], STATE_KIND, STATE_VERSION,
-                                           writable=writable)
-        except BaseException:
-            self.arena.close()
-            raise
+        self.arena, self.state = adopt_regions("z3fold", STATE_KIND, STATE_VERSION, fds,
+                                               writable=writable)
         try:
             st = self.state
             if st.get("checksum") != CHECKSUM_CRC32:

@@ -50,7 +50,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from backends._layout import CHECKSUM_CRC32
+from backends._layout import CHECKSUM_CRC32, adopt_regions
 from backends._objtable import (
     BUD_MASK,
     BUD_SHIFT,
@@ -62,7 +62,7 @@ from backends._objtable import (
 )
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import PoolStats
-from swapd.errors import InvariantError, NotAdoptableError, PoolExhaustedError
+from swapd.errors import InvariantError, PoolExhaustedError
 from swapd.state import ArraySpec, StateFormatError, StateRegion
 
 NCHUNKS_ORDER = 6
@@ -149,19 +149,9 @@ class ZbudPool(ObjectTablePool):
     def adopt(cls, fds: Mapping[str, int], *, writable: bool = True) -> ZbudPool:
         """A pool over the regions ``fds`` (``{"arena", "zbud"}``), taken over.  Headers are
         validated (StateFormatError naming the field).  O(1); ``_check()`` verifies the rest."""
-        from swapd.arena import PageArena
-
-        missing = {"arena", STATE_KIND} - set(fds)
-        if missing:
-            raise NotAdoptableError(f"zbud: adopt needs the fds {sorted(missing)}")
         self = cls.__new__(cls)
-        self.arena = PageArena.adopt(fds["arena"], writable=writable)
-        try:
-            self.state = StateRegion.adopt(fds[STATE_KIND], STATE_KIND, STATE_VERSION,
-                                           writable=writable)
-        except BaseException:
-            self.arena.close()
-            raise
+        self.arena, self.state = adopt_regions("zbud", STATE_KIND, STATE_VERSION, fds,
+                                               writable=writable)
         try:
             if self.state.get("checksum") != CHECKSUM_CRC32:
                 raise StateFormatError(f"zbud: checksum algorithm {self.state.get('checksum')}")

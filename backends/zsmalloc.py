@@ -114,7 +114,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from backends._layout import CHECKSUM_CRC32, GEN_MASK, HANDLE_LIMIT, crc32
+from backends._layout import CHECKSUM_CRC32, GEN_MASK, HANDLE_LIMIT, adopt_regions, crc32
 from swapd._native.zsmalloc import attach, detach, lock_type
 from swapd.arena import DEFAULT_MAX_PAGES, PAGE_SHIFT, PAGE_SIZE
 from swapd.backend import Backend, Buffer, PoolStats
@@ -123,7 +123,6 @@ from swapd.errors import (
     DoubleFreeError,
     InvalidHandleError,
     InvariantError,
-    NotAdoptableError,
     PoolExhaustedError,
 )
 from swapd.state import ArraySpec, StateFormatError, StateRegion
@@ -440,19 +439,9 @@ class ZsPool(Backend):
         handle header.  ``writable=False``: a read-only reader (read, read_verified,
         locate, stats, _check).  O(classes); ``_check()`` then verifies the rest.
         """
-        from swapd.arena import PageArena
-
-        missing = {"arena", STATE_KIND} - set(fds)
-        if missing:
-            raise NotAdoptableError(f"zsmalloc: adopt needs the fds {sorted(missing)}")
         self = cls.__new__(cls)
-        self.arena = PageArena.adopt(fds["arena"], writable=writable)
-        try:
-            self.state = StateRegion.adopt(fds[STATE_KIND], STATE_KIND, STATE_VERSION,
-                                           writable=writable)
-        except BaseException:
-            self.arena.close()
-            raise
+        self.arena, self.state = adopt_regions("zsmalloc", STATE_KIND, STATE_VERSION, fds,
+                                               writable=writable)
         try:
             st = self.state
             chain, hdr, lock_pool = st.get("chain_size"), st.get("handle_header"), \
