@@ -5,7 +5,7 @@ machine, what a client thread sees when it touches a page that is not resident:
 
 * (a) **bare**: the floor -- a minimal Python pager (one thread, blocking ``poll`` on the
   userfaultfd) that answers every MISSING fault with one ``UFFDIO_COPY`` of a constant
-  page (MECHANISMS.md §2.2 measured 22-28 us here in quiet periods);
+  page (docs/design.md section 11.3: 22-28 us here in quiet periods);
 * (b) **compressed**: ``swapd serve`` on built-in defaults, every page of the region
   evicted into the compressed tier (zsmalloc + lz4) with ``advise cold``;
 * (c) **disk**: ``swapd serve`` with a 256 KiB pool limit, so that evicted pages are
