@@ -243,6 +243,20 @@ def test_fault_storm_and_sparse_quota_leave_the_victim_served(tmp_path: Path) ->
         assert victim.report()["alive"]
 
 
+def test_map_by_a_client_with_very_many_mappings_reads_a_bounded_part_of_smaps(
+        tmp_path: Path) -> None:
+    """60,000 VMAs below the regions: every map still succeeds, its layout checked by
+    PROCMAP_QUERY, and the VmFlags are counted unchecked instead of smaps read in full."""
+    from swapd.client import connect
+
+    with daemon_running(tmp_path, HOSTILE_CONFIG) as d, guarded(d) as victim:
+        res = atk.attack_many_mappings(d.socket, mappings=60_000, rounds=3)
+        assert res["codes"] == ["ok"] * 3
+        assert victim.report()["alive"]
+        with connect(d.socket, name="observer") as c:
+            assert c.stats("all")["daemon"]["map_vmflags_unchecked"] == 3
+
+
 # --- 6. information between clients ---------------------------------------------------------------
 
 

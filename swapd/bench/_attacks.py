@@ -504,6 +504,44 @@ def attack_fault_storm(path: str | os.PathLike[str], seconds: float = 2.0,
     return {"codes": [], "touches": touches}
 
 
+_MAPPINGS_CHILD = r"""
+import ctypes, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+from swapd.client import connect
+n, rounds = int(sys.argv[2]), int(sys.argv[3])
+base = 0x2000_0000_0000  # below where mmap places the regions: every one lies under them
+for i in range(n):  # alternating protections: neighbours never merge into one VMA
+    libc.mmap(base + 2 * i * 4096, 4096, 1 if i % 2 else 3, 0x22 | 0x100000, -1, 0)
+done = 0
+with connect(sys.argv[1], name="many-mappings") as c:
+    for _ in range(rounds):
+        r = c.map(1 << 20)
+        r[0] = 1
+        r.close()
+        done += 1
+print(done)
+"""
+
+
+def attack_many_mappings(path: str | os.PathLike[str], mappings: int = 60_000,
+                         rounds: int = 20) -> dict[str, Any]:
+    """A client with tens of thousands of VMAs below its regions maps and unmaps again and
+    again: each ``map`` checks the range's layout, which must not cost the daemon's loop
+    time in proportion to the client's mappings (/proc/PID/smaps: 0.4 s for 60,000)."""
+    p = subprocess.Popen([sys.executable, "-c", _MAPPINGS_CHILD, os.fspath(path),
+                          str(mappings), str(rounds)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=600)
+    codes = ["ok"] * int(out.strip() or 0)
+    if p.returncode:
+        codes.append(err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}")
+    return {"codes": codes, "mappings": mappings}
+
+
 def attack_long_requests(path: str | os.PathLike[str], rounds: int = 3) -> dict[str, Any]:
     """The largest region the quota allows, then advise over all of it, and stats."""
     from swapd.client import connect

@@ -41,6 +41,7 @@ def _attacks(sock: str, pid: int) -> dict[str, Callable[[], Any]]:
         "fault_storm": lambda: atk.attack_fault_storm(sock, seconds=3.0, procs=2),
         "long_requests": lambda: atk.attack_long_requests(sock, rounds=2),
         "sparse_quota": lambda: atk.attack_sparse_quota(sock, sessions=8),
+        "many_mappings": lambda: atk.attack_many_mappings(sock, mappings=60_000, rounds=20),
         "fuzz_10k": lambda: atk.fuzz_frames(sock, 10_000, seed=3),
     }
     if os.geteuid() == 0:

@@ -25,7 +25,7 @@ from swapd import protocol
 from swapd.config import PAGE_SIZE
 from swapd.daemon.errors import Refused
 from swapd.daemon.fdcheck import check_memfd, seal_memfd
-from swapd.daemon.procfs import check_mapping, fd_kind
+from swapd.daemon.procfs import SMAPS_BUDGET, check_mapping, fd_kind
 from swapd.daemon.session import ManagedRegion, Session
 from swapd.daemon.stats import all_stats, session_stats
 from swapd.errors import ProtocolError
@@ -62,6 +62,9 @@ class Ops:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        # maps whose VmFlags (um/uw/dc) went unchecked: too many mappings below the range for
+        # the bounded smaps read (swapd/daemon/procfs.py); their layout was checked in full
+        self.vmflags_unchecked = 0
 
     def on_conn(self, conn: Connection) -> None:
         """Read what `conn` sent; answer every whole frame; end the session on EOF or error."""
@@ -218,7 +221,11 @@ class Ops:
         other = self.daemon.region_of_file(st.st_dev, st.st_ino)
         if other is not None:
             raise Refused("bad_fd", f"descriptor 0 is already the memfd of region {other}")
-        check_mapping(session.pid, address, length, st.st_ino, st.st_dev)
+        if not check_mapping(session.pid, address, length, st.st_ino, st.st_dev):
+            self.vmflags_unchecked += 1
+            log.info("client %d: VmFlags of [%#x, %#x) not checked (more than %d bytes of "
+                     "/proc/%d/smaps below it); the layout was", session.id, address,
+                     address + length, SMAPS_BUDGET, session.pid)
         uffd = kuffd.Userfaultfd.from_fd(ufd)
         fds[1] = -1  # owned by uffd now
         adopted = False
