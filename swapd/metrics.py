@@ -162,6 +162,8 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
         ("clients_total", "swapd_clients_connected", "clients admitted since start", True),
         ("uptime_s", "swapd_uptime_seconds", "seconds since the daemon started", False),
         ("reclaimer_errors", "swapd_reclaimer_errors", "reclaimer batches that failed", True),
+        ("map_vmflags_unchecked", "swapd_map_vmflags_unchecked",
+         "maps whose VmFlags went unchecked (too many mappings below the range)", True),
     ):
         if key in d:
             yield (CounterMetricFamily(name, doc, value=d[key]) if counter
