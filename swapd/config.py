@@ -234,7 +234,8 @@ class PagerConfig:
                              live=True, min=1, max=256)
     readahead_max: int = opt(64, "largest readahead window in pages (1 disables readahead)",
                              live=True, min=1, max=256)
-    latency_samples: int = opt(65536, "fault service times kept per client for percentiles",
+    latency_samples: int = opt(8192, "fault service times kept per client for percentiles "
+                                     "(8 bytes each; the daemon keeps 65536 over all clients)",
                                min=1)
     # On a VM whose idle vCPUs halt, a wake-up across vCPUs costs 50-100 us (docs/design.md
     # sec. 11.8), twice per fault.  The limit holds either way: every placement is charged

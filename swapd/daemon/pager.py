@@ -92,6 +92,7 @@ from swapd.daemon.session import (
     SWAPPED,
     LayerLike,
     ManagedRegion,
+    SampleRing,
     page_key,
 )
 from swapd.errors import (
@@ -199,7 +200,7 @@ class Pager:
         self._src0 = self.buf.address
         self._src1 = self.buf.address + PAGE_SIZE  # the readahead run's first page
         # Fault service times of every client, departed ones included (main thread only).
-        self.latency_ns: collections.deque[int] = collections.deque(maxlen=65536)
+        self.latency_ns = SampleRing(65536)  # the daemon's, over every client
 
     def close(self) -> None:
         """Release the copy buffer."""
