@@ -4,9 +4,9 @@ cleans up, and reports the figures the README promises."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from tests.test_daemon_helpers import ROOT, needs_uffd
@@ -14,12 +14,12 @@ from tests.test_daemon_helpers import ROOT, needs_uffd
 pytestmark = needs_uffd
 
 
-def test_demo_small_run_verifies_and_cleans_up() -> None:
-    tmp = Path(tempfile.gettempdir())
-    before = set(tmp.glob("swapd-demo-*"))
+def test_demo_small_run_verifies_and_cleans_up(tmp_path: Path) -> None:
+    # its own TMPDIR: other demos running on the machine cannot add or remove work dirs here
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     p = subprocess.run([sys.executable, "-m", "swapd", "demo", "--size", "8M", "--limit", "1M",
                         "--ops", "2000", "--json"], capture_output=True, text=True, timeout=300,
-                       cwd=ROOT)
+                       cwd=ROOT, env=env)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["mismatches"] == 0 and r["pages"] == 2048
@@ -32,7 +32,7 @@ def test_demo_small_run_verifies_and_cleans_up() -> None:
     assert r["layer"]["lru_inversions"] == 0
     assert "zswpwb" in r["layer"]
     assert set(r["phase_us_per_page"]) == {"fill", "random", "sequential", "verify"}
-    assert set(tmp.glob("swapd-demo-*")) <= before, "the demo left its work directory behind"
+    assert not list(tmp_path.glob("swapd-demo-*")), "the demo left its work directory behind"
 
 
 def test_demo_table_output() -> None:
