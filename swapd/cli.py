@@ -48,8 +48,19 @@ def _impl_line() -> str:
     return describe()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the ``swapd`` parser with every command module that imports."""
+def _named_command(argv: list[str]) -> str | None:
+    """The command module ``argv`` names (its first non-option word), or None.  O(files)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is None:
+        return None
+    mod = word.replace("-", "_")
+    return mod if mod in command_modules() else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the ``swapd`` parser with every command module that imports (``only``: that
+    one command module, so that ``swapd serve`` does not import the benches, the simulator
+    and the terminal UI: a restarted daemon's clients wait while it starts)."""
     from swapd import __version__
 
     parser = argparse.ArgumentParser(
@@ -61,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (repeat for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in command_modules():
+    for mod in [only] if only is not None else command_modules():
         name = mod.replace("_", "-")
         m = _import(f"swapd.cmd.{mod}")
         if isinstance(m, str):
@@ -129,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except SwapdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    only = None if "--version" in args_list else _named_command(args_list)
+    parser = build_parser(only)
+    args = parser.parse_args(args_list)
     setup_logging(args.verbose, getattr(args, "_log_level", logging.WARNING))
     try:
         rc = args._run(args)

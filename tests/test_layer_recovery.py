@@ -45,3 +45,35 @@ def test_a_list_torn_by_a_crash_is_rebuilt_from_the_words(
     finally:
         new.close()
         layer.close(keep_state=True)
+
+
+def test_adopted_clients_are_renamed_by_their_owner(tmp_path: Path) -> None:
+    """An adopted layer numbers its clients in the order they first stored; the owner gives
+    them its names back (``rename_clients``), here swapping two, and removing one client
+    then frees that client's pages only."""
+    layer = SwapLayer([DiskTier(tmp_path, 256 * PAGE_SIZE, seal=False)], config=LayerConfig(),
+                      clock=lambda: 0.0)
+    ra = layer.add_region(2, 8)  # session 2 stores first: the table numbers it 1
+    rb = layer.add_region(1, 8)
+    for i in range(8):
+        layer.store(ra, i, bytes([0xA0 + i]) * PAGE_SIZE)
+        layer.store(rb, i, bytes([0xB0 + i]) * PAGE_SIZE)
+    fds = {k: os.dup(v) for k, v in layer.state_fds().items()}
+    new = SwapLayer.adopt(fds, config=LayerConfig(), clock=lambda: 0.0)
+    try:
+        assert new.regions() == {ra: (1, 8), rb: (2, 8)}  # by number, not by the old names
+        with pytest.raises(ValueError, match="two clients one name"):
+            new.rename_clients({1: 2})
+        with pytest.raises(KeyError, match="no client 3"):
+            new.rename_clients({3: 1})
+        new.rename_clients({1: 2, 2: 1})
+        assert new.regions() == {ra: (2, 8), rb: (1, 8)}
+        new._check()
+        new.remove_client(1)
+        assert list(new.regions()) == [ra]
+        for i in range(8):
+            assert new.load(ra, i) == bytes([0xA0 + i]) * PAGE_SIZE
+        new._check()
+    finally:
+        new.close()
+        layer.close(keep_state=True)

@@ -66,22 +66,32 @@ with connect(SOCK, name="restart-test") as c:
 out(phase="done")
 """.replace("PAGES", str(PAGES))
 
+# The same client, but it maps its region only when told to (``map``): a session that
+# connected first can map after a later one.
+CLIENT_MAPS_LATE = CLIENT.replace(
+    "    reg = c.map(", '    out(phase="connected")\n    sys.stdin.readline()\n    reg = c.map(', 1)
+
 
 class Client:
     """The verifying client process, driven line by line."""
 
-    def __init__(self, sock: Path) -> None:
-        self.p = subprocess.Popen(client_cmd(CLIENT, sock), stdin=subprocess.PIPE,
+    def __init__(self, sock: Path, script: str = CLIENT) -> None:
+        self.p = subprocess.Popen(client_cmd(script, sock), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=ROOT)
 
-    def read(self, timeout: float = 120.0) -> dict[str, Any]:
+    def read(self, timeout: float = 120.0,
+             manager: ServiceManager | None = None) -> dict[str, Any]:
+        """The client's next JSON line; ``manager``: dispatch its notifications meanwhile (a
+        daemon that stores descriptors waits for the manager to read them)."""
         assert self.p.stdout is not None
         import select
 
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if select.select([self.p.stdout], [], [], 1.0)[0]:
+            if manager is not None:
+                manager.dispatch(0)
+            if select.select([self.p.stdout], [], [], 1.0 if manager is None else 0.02)[0]:
                 line = self.p.stdout.readline()
                 if not line:
                     break
@@ -249,6 +259,41 @@ def test_a_crash_keeps_the_pages_the_layer_hands_over(tmp_path: Path) -> None:
             c.close()
         log = (tmp_path / "daemon.log").read_text()
         assert "Traceback" not in log, log[-4000:]
+
+
+def test_each_session_keeps_its_own_stored_pages_after_the_layer_is_adopted(
+        tmp_path: Path) -> None:
+    """Regression: an adopted layer numbers its clients in the order they first stored, the
+    daemon names them by session id.  Session 1 maps after session 2 here; before the fix,
+    session 1 ending after a restart freed session 2's stored pages (the daemon then stopped
+    on "no region" and the clients waited for it forever)."""
+    with managed_daemon(tmp_path) as (m, sock):
+        _start(m, tmp_path)
+        first = Client(sock, CLIENT_MAPS_LATE)
+        second: Client | None = None
+        try:
+            assert first.read(manager=m)["phase"] == "connected"
+            second = Client(sock)
+            assert second.read(manager=m)["phase"] == "written"
+            first.send("map")
+            assert first.read(manager=m)["phase"] == "written"
+            assert m.stop(signal.SIGTERM) == 0
+            assert "layer.table" in m.store.names(), m.store.names()  # the layer is adopted
+            _start(m, tmp_path)
+            first.send("quit")
+            assert first.read(manager=m)["phase"] == "done"
+            assert first.p.wait(60) == 0
+            second.send("verify")
+            r = second.read(manager=m)
+            assert r["bad"] == [] and r["poisoned"] == [], r
+            assert r["pages"]["SWAPPED"] + r["pages"]["RESIDENT"] == PAGES, r
+            assert m.running()
+        finally:
+            first.close()
+            if second is not None:
+                second.close()
+        log = (tmp_path / "daemon.log").read_text()
+        assert "Traceback" not in log and "error:" not in log, log[-4000:]
 
 
 @pytest.mark.parametrize("cmd", [["supervise", "--store-max", "0"]])

@@ -14,7 +14,10 @@ restart, target 0), ``poisoned_pages`` (pages poisoned after the kills: those wh
 died with the daemon; ``kill_details`` accounts for each kill's), ``client_errors`` (a client
 that failed or died other than by touching a page the daemon reported poisoned),
 ``max_stall_ms`` (the longest a client access waited across a graceful restart; target <= 1000),
-``max_stall_ms_kill`` (the same across kills), ``tiers``, ``loadavg``.  The machine is shared:
+``max_stall_ms_kill`` (the same across kills), ``restart_stop_ms`` (signal to the old
+daemon's exit: the hand-over) and ``restart_start_ms`` (its exit to the next one's
+``READY=1``: process start, imports, adoption), each ``{"median", "max"}``, ``tiers``,
+``loadavg``.  The machine is shared:
 record ``loadavg`` with the figures.
 """
 
@@ -196,6 +199,26 @@ class _Client:
         return int.from_bytes(self.progress.read_bytes()[:8], "little")
 
 
+def _spread(ms: list[float]) -> dict[str, float]:
+    """``{"median", "max"}`` of durations in ms (zeros when there are none)."""
+    if not ms:
+        return {"median": 0.0, "max": 0.0}
+    v = sorted(ms)
+    return {"median": round(v[len(v) // 2], 1), "max": round(v[-1], 1)}
+
+
+def _serve(m: Any, timeout: float, work: Path, when: str) -> None:
+    """Be the service manager for ``timeout`` seconds: apply what the daemon sends (it waits
+    for its store requests to be read), and fail if it exited, which nothing here expects
+    (a restart or kill is done by the caller, who waits for the next daemon)."""
+    m.dispatch(timeout)
+    if not m.running():
+        status = m.exit_status
+        code = os.waitstatus_to_exitcode(status) if status is not None else None
+        raise ConfigError(f"the daemon exited (status {code}) {when}; see "
+                          f"{work / 'daemon.log'}")
+
+
 def _poisoned_now(m: Any, sock: Path) -> int:
     """The daemon's ``poisoned_pages`` in total, asked from a thread while the manager
     keeps dispatching (the daemon stores the asking connection's descriptors)."""
@@ -249,6 +272,9 @@ disk_bytes = {size * args.clients + (64 << 20)}
     clients: list[_Client] = []
     result: dict[str, Any] = {}
     timeline: list[tuple[float, float, str]] = []  # (down at, up at, kind)
+    # per event: (ms from the signal until the old daemon was reaped, ms from then until
+    # the next one said READY=1: process start, imports, adoption)
+    phases: dict[str, list[tuple[float, float]]] = {"restart": [], "kill": []}
     kill_details: list[dict[str, Any]] = []
     client_errors = 0
     sigbus_accounted = 0
@@ -261,7 +287,7 @@ disk_bytes = {size * args.clients + (64 << 20)}
                    for k in range(args.clients)]
         deadline = time.monotonic() + 600
         while not all(c.written for c in clients):
-            m.dispatch(0)  # the daemon's store requests wait for the manager
+            _serve(m, 0.1, work, "while the clients wrote")
             for c in clients:
                 c.pump()
                 if c.p.poll() is not None and not c.written:
@@ -269,11 +295,10 @@ disk_bytes = {size * args.clients + (64 << 20)}
                                       f"{c.p.stderr.read() if c.p.stderr else ''}")
             if time.monotonic() > deadline:
                 raise ConfigError("the clients did not finish writing in 600 s")
-            time.sleep(0.1)
         for seq, kind in enumerate(events):
             end = time.monotonic() + rng.uniform(args.gap / 4, args.gap * 7 / 4)
             while time.monotonic() < end:
-                m.dispatch(0.05)
+                _serve(m, 0.05, work, f"before {kind} {seq}")
                 for c in clients:
                     c.pump()
             t_down = time.monotonic()
@@ -285,12 +310,14 @@ disk_bytes = {size * args.clients + (64 << 20)}
             else:
                 m.signal(signal.SIGKILL)
                 m.wait(exited=True, timeout=60)
+            t_exit = time.monotonic()
             m.start()
             if not m.wait(ready=True, timeout=120):
                 raise ConfigError(f"the daemon did not come back after {kind} {seq}; see "
                                   f"{work / 'daemon.log'}")
             t_up = time.monotonic()
             timeline.append((t_down, t_up, kind))
+            phases[kind].append(((t_exit - t_down) * 1000, (t_up - t_exit) * 1000))
             total = _poisoned_now(m, sock)
             if kind == "kill":
                 kill_details.append({"kill": len(kill_details) + 1, "poisoned": total,
@@ -302,16 +329,15 @@ disk_bytes = {size * args.clients + (64 << 20)}
                 c.p.stdin.write("final\n")
                 c.p.stdin.flush()
         deadline = time.monotonic() + 600
-        for c in clients:
-            while c.done is None and time.monotonic() < deadline:
-                m.dispatch(0)
+        while time.monotonic() < deadline and any(c.p.poll() is None for c in clients):
+            _serve(m, 0.05, work, "while the clients verified")
+            for c in clients:
                 c.pump()
-                if c.p.poll() is not None:
-                    c.pump()
-                    break
-                time.sleep(0.05)
         for c in clients:
-            rc = c.p.wait(60)
+            c.pump()
+            if c.p.poll() is None:
+                raise ConfigError(f"client {c.k} did not finish its final pass in 600 s")
+            rc = c.p.returncode
             if rc == -signal.SIGBUS:
                 sigbus_accounted += 1  # it touched a page lost at a kill (in flight)
             elif rc != 0 or c.done is None:
@@ -337,6 +363,9 @@ disk_bytes = {size * args.clients + (64 << 20)}
             "kill_details": kill_details, "clients": args.clients, "size": size,
             "limit": limit, "tiers": tiers,
             "downtime_ms_max": round(max((u - d for d, u, _ in timeline), default=0) * 1000, 1),
+            "restart_stop_ms": _spread([a for a, _ in phases["restart"]]),
+            "restart_start_ms": _spread([b for _, b in phases["restart"]]),
+            "kill_start_ms": _spread([b for _, b in phases["kill"]]),
             "loadavg": list(os.getloadavg()),
         }
     finally:

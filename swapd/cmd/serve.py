@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 
 from swapd import config as C
 
@@ -75,11 +76,24 @@ def run(args: argparse.Namespace) -> int:
                   "in the fd store for a swapd that can read them", file=sys.stderr)
             return EX_REFUSED
         install_signal_handlers(daemon)
-        log.info("swapd %s serving %s (pid %d)", _version(), daemon.socket_path, os.getpid())
+        log.info("swapd %s serving %s (pid %d; %s)", _version(), daemon.socket_path,
+                 os.getpid(), _since_exec())
         daemon.serve_forever()
         log.info("swapd stopping: %d client(s) connected", len(daemon.sessions))
     log.info("swapd stopped (exit status %d)", daemon.exit_status)
     return daemon.exit_status
+
+
+def _since_exec() -> str:
+    """How long this process took to start serving: since its start (``/proc/self/stat``
+    field 22, in clock ticks since boot) -- interpreter, imports, configuration, adoption."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        ms = (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")) * 1000
+    except (OSError, ValueError, IndexError):
+        return "start time unknown"
+    return f"{ms:.0f} ms after the process started"
 
 
 def _version() -> str:

@@ -40,6 +40,7 @@ import os
 import select
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +238,7 @@ class Keeper:
             raise
 
     def _adopt(self) -> None:
+        t0 = time.monotonic()
         passed = self.passed
         reg_fd = passed.pop("sessions", None)
         if reg_fd is None:
@@ -264,6 +266,7 @@ class Keeper:
         d._rids = itertools.count(self.max_rid + 1)
         crash = not obj.get("clean", False)
         self._crash = crash
+        self._name_layer_clients(obj.get("sessions", []))
         for e in obj.get("sessions", []):
             self._adopt_session(e, crash)
         self._drop_unadopted_layer_regions()
@@ -271,9 +274,52 @@ class Keeper:
         self.commit(clean=False)
         r = self.recovered
         log.warning("adopted %d session(s) after a %s: %d pages resident, %d stored, %d "
-                    "poisoned (lost with the old daemon)", self.adopted_sessions,
+                    "poisoned (lost with the old daemon); in %.0f ms", self.adopted_sessions,
                     "crash" if crash else "graceful restart", r["resident"], r["swapped"],
-                    r["poisoned"])
+                    r["poisoned"], (time.monotonic() - t0) * 1000)
+
+    def _name_layer_clients(self, sessions: list[dict[str, Any]]) -> None:
+        """Give the adopted layer's clients their sessions' ids back, before any session is
+        adopted.  O(regions).
+
+        An adopted layer names its clients by number (``SwapLayer.adopt``), in the order
+        they first stored, which is not the order of the session ids; the daemon names a
+        session's layer client by the session id (``add_region``, ``remove_client``).
+        Left as numbers, ending session 2 would free the pages of whichever session the
+        layer numbered 2.  The registry says which session owns each layer region; a layer
+        client that no session owns (or that two claim) is freed now: its pages belong to
+        nobody the registry knows, and a region that loses its layer region here finds its
+        stored pages missing and poisons them (the recovery scan).
+        """
+        layer = self.daemon.layer
+        if not self.layer_adopted or layer is None:
+            return
+        lregions = layer.regions()
+        owner: dict[Any, int] = {}
+        disputed: set[Any] = set()
+        for e in sessions:
+            sid = int(e["sid"])
+            for r in e.get("regions", []):
+                got = lregions.get(int(r.get("lrid", -1)))
+                if got is None:
+                    continue
+                key = got[0]
+                if owner.setdefault(key, sid) != sid:
+                    disputed.add(key)
+        claimed: dict[int, Any] = {}
+        for key, sid in sorted(owner.items(), key=lambda kv: kv[1]):
+            if key in disputed or sid in claimed:
+                disputed.add(key)
+            else:
+                claimed[sid] = key
+        for key in layer.clients():
+            if key in disputed or key not in owner:
+                log.warning("layer client %s belongs to no session in the registry%s; its "
+                            "stored pages are freed", key,
+                            " (claimed twice)" if key in disputed else "")
+                with contextlib.suppress(SwapdError, KeyError):
+                    layer.remove_client(key)
+        layer.rename_clients({key: sid for sid, key in claimed.items()})
 
     def _drop_unadopted_layer_regions(self) -> None:
         """Free what the adopted layer holds for regions no session adopted."""
@@ -568,6 +614,7 @@ class Keeper:
 
     def hand_over(self) -> None:
         """Graceful stop with a store: leave everything for the next daemon (module doc)."""
+        t0 = time.monotonic()
         d = self.daemon
         if d.reclaimer is not None:
             d.reclaimer.stop()
@@ -588,9 +635,25 @@ class Keeper:
         self.reconcile()
         self.commit(clean=True)
         self.handed_over = True
-        log.warning("handed over %d session(s) to the next daemon (%s)", len(d.sessions),
+        log.warning("handed over %d session(s) to the next daemon (%s) in %.0f ms",
+                    len(d.sessions),
                     "the layer's state regions stay in the fd store" if self.layer_kept else
-                    f"{pages} stored pages written back into the clients' memfds")
+                    f"{pages} stored pages written back into the clients' memfds",
+                    (time.monotonic() - t0) * 1000)
+
+    def abandon(self) -> None:
+        """The loop failed: leave every descriptor in the store and the registry as it is
+        (not clean), as a SIGKILL would; :meth:`Daemon.close` then closes only this
+        process's copies and the next daemon recovers (docs/design.md sec. 9)."""
+        d = self.daemon
+        if d.reclaimer is not None:
+            d.reclaimer.stop()
+        if d.shrinker is not None:
+            d.shrinker.stop()
+            d.shrinker = None
+        self.handed_over = True
+        log.error("the event loop failed; %d session(s) stay in the fd store for the next "
+                  "daemon to recover", len(d.sessions))
 
     def _write_back_locked(self, region: ManagedRegion) -> int:
         """Put every SWAPPED page of ``region`` back into its memfd.  O(npages).

@@ -246,7 +246,14 @@ class Daemon:
         With an fd store, a stop hands every session over to the next daemon.
         """
         assert self.loop is not None, "start() first"
-        self.loop.run(ready=ready)
+        try:
+            self.loop.run(ready=ready)
+        except BaseException:
+            # a bug stopped the loop: with a store, leave everything in it as a SIGKILL
+            # would, so that the next daemon recovers every session (never end them here)
+            if self.keeper.enabled:
+                self.keeper.abandon()
+            raise
         if self.keeper.enabled:
             self.keeper.hand_over()
 

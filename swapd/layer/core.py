@@ -762,6 +762,32 @@ class SwapLayer:
             self._rr.remove(client)
             self._caps.pop(client, None)
 
+    def rename_clients(self, names: Mapping[Hashable, Hashable]) -> None:
+        """Rename clients, ``{old: new}``, all at once (so names may be swapped).  O(clients).
+
+        An adopted layer names its clients by number (:meth:`adopt`); the owner of the state
+        gives them back the names it uses (the daemon: session ids).  EntryNotFoundError for
+        an old name that is no client; ValueError (nothing renamed) when two clients would
+        end up with one name.
+        """
+        with self._lock:
+            for old in names:
+                if old not in self._clients:
+                    raise EntryNotFoundError(f"no client {old!r}")
+            kept = set(self._clients) - set(names)
+            new = list(names.values())
+            if len(set(new)) != len(new) or kept & set(new):
+                raise ValueError(f"renaming clients {dict(names)!r} would give two clients "
+                                 "one name")
+            moved = {old: self._clients.pop(old) for old in names}
+            caps = {old: self._caps.pop(old) for old in names if old in self._caps}
+            for old, cl in moved.items():
+                cl.key = names[old]
+                self._clients[cl.key] = cl
+                if old in caps:
+                    self._caps[cl.key] = caps[old]
+            self._rr[:] = [names.get(k, k) for k in self._rr]
+
     def _lookup_locked(self, region: int, index: int) -> tuple[int, _Client]:
         reg = self._regions.get(region)
         if reg is None or not 0 <= index < reg.npages:
