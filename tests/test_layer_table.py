@@ -3,6 +3,7 @@ layer.  Seeded random operations are checked against simple models."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swapd.arena import PAGE_SIZE
-from swapd.errors import InvariantError, StoreRejected
+from swapd.errors import InvariantError, StateFormatError, StoreRejected
 from swapd.layer import DiskTier, EntryState, LayerConfig, SlotAllocator, SwapLayer, SwapTable
-from swapd.layer.table import NIL, decode_value, encode_value
+from swapd.layer.table import FIRST_GLOBAL, NIL, decode_value, encode_value
+from swapd.state import ArraySpec, StateRegion
 
 
 @given(st.integers(min_value=0, max_value=(1 << 64) - 1))
@@ -76,27 +78,27 @@ def test_lists_against_a_model() -> None:
         t.drop_list(s)
     t.free_extent(base)
     t._check()
-    assert t.top == 0  # everything freed: the arrays are trimmed
+    assert t.top == FIRST_GLOBAL  # everything freed: the arrays are trimmed
 
 
 def test_extents_reuse_and_coalesce() -> None:
     t = SwapTable()
     a, b, c = t.alloc_extent(10), t.alloc_extent(20), t.alloc_extent(5)
-    assert (a, b, c) == (0, 10, 30)
+    assert (a, b, c) == (1, 11, 31)  # global number 0 is reserved: a link of 0 is NIL
     t.free_extent(a)
     t.free_extent(b)
     t._check()
-    assert t.alloc_extent(25) == 0  # the two freed extents coalesced
+    assert t.alloc_extent(25) == 1  # the two freed extents coalesced
     d = t.alloc_extent(5)
-    assert d == 25
+    assert d == 26
     t.words[d] = 1
-    t.free_extent(d)  # a bug in the owner: a freed extent with a live word
-    with pytest.raises(InvariantError):
-        t._check()
+    with pytest.raises(InvariantError):  # a bug in the owner: freeing an extent with a live word
+        t.free_extent(d)
     t.words[d] = 0
+    t.free_extent(d)
     t._check()
     s = t.new_list()
-    t.push_head(s, 0)
+    t.push_head(s, 1)
     with pytest.raises(InvariantError):
         t.drop_list(s)
 
@@ -208,3 +210,42 @@ def test_table_region_adopted_after_random_operations_has_the_same_indexes() -> 
     finally:
         u.close()
         t.close()
+
+
+def test_untouched_pages_cost_no_table_memory() -> None:
+    """A region's words and links are not written when it is added: never-stored pages are
+    holes of the table's memfd; freeing the region punches what its used pages allocated."""
+    t = SwapTable()
+    try:
+        before = t.allocated_bytes()
+        big = t.alloc_extent(1 << 20)  # 4 GiB of client memory
+        assert t.allocated_bytes() - before < 64 << 10
+        assert t.used(big, 1 << 20) == []
+        s = t.new_list()
+        for i in (5, 300_000, 900_000):
+            t.words[big + i] = 1 << 3  # REF on a RESIDENT word: any nonzero value
+            t.push_head(s, big + i)
+        grown = t.allocated_bytes() - before
+        assert grown <= 3 * 3 * 2 * PAGE_SIZE  # a page of each array per used entry, at most
+        assert [g for r in t.used(big, 1 << 20) for g in r if t.words[g]] == \
+            [big + 5, big + 300_000, big + 900_000]
+        for i in (5, 300_000, 900_000):
+            t.unlink(big + i)
+            t.words[big + i] = 0
+        t.drop_list(s)
+        t.free_extent(big)
+        t._check()
+        assert t.allocated_bytes() - before < 64 << 10
+    finally:
+        t.close()
+
+
+def test_version_1_table_is_refused_by_name() -> None:
+    region = StateRegion.create("swaptable", 1, [ArraySpec("words", "Q", 16)])
+    fd = os.dup(region.fd)
+    region.close()
+    try:
+        with pytest.raises(StateFormatError, match="kind version 1; this swapd reads version 2"):
+            SwapTable.adopt(fd)
+    finally:
+        os.close(fd)

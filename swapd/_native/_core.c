@@ -1215,7 +1215,7 @@ static PyTypeObject ZsFastType = {
 #define W_LEN_SHIFT 7
 #define W_LEN_MASK 0x1FFFull
 #define W_KEY_SHIFT 20
-#define W_NIL 0xFFFFFFFFu
+#define W_NIL 0u  /* global number 0 is reserved: a link of 0 is "on no list" */
 
 static int table_views(PyObject *wo, PyObject *no, PyObject *po, Py_buffer *w, Py_buffer *n,
                        Py_buffer *p)

@@ -73,6 +73,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import time
 from array import array
@@ -489,7 +490,7 @@ class SwapLayer:
             self._next_client = max(self._next_client, num + 1)
         for reg in self._regions.values():
             cl = reg.client
-            for g in range(reg.base, reg.base + reg.npages):
+            for g in itertools.chain.from_iterable(table.used(reg.base, reg.npages)):
                 w = words[g]
                 tag = w & TAG_MASK
                 if tag == TAG_SAME:
@@ -544,7 +545,7 @@ class SwapLayer:
                 n = 0
                 for rid in sorted(cl.regions):
                     reg = self._regions[rid]
-                    for g in range(reg.base, reg.base + reg.npages):
+                    for g in itertools.chain.from_iterable(table.used(reg.base, reg.npages)):
                         w = words[g]
                         if w & TAG_MASK == want and not w & WB:
                             nxt[g] = prv[g] = NIL
@@ -557,7 +558,7 @@ class SwapLayer:
         words = self._table.words
         live: list[set[int]] = [set() for _ in self._tiers]
         for reg in self._regions.values():
-            for g in range(reg.base, reg.base + reg.npages):
+            for g in itertools.chain.from_iterable(self._table.used(reg.base, reg.npages)):
                 w = words[g]
                 tag = w & TAG_MASK
                 if tag >= TAG_TIER0:
@@ -741,7 +742,7 @@ class SwapLayer:
         words = self._table.words
         drop = self._drop_locked
         cl = reg.client
-        for g in range(reg.base, reg.base + reg.npages):
+        for g in itertools.chain.from_iterable(self._table.used(reg.base, reg.npages)):
             if words[g]:
                 drop(g, cl)
         self._table.free_extent(reg.base)
@@ -2258,7 +2259,7 @@ class SwapLayer:
                     reg = self._regions.get(rid)
                     if reg is None or reg.client is not cl:
                         raise InvariantError(f"client {cl.key!r}: region {rid} is not its own")
-                    for g in range(reg.base, reg.base + reg.npages):
+                    for g in itertools.chain.from_iterable(table.used(reg.base, reg.npages)):
                         w = words[g]
                         if not w:
                             continue

@@ -11,13 +11,18 @@
 # itself a global number (one reserved word), so unlinking needs no knowledge of which list an
 # entry is on: ``next[prev[g]] = next[g]; prev[next[g]] = prev[g]``.
 #
-# Memory per page: 8 B (word) + 4 B (prev) + 4 B (next) = 16 B (the region's file grows by at
-# least 256 KiB or an eighth at a time) -- under the 24 B of the kernel's proposed
-# virtual-swap descriptor and 8 B more than the kernel's swap table (8 B per slot, Kairui Song's
-# "swap table" series), because the LRU linkage lives here instead of in a 56 B zswap_entry
-# (mm/zswap.c: struct zswap_entry holds rb node, swpentry, length, pool, handle, objcg and a
-# list_head).  The cost is per *region page*; for regions that are entirely swapped out it is the
-# cost per swapped-out entry.  Side table: a same-filled value or backend handle that does not fit
+# Memory per page: 8 B (word) + 4 B (prev) + 4 B (next) = 16 B of the region's file, which grows
+# with ftruncate (the file grows by at least 256 KiB or an eighth at a time) -- and a shmem file's
+# page costs memory only once written.  A page that has never been stored has an all-zero word
+# (RESIDENT, no copy) and zero links: global number 0 is reserved, so a link of 0 (``NIL``) means
+# "on no list" and ``alloc_extent`` writes nothing for a region's pages.  The table's memory is
+# therefore proportional to the pages *used* (stored at least once), in 4 KiB steps of each array
+# (512 words, 1024 links), not to the pages mapped; a freed extent's ranges are punched again
+# (``release``).  Per used entry that is under the 24 B of the kernel's proposed virtual-swap
+# descriptor and 8 B more than the kernel's swap table (8 B per slot, Kairui Song's "swap table"
+# series), because the LRU linkage lives here instead of in a 56 B zswap_entry (mm/zswap.c:
+# struct zswap_entry holds rb node, swpentry, length, pool, handle, objcg and a list_head).
+# Side table: a same-filled value or backend handle that does not fit
 # its field goes into a 16 B record of the ``side`` array ({g + 1, value}) and the word holds the
 # record's index instead (SIDE flag; see ``encode_value``); the disk tier keeps a checksum per
 # slot (swapd/layer/tier.py).  Extents (regions and list sentinels) are 48 B records of the
@@ -37,7 +42,8 @@
 #                record's index
 #
 # Invariants (checked by ``_check``):
-#   - extents of regions, sentinels and free space tile [0, len(words)) without overlap;
+#   - global number 0 (word and links) is all zero;
+#   - extents of regions, sentinels and free space tile [1, top) without overlap;
 #   - every list is a consistent circular doubly-linked list through its sentinel;
 #   - free words are 0;
 #   - side records in use are exactly those named by a SIDE word, each naming its word (g + 1).
@@ -64,6 +70,7 @@ __all__ = [
     "CLEAN",
     "EXT_LIST",
     "EXT_REGION",
+    "FIRST_GLOBAL",
     "KEY_SHIFT",
     "LEN_BITS",
     "LEN_SHIFT",
@@ -109,14 +116,15 @@ LEN_MASK = (1 << LEN_BITS) - 1
 KEY_SHIFT = 20
 KEY_BITS = 44
 KEY_MAX = (1 << KEY_BITS) - 1
-NIL = 0xFFFFFFFF  # never a valid global number (the space is bounded below it)
-MAX_GLOBAL = NIL - 1
+NIL = 0  # global number 0 is reserved (never an entry or a sentinel): a link of 0 is "none"
+FIRST_GLOBAL = 1  # the first global number handed out
+MAX_GLOBAL = 0xFFFFFFFF
 _VALUE_MIN = -(1 << (VALUE_BITS - 1))
 _VALUE_MAX = (1 << (VALUE_BITS - 1)) - 1
 _U64 = (1 << 64) - 1
 
 KIND = "swaptable"
-KIND_VERSION = 1
+KIND_VERSION = 2  # 2: links are 0 when on no list, global number 0 reserved
 DEFAULT_MAX_ENTRIES = 1 << 28  # global page numbers reserved (4 GiB of address space), 1 TiB
 DEFAULT_MAX_EXTENTS = 1 << 20  # regions + list sentinels
 EXT_REGION = 1  # an extent record's kind: a region's pages (id = region id)
@@ -218,7 +226,7 @@ class SwapTable:
     """Global arrays of swap-table words and LRU links, carved into region extents.
 
     ``words``, ``prev`` and ``next`` are views of the region's arrays: they never move, and
-    entries at or above ``top`` read as 0 / NIL-or-0.  Not thread-safe: the owner serializes
+    entries at or above ``top`` read as 0 (NIL links).  Not thread-safe: the owner serializes
     calls (SwapLayer.lock).
     """
 
@@ -226,8 +234,9 @@ class SwapTable:
                  max_extents: int = DEFAULT_MAX_EXTENTS,
                  region: StateRegion | None = None) -> None:
         if region is None:
-            if not 0 < max_entries <= MAX_GLOBAL:
-                raise ValueError(f"max_entries must be in 1..{MAX_GLOBAL}, got {max_entries}")
+            if not FIRST_GLOBAL < max_entries <= MAX_GLOBAL:
+                raise ValueError(f"max_entries must be in {FIRST_GLOBAL + 1}..{MAX_GLOBAL}, "
+                                 f"got {max_entries}")
             region = StateRegion.create(KIND, KIND_VERSION, [
                 ArraySpec("words", "Q", max_entries),
                 ArraySpec("prev", "I", max_entries),
@@ -235,6 +244,9 @@ class SwapTable:
                 ArraySpec("extents", "Q", max_extents, 8 * EXT_FIELDS),
                 ArraySpec("side", "Q", max_entries, 16),
             ], SCALARS)
+            for name in ("words", "prev", "next"):
+                region.set_count(name, FIRST_GLOBAL)  # global number 0: reserved, all zero
+            region.set("top", FIRST_GLOBAL)
         self.region = region
         self.max_entries = region.capacity("words")
         self.words = region.view("words")  # one word per page, see the module comment
@@ -268,7 +280,7 @@ class SwapTable:
                     t._ext_rec[int(ext[r])] = i
                 else:
                     t._ext_free.append(i)
-            pos = 0
+            pos = FIRST_GLOBAL
             for base, n in t._extents.items():
                 if base > pos:
                     t._free[pos] = base - pos
@@ -317,9 +329,7 @@ class SwapTable:
                                   "are in use")
             region = self.region
             for name in ("words", "prev", "next"):
-                region.set_count(name, base + npages)
-            self.prev[base:base + npages] = _nil(npages)
-            self.next[base:base + npages] = _nil(npages)
+                region.set_count(name, base + npages)  # grown, not written: NIL links are 0
             self.top = base + npages
             region.set("top", self.top)
         if self._ext_free:
@@ -340,8 +350,17 @@ class SwapTable:
         return base
 
     def free_extent(self, base: int) -> None:
-        """Release an extent (its words must already be 0 and its entries unlinked).  O(log n)."""
-        npages = self._extents.pop(base)
+        """Release an extent and punch its words and links.
+
+        Its words must already be 0 and its entries unlinked (InvariantError otherwise, and
+        nothing is freed).  O(log n + used pages of the extent).
+        """
+        npages = self._extents[base]
+        for run in self.used(base, npages):
+            if any(self.words[run.start:run.stop]) or any(self.prev[run.start:run.stop]):
+                raise InvariantError(f"swap table: extent at {base} freed with a live word "
+                                     "or link")
+        del self._extents[base]
         i = self._ext_rec.pop(base)
         r = i * EXT_FIELDS
         ext = self._ext
@@ -349,6 +368,9 @@ class SwapTable:
         for f in (0, 1, 3, 4):
             ext[r + f] = 0
         self._ext_free.append(i)
+        region = self.region
+        for name in ("words", "prev", "next"):
+            region.release(name, base, npages)  # all zero already: give the memory back
         free = self._free
         # coalesce with the free extent after and before
         nxt = base + npages
@@ -363,10 +385,9 @@ class SwapTable:
         if base + npages == self.top:
             # the free extent is at the top: give the memory back
             self.top = base
-            self.region.set("top", base)
+            region.set("top", base)
             for name in ("words", "prev", "next"):
-                self.region.set_count(name, base)
-                self.region.release(name, base, npages)
+                region.set_count(name, base)
         else:
             free[base] = npages
 
@@ -462,7 +483,9 @@ class SwapTable:
             raise InvariantError("swap table: word and link counts differ from top")
         spans = sorted([(int(b), int(c), True) for b, c in self._extents.items()]
                        + [(int(b), int(c), False) for b, c in self._free.items()])
-        pos = 0
+        if self.words[0] or self.prev[0] or self.next[0]:
+            raise InvariantError("swap table: reserved global number 0 is not all zero")
+        pos = FIRST_GLOBAL
         prev_free = False
         for b, c, used in spans:
             if b != pos or c <= 0:
@@ -470,7 +493,7 @@ class SwapTable:
             if not used:
                 if prev_free:
                     raise InvariantError(f"swap table: free extent at {b} not coalesced")
-                if any(self.words[b:b + c]):
+                if any(any(self.words[r.start:r.stop]) for r in self.used(b, c)):
                     raise InvariantError(f"swap table: free extent at {b} has a nonzero word")
             prev_free = not used
             pos = b + c
@@ -492,6 +515,13 @@ class SwapTable:
             raise InvariantError("swap table: extent records differ from the extent index")
         region._check()
 
+    def used(self, base: int, npages: int) -> list[range]:
+        """Ranges of global numbers in [base, base + npages) whose words may be nonzero: the
+        rest were never written and read as 0.  A scan over a region visits only these, so
+        it neither costs time per mapped page nor allocates the holes it would read.
+        O(runs)."""
+        return [range(i, i + c) for i, c in self.region.data_runs("words", base, npages)]
+
     def nbytes(self) -> int:
         """Bytes of words and links in use (16 per global number)."""
         return 16 * self.top
@@ -507,16 +537,3 @@ class SwapTable:
     def close(self) -> None:
         """Unmap the table and close its memfd (idempotent)."""
         self.region.close()
-
-
-_NIL_CACHE: dict[int, memoryview] = {}
-
-
-def _nil(n: int) -> memoryview:
-    """``n`` NIL links as an 'I' view (for slice assignment into ``prev``/``next``)."""
-    v = _NIL_CACHE.get(n)
-    if v is None:
-        v = memoryview(b"\xff" * (4 * n)).cast("I")
-        if n <= 4096:
-            _NIL_CACHE[n] = v
-    return v

@@ -65,6 +65,8 @@ from swapd.kernel.memfd import (
     memfd_create,
     punch_hole,
     resize,
+    seek_data,
+    seek_hole,
 )
 from swapd.pages import PAGE_SIZE
 
@@ -387,10 +389,46 @@ class StateRegion:
         plo, phi = _round_up(lo, PAGE_SIZE), hi // PAGE_SIZE * PAGE_SIZE
         if plo < phi:
             punch_hole(self.fd, plo, phi - plo)
-            self._mm[lo:plo] = bytes(plo - lo)
-            self._mm[phi:hi] = bytes(hi - phi)
+            self._zero(lo, plo)
+            self._zero(phi, hi)
         else:
-            self._mm[lo:hi] = bytes(hi - lo)
+            self._zero(lo, hi)
+
+    def _zero(self, lo: int, hi: int) -> None:
+        """Write zeros to bytes [lo, hi) of one page, unless that page is a hole (writing
+        would allocate it).  O(hi - lo)."""
+        if hi <= lo:
+            return
+        page = lo // PAGE_SIZE * PAGE_SIZE
+        if seek_data(self.fd, page) != page:
+            return
+        self._mm[lo:hi] = bytes(hi - lo)
+
+    def data_runs(self, name: str, start: int, n: int) -> list[tuple[int, int]]:
+        """``(first, count)`` runs of records in [start, start+n) of array ``name`` whose
+        pages hold data (``lseek(SEEK_DATA)``): every other record reads as zero and costs no
+        memory.  Reading a hole through the mapping would allocate it (a shmem read fault
+        allocates), so a scan over a sparse array visits only these runs.  O(runs)."""
+        a = self._array(name)
+        rs = a.record_size
+        lo = a.offset + max(0, start) * rs
+        end = min(a.offset + (start + n) * rs, self._size if self.writable else
+                  file_size(self.fd))
+        runs: list[tuple[int, int]] = []
+        off = lo
+        while off < end:
+            data = seek_data(self.fd, off)
+            if data is None or data >= end:
+                break
+            hole = min(seek_hole(self.fd, data), end)
+            first = (max(data, lo) - a.offset) // rs
+            last = (hole - a.offset + rs - 1) // rs
+            if runs and runs[-1][0] + runs[-1][1] >= first:
+                f0, c0 = runs.pop()
+                first, last = f0, max(last, f0 + c0)
+            runs.append((first, last - first))
+            off = hole
+        return runs
 
     # -- scalars ---------------------------------------------------------------------------
 
