@@ -265,6 +265,23 @@ def resident_runs(memfd: int, npages: int) -> list[tuple[int, int]]:
     return runs
 
 
+def state_runs(fd: int, npages: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of the pages whose state bytes lie in data of page-state memfd ``fd``
+    (the bytes from its offset 4096); every other page's byte is a hole: HOLE, never written,
+    and costing no memory.  O(runs)."""
+    runs: list[tuple[int, int]] = []
+    end = PAGE_SIZE + npages
+    off = PAGE_SIZE
+    while off < end:
+        data = kmemfd.seek_data(fd, off)
+        if data is None or data >= end:
+            break
+        hole = min(kmemfd.seek_hole(fd, data), end)
+        runs.append((data - PAGE_SIZE, hole - data))
+        off = hole
+    return runs
+
+
 def recover_page(old: int, resident: bool, stored: bool) -> int:
     """The state of one page after a restart (the module docstring's rule).
 

@@ -78,6 +78,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,6 +128,7 @@ log = logging.getLogger(__name__)
 _MAX_RETRIES = 1000  # EAGAIN retries after draining events, per ioctl
 _RESIDENT_RUN = bytes((RESIDENT,)) * 1024  # state bytes for a placed run (readahead_max <= 256)
 _ONES = b"\x01" * 1024  # clean flags for a placed run
+_RESIDENT_OR_EVICTING = re.compile(bytes([ord("["), RESIDENT, EVICTING, ord("]")]))
 SLICE_EVENTS = 64  # events of one region handled per call of handle_events (one loop slice)
 
 
@@ -619,7 +621,8 @@ class Pager:
         session.policy.insert((region.id << 32) | idx)
         c = session.counters
         c.swapins += 1
-        if session.eviction_seq - region.evicted_seq[idx] < session.limit_pages:
+        ev = region.evicted_seq[idx]  # 0: never evicted
+        if ev and session.eviction_seq - ev < session.limit_pages:
             c.refaults += 1
         if window:
             c.readahead_hits += 1
@@ -808,9 +811,9 @@ class Pager:
         region.dropped = True
         policy = session.policy
         state = region.state
-        for i in range(region.npages):
-            st = state[i]
-            if st in (RESIDENT, EVICTING):
+        for first, n in region.runs_in_use():  # pages outside the runs are HOLE
+            for m in _RESIDENT_OR_EVICTING.finditer(bytes(state[first:first + n])):
+                i = first + m.start()
                 session.resident -= 1
                 key = page_key(region.id, i)
                 if key in policy:

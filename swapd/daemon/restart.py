@@ -56,6 +56,7 @@ from swapd.daemon.session import (
     SWAPPED,
     ManagedRegion,
     Session,
+    lazy_zeros,
     page_key,
 )
 from swapd.daemon.stats import runs_of
@@ -544,7 +545,7 @@ class Keeper:
     def page_state(self, rid: int, npages: int) -> tuple[Any, int]:
         """The page-state bytes of a new region and their memfd (-1 without a store)."""
         if not self.enabled:
-            return bytearray(npages), -1
+            return lazy_zeros(npages), -1
         fd, mm = ho.create_page_state(rid, npages)
         return mm, fd
 

@@ -24,6 +24,13 @@ phase 1), EVICTING -> SWAPPED (phase 3, after the punch), EVICTING -> RESIDENT
 (phase 3 after a store rejection, or the pager after a WP fault: eviction
 aborted), any -> HOLE (advise dontneed), any -> GONE (partial munmap).
 
+Memory: a region's per-page arrays (its state byte, the ``clean`` byte and the 8-byte refault
+clock) are mappings that cost nothing until written (:func:`lazy_zeros`, or the page-state memfd
+of the restart keeper), and every value they hold for a page never touched is 0.  So a client
+that maps a large region and touches few pages costs the daemon a 4 KiB page of each array per
+used stretch of 4096 (state, clean) or 512 (clock) pages, not bytes per mapped page; scans over
+a region (``count``, ``runs_in_use``) visit only the runs that may hold nonzero bytes.
+
 Invariants (checked by ``_check``): ``Session.resident`` equals the number of
 pages in RESIDENT or EVICTING over its live regions; every policy key is a
 RESIDENT page; no two live regions of a session overlap; a region is in the
@@ -45,11 +52,13 @@ import collections
 import itertools
 import mmap
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from swapd.daemon.handover import state_runs
 from swapd.errors import InvariantError
 from swapd.pages import PAGE_SHIFT as PAGE_SHIFT
 from swapd.pages import PAGE_SIZE as PAGE_SIZE
@@ -62,6 +71,8 @@ if TYPE_CHECKING:
 
 
 HOLE, RESIDENT, EVICTING, SWAPPED, GONE = range(5)
+_MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE", 0x4000)  # include/uapi/asm-generic/mman.h
+_CHUNK = 1 << 20  # pages of state a scan copies at a time
 STATE_NAMES = ("HOLE", "RESIDENT", "EVICTING", "SWAPPED", "GONE")
 
 
@@ -91,6 +102,13 @@ class LayerLike(Protocol):
     def shrink_step(self) -> int: ...
     def _check(self) -> None: ...
     def close(self) -> None: ...
+
+
+def lazy_zeros(nbytes: int) -> mmap.mmap:
+    """``nbytes`` zero bytes that cost memory only where written: a private anonymous mapping
+    (reads of unwritten pages map the shared zero page; ``MAP_NORESERVE``: no commit charge for
+    the untouched rest).  Indexes and slices like a bytearray.  O(1)."""
+    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
 
 
 def page_key(region_id: int, index: int) -> int:
@@ -144,7 +162,7 @@ class ManagedRegion:
         self.file = (-1, -1)  # the memfd's (st_dev, st_ino), set once by map
         # Under Session.lock; one of HOLE..GONE per page.  With a restart keeper it maps a
         # page-state memfd (swapd.daemon.handover), so that it outlives the process.
-        self.state: mmap.mmap | bytearray = state if state is not None else bytearray(npages)
+        self.state: mmap.mmap | bytearray = state if state is not None else lazy_zeros(npages)
         self.state_fd = state_fd  # the page-state memfd, -1 if none; closed by close_state
         # Pages lost with a crashed daemon and poisoned at recovery (under Session.lock);
         # reported by ``stats`` so that a client can tell which pages will raise SIGBUS.
@@ -153,7 +171,7 @@ class ManagedRegion:
         # copy (a read fault's non-exclusive load); a write clears it and frees the copy.
         # Not kept across a restart: an adopted page is treated as dirty (its stale kept
         # copy is replaced when it is stored again).
-        self.clean = bytearray(npages)
+        self.clean = lazy_zeros(npages)
         self.dropped = False  # under Session.lock; True once freed (fds closed)
         # Readahead (under Session.lock): window in pages, index expected next if sequential.
         self.ra_window = 0
@@ -163,9 +181,10 @@ class ManagedRegion:
         self.sweep_pending: tuple[int, int] | None = None
         # Faults read while draining for an EAGAIN retry, served next (under Session.lock).
         self.pending: collections.deque[Any] = collections.deque()
-        # Per page: Session.eviction_seq when last evicted, for the refault distance
-        # (mm/workingset.c); under Session.lock.
-        self.evicted_seq = array.array("q", [-(1 << 62)]) * npages
+        # Per page: Session.eviction_seq when last evicted (>= 1; 0: never evicted), for the
+        # refault distance (mm/workingset.c); under Session.lock.
+        self._seq_map = lazy_zeros(8 * npages)
+        self.evicted_seq = memoryview(self._seq_map).cast("q")
 
     def address(self, index: int) -> int:
         return self.start + (index << PAGE_SHIFT)
@@ -176,16 +195,38 @@ class ManagedRegion:
             return (address - self.start) >> PAGE_SHIFT
         return -1
 
+    def runs_in_use(self) -> list[tuple[int, int]]:
+        """``(first, count)`` runs of pages whose state may be other than HOLE, in chunks of
+        at most ``_CHUNK`` pages: with a page-state memfd, the runs its ``lseek(SEEK_DATA)``
+        reports (a scan must not read its holes: a shmem read fault allocates them); else
+        the whole region (unwritten pages of a private mapping read as the zero page).
+        O(runs)."""
+        runs = (state_runs(self.state_fd, self.npages) if self.state_fd >= 0
+                else [(0, self.npages)])
+        return [(b, min(_CHUNK, a + n - b)) for a, n in runs for b in range(a, a + n, _CHUNK)]
+
+    def state_counts(self) -> list[int]:
+        """Pages in each state, indexed by state code.  O(pages in use)."""
+        found = [0] * len(STATE_NAMES)
+        for first, n in self.runs_in_use():
+            raw = bytes(self.state[first:first + n])
+            for code in (RESIDENT, EVICTING, SWAPPED, GONE):
+                found[code] += raw.count(code)
+        found[HOLE] = self.npages - sum(found)
+        return found
+
     def count(self, *states: int) -> int:
-        """Pages in any of ``states``.  O(npages)."""
-        raw = bytes(self.state[:self.npages])
-        return sum(raw.count(s) for s in states)
+        """Pages in any of ``states``.  O(pages in use)."""
+        found = self.state_counts()
+        return sum(found[s] for s in set(states))
 
     def close_state(self) -> None:
         """Unmap and close the page-state memfd (after the region is dropped).  Idempotent."""
         if self.state_fd >= 0:
-            state, self.state = self.state, bytearray(self.npages)
-            self.state[:] = state[:self.npages]
+            runs = self.runs_in_use()
+            state, self.state = self.state, lazy_zeros(self.npages)
+            for first, n in runs:
+                self.state[first:first + n] = state[first:first + n]
             if isinstance(state, mmap.mmap):
                 state.close()
             os.close(self.state_fd)
@@ -256,10 +297,17 @@ class Session:
                 raise InvariantError(f"session {self.id}: policy tracks {len(self.policy)} "
                                      f"keys for {resident} resident pages")
             for r in self.regions.values():
-                for i, st in enumerate(bytes(r.state[:r.npages])):
-                    if r.clean[i] and st != RESIDENT:
-                        raise InvariantError(f"session {self.id}: page {i} of region {r.id} "
-                                             f"is marked clean in state {STATE_NAMES[st]}")
+                for first in range(0, r.npages, _CHUNK):
+                    raw = bytes(r.clean[first:min(r.npages, first + _CHUNK)])
+                    for m in re.finditer(b"[^\x00]", raw):
+                        i = first + m.start()
+                        if r.state[i] != RESIDENT:
+                            raise InvariantError(f"session {self.id}: page {i} of region "
+                                                 f"{r.id} is marked clean in state "
+                                                 f"{STATE_NAMES[r.state[i]]}")
+                for i in itertools.chain.from_iterable(
+                        range(a, a + n) for a, n in r.runs_in_use()):
+                    st = r.state[i]
                     if page_key(r.id, i) in self.policy and st != RESIDENT:
                         raise InvariantError(f"session {self.id}: policy tracks page {i} of "
                                              f"region {r.id} in state {STATE_NAMES[st]}")

@@ -18,12 +18,7 @@ import swapd.impl as swapd_impl
 from swapd import protocol
 from swapd.config import PAGE_SIZE
 from swapd.daemon.session import (
-    EVICTING,
-    GONE,
-    HOLE,
-    RESIDENT,
     STATE_NAMES,
-    SWAPPED,
     LatencySummary,
     Session,
 )
@@ -82,8 +77,8 @@ def session_stats(daemon: Daemon, s: Session, *, latency: bool = True) -> dict[s
     with s.lock:
         states = dict.fromkeys(STATE_NAMES, 0)
         for r in s.regions.values():
-            for code in (HOLE, RESIDENT, EVICTING, SWAPPED, GONE):
-                states[STATE_NAMES[code]] += r.count(code)
+            for code, n in enumerate(r.state_counts()):
+                states[STATE_NAMES[code]] += n
         out: dict[str, Any] = {
             "session": s.id, "pid": s.pid, "uid": s.uid, "name": s.name,
             "regions": len(s.regions), "managed_pages": s.managed_pages,
