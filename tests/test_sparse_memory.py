@@ -69,10 +69,12 @@ def daemon_bytes(pid: int) -> int:
     return rss + held
 
 
-def _grown(pid: int, sock: Path, dispatch: Callable[[], object]) -> int:
+def _grown(pid: int, sock: Path, dispatch: Callable[[], object],
+           during: Callable[[], object] = lambda: None) -> int:
     """Daemon bytes gained while a client holds a MAPPED-byte region with TOUCHED pages used.
 
-    ``dispatch`` runs while waiting (a service manager reads the daemon's store requests)."""
+    ``dispatch`` runs while waiting (a service manager reads the daemon's store requests);
+    ``during`` once after the measure, while the client still holds its region."""
     warm = run_client(CLIENT.format(size=64 * PAGE, touched=8).replace("sys.stdin.readline()",
                                                                        ""), sock)
     assert warm["ok"]  # the daemon's first-use allocations happen before the baseline
@@ -87,6 +89,7 @@ def _grown(pid: int, sock: Path, dispatch: Callable[[], object]) -> int:
         got = json.loads(line)
         assert got["ok"] and got["stored"] >= TOUCHED, line
         grown = daemon_bytes(pid) - before
+        during()
         p.stdin.write("\n")
         p.stdin.flush()
         while p.poll() is None:
@@ -119,10 +122,24 @@ def test_sparse_region_costs_the_daemon_per_used_page(tmp_path: Path) -> None:
 
 def test_sparse_region_with_page_state_memfds(tmp_path: Path) -> None:
     """The same under a service manager: the page states are memfds kept in its fd store
-    (swapd/daemon/handover.py), which must not be written, or read, where untouched."""
+    (swapd/daemon/handover.py), which must not be written, or read, where untouched -- also
+    not by the next daemon, which adopts them after a restart."""
     with managed_daemon(tmp_path, CONFIG) as (m, sock):
         pid = m.start()
         assert m.wait(ready=True, timeout=60), (tmp_path / "daemon.log").read_text()[-4000:]
-        _check(_grown(pid, sock, lambda: m.dispatch(0.01)))
+        held: list[int] = []
+
+        def restart() -> None:
+            assert m.stop(signal.SIGTERM) == 0
+            m.start()
+            assert m.wait(ready=True, timeout=60), (tmp_path / "daemon.log").read_text()[-4000:]
+            m.dispatch(0.1)
+            held.extend(os.fstat(fd).st_blocks * 512 for fd, name in m.store.collect()
+                        if name.endswith(".state"))
+
+        _check(_grown(pid, sock, lambda: m.dispatch(0.01), restart))
+        # the big region's page states: a 4 KiB page around each used page and the header,
+        # not a byte per mapped page (8 MiB here)
+        assert held and max(held) <= (TOUCHED + 2) * PAGE, held
         m.signal(signal.SIGTERM)
         assert m.wait(exited=True, timeout=60)

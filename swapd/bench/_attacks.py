@@ -36,6 +36,9 @@ _MADV_DONTFORK = 10
 # --- watching the daemon -------------------------------------------------------------------
 
 
+_STATE_MEMFDS = ("/memfd:swapd-state", "/memfd:swapd-pagestate")
+
+
 class DaemonWatch:
     """The daemon process ``pid`` as /proc shows it."""
 
@@ -55,6 +58,20 @@ class DaemonWatch:
     def rss(self) -> int:
         with open(f"/proc/{self.pid}/statm") as f:
             return int(f.read().split()[1]) * PAGE
+
+    def memory(self) -> int:
+        """RSS plus the allocated bytes (``st_blocks``) of the daemon's state memfds (the swap
+        table, arenas, page states: swapd/state/, swapd/daemon/handover.py), which can hold
+        memory without being mapped.  Counts a mapped state page twice: an upper bound."""
+        held = 0
+        fd_dir = f"/proc/{self.pid}/fd"
+        for name in os.listdir(fd_dir):
+            try:
+                if os.readlink(f"{fd_dir}/{name}").startswith(_STATE_MEMFDS):
+                    held += os.stat(f"{fd_dir}/{name}").st_blocks * 512
+            except FileNotFoundError:  # closed meanwhile
+                continue
+        return self.rss() + held
 
     def settled_fds(self, baseline: int, timeout: float = 3.0) -> int:
         """The descriptor count once it is back at ``baseline`` (or after ``timeout``)."""
@@ -570,14 +587,23 @@ def attack_long_requests(path: str | os.PathLike[str], rounds: int = 3) -> dict[
     return {"codes": codes}
 
 
-def attack_sparse_quota(path: str | os.PathLike[str], sessions: int = 8) -> dict[str, Any]:
-    """Many sessions of one user, each mapping sparse regions up to its quota."""
+def attack_sparse_quota(path: str | os.PathLike[str], sessions: int = 8,
+                        daemon_pid: int = 0, used_pages: int = 8192) -> dict[str, Any]:
+    """Many sessions of one user, each mapping sparse regions up to its quota.
+
+    With ``daemon_pid``, also what that costs the daemon (:meth:`DaemonWatch.memory`):
+    ``daemon_bytes_per_mapped_page`` while every region is held and untouched (target about
+    0), then ``daemon_bytes_per_used_page`` after ``used_pages`` consecutive pages of one
+    region are written (each a same-filled page: no compressed bytes) and evicted."""
     from swapd.client import connect
 
     clients: list[Any] = []
     codes: list[str] = []
     mapped = 0
+    out: dict[str, Any] = {}
+    w = DaemonWatch(daemon_pid) if daemon_pid else None
     try:
+        m0 = w.memory() if w is not None else 0
         for _ in range(sessions):
             try:
                 c = connect(path, name="sparse")
@@ -598,11 +624,23 @@ def attack_sparse_quota(path: str | os.PathLike[str], sessions: int = 8) -> dict
                     break
         for c in clients[:1]:
             c.stats("all")
+        if w is not None and mapped:
+            m1 = w.memory()
+            out["daemon_bytes_per_mapped_page"] = round((m1 - m0) / (mapped // PAGE), 4)
+            reg: Any = next(iter(clients[0]._regions.values()), None) if clients else None
+            n = min(used_pages, reg.size // PAGE) if reg is not None else 0
+            if n:
+                for i in range(n):
+                    reg[i * PAGE:(i + 1) * PAGE] = (i + 1).to_bytes(8, "little") * (PAGE // 8)
+                reg.advise(0, n * PAGE, "cold")
+                clients[0].stats()
+                out["daemon_bytes_per_used_page"] = round((w.memory() - m1) / n, 1)
+                out["used_pages"] = n
     finally:
         for c in clients:
             with contextlib.suppress(Exception):
                 c.close()
-    return {"codes": codes, "mapped_bytes": mapped}
+    return {"codes": codes, "mapped_bytes": mapped, **out}
 
 
 def attack_emfile(path: str | os.PathLike[str], daemon_pid: int, seconds: float = 1.5

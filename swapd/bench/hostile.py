@@ -9,7 +9,11 @@ longest single access of the victim while the attack ran), ``fds_leaked`` (the d
 descriptors after the attack, once settled, minus before).  Then ``victim_mismatches`` (pages
 that read wrong, over the whole run) and ``daemon_rss_growth_bytes`` (RSS at the end minus after
 a warm-up attack round).  Targets: alive after every attack, 0 mismatches, 0 descriptors leaked,
-victim stall at most 500 ms.  The machine is shared: ``loadavg`` is recorded.
+victim stall at most 500 ms.  ``sparse_quota`` also reports ``daemon_bytes_per_mapped_page``
+(the daemon's RSS plus its state memfds' blocks, grown while its sessions hold regions mapped to
+their quota and untouched, per mapped page: target about 0) and ``daemon_bytes_per_used_page``
+(the same after a run of pages of one region is written and evicted).  The machine is
+shared: ``loadavg`` is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from typing import Any
 
 from swapd.bench import _attacks as atk
 from swapd.bench.common import print_json, print_table
+
+#: keys an attack may report beside the common ones (the last round's value is kept)
+_FIGURES = ("daemon_bytes_per_mapped_page", "daemon_bytes_per_used_page", "used_pages",
+            "mapped_bytes")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +48,7 @@ def _attacks(sock: str, pid: int) -> dict[str, Callable[[], Any]]:
         "idle_connections": lambda: atk.attack_idle_connections(sock, n=40, hold_s=3.0),
         "fault_storm": lambda: atk.attack_fault_storm(sock, seconds=3.0, procs=2),
         "long_requests": lambda: atk.attack_long_requests(sock, rounds=2),
-        "sparse_quota": lambda: atk.attack_sparse_quota(sock, sessions=8),
+        "sparse_quota": lambda: atk.attack_sparse_quota(sock, sessions=8, daemon_pid=pid),
         "many_mappings": lambda: atk.attack_many_mappings(sock, mappings=60_000, rounds=20),
         "fuzz_10k": lambda: atk.fuzz_frames(sock, 10_000, seed=3),
     }
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 for name, fn in attacks.items():
                     mismatches += victim.report()["mismatches"]
                     before = w.fds()
-                    fn()
+                    got = fn()
                     rep = victim.report()
                     mismatches += rep["mismatches"]
                     alive = w.alive() and atk.ping(d.socket)
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                                          prev["victim_max_stall_ms"]), 1),
                         "fds_leaked": leaked + prev["fds_leaked"],
                         "victim_alive": bool(rep["alive"]),
+                        **{k: v for k, v in (got or {}).items() if k in _FIGURES},
                     }
                 if rnd == 0:
                     rss0 = w.rss()

@@ -14,6 +14,11 @@ Stores ``--entries`` pages (default 1,000,000) into a layer with a compressed ti
 * ``backend_state_bytes_per_entry`` -- the memory the backend's own state regions hold (their
   memfds' ``st_blocks``; the arena excluded), per entry; ``table_state_bytes_per_entry`` the same
   for the swap table's region;
+* ``bytes_per_mapped_untouched_page`` -- after the stores, one more region of
+  ``--untouched-pages`` pages (default 2^22: 16 GiB) is added and never stored to: the growth
+  of RSS plus the swap table region's ``st_blocks``, per page of it.  Target about 0: the
+  table's words and links are written only for pages that are used (swapd/layer/table.py);
+  ``bytes_per_used_page`` repeats ``rss_bytes_per_entry`` beside it;
 * ``impl`` -- which implementation ran (``SWAPD_IMPL``, swapd/impl.py);
 * ``backend_bytes_per_entry`` -- tracemalloc for ``backends/`` alone, for comparison;
 * ``side_table_entries`` and ``side_bytes_per_entry`` -- same-filled values / handles too wide for
@@ -58,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk-fraction", type=float, default=0.0,
                    help="fraction of the entries to write back to a disk tier (default 0)")
     p.add_argument("--state-dir", default=None, help="directory for the disk tier's file")
+    p.add_argument("--untouched-pages", type=int, default=1 << 22,
+                   help="pages of a region added after the stores and never used (2^22)")
     p.add_argument("--rss-only", action="store_true",
                    help="skip the (slow) tracemalloc pass; its keys are null")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -83,7 +90,8 @@ def _malloc_lines() -> list[tuple[str, int]]:
 
 
 def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: int,
-          state_dir: str | None, malloc_lines: list[tuple[str, int]] | None) -> dict[str, Any]:
+          state_dir: str | None, malloc_lines: list[tuple[str, int]] | None,
+          untouched: int = 0) -> dict[str, Any]:
     """Build a layer, store ``entries`` pages (write back ``ndisk``), measure, tear down.
     With ``malloc_lines`` (see _malloc_lines) it traces allocations, else it measures RSS."""
     trace = malloc_lines is not None
@@ -141,6 +149,11 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
             fds = {k: v for k, v in be.state_fds().items() if k != "arena"}
             out["backend_state_bytes"] = _region_bytes(fds) if be.uses_state_layout else 0
             out["table_state_bytes"] = _region_bytes(lay._table.state_fds())
+            before = _rss_bytes() + out["table_state_bytes"]
+            if untouched:
+                lay.add_region(("client", 0), untouched)
+            out["untouched_bytes"] = (_rss_bytes() + _region_bytes(lay._table.state_fds())
+                                      - before)
         return out
     finally:
         if tracemalloc.is_tracing():
@@ -150,13 +163,14 @@ def _fill(pages: list[bytes], entries: int, regions: int, backend: str, ndisk: i
 
 
 def measure(pages: list[bytes], entries: int, regions: int, backend: str,
-            disk_fraction: float, state_dir: str | None, *, trace: bool = True) -> dict[str, Any]:
+            disk_fraction: float, state_dir: str | None, *, trace: bool = True,
+            untouched: int = 1 << 22) -> dict[str, Any]:
     """Two passes on the same pages: RSS without tracing, then (``trace``) tracemalloc for the
     layer's Python bytes.  Without ``trace`` the tracemalloc keys are None."""
     ndisk = int(entries * disk_fraction)
     # RSS first: the traced pass would leave freed memory in the allocator for reuse
     lines = _malloc_lines()
-    b = _fill(pages, entries, regions, backend, ndisk, state_dir, None)
+    b = _fill(pages, entries, regions, backend, ndisk, state_dir, None, untouched)
     a = _fill(pages, entries, regions, backend, ndisk, state_dir, lines) if trace else None
     n = b["entries"]
 
@@ -182,6 +196,10 @@ def measure(pages: list[bytes], entries: int, regions: int, backend: str,
         "meets_target": None if a is None else a["layer_bytes"] / n <= 24,
         "target_rss_bytes_per_entry": 32,
         "meets_rss_target": b["rss_bytes"] / n <= 32,
+        "untouched_pages": untouched,
+        "bytes_per_mapped_untouched_page": b["untouched_bytes"] / untouched if untouched
+        else None,
+        "bytes_per_used_page": b["rss_bytes"] / n,
         "impl": IMPL,
         "loadavg": os.getloadavg()[0],
     }
@@ -194,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(args)
     pages = list(corpus)
     res = measure(pages, args.entries, args.regions, args.backend, args.disk_fraction,
-                  args.state_dir, trace=not args.rss_only)
+                  args.state_dir, trace=not args.rss_only, untouched=args.untouched_pages)
     if args.json:
         print_json(res)
     else:

@@ -185,9 +185,12 @@ def _switch_policy(daemon: Daemon, name: str) -> None:
             for region in s.regions.values():
                 state = region.state
                 rid = region.id
-                for i in range(region.npages):
-                    if state[i] == RESIDENT:
-                        policy.insert(page_key(rid, i))
+                for first, n in region.runs_in_use():  # the other pages are HOLE
+                    raw = bytes(state[first:first + n])
+                    i = raw.find(RESIDENT)
+                    while i >= 0:
+                        policy.insert(page_key(rid, first + i))
+                        i = raw.find(RESIDENT, i + 1)
             s.policy = policy
 
 

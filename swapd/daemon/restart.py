@@ -446,7 +446,9 @@ class Keeper:
             resident[first:first + n] = b"\x01" * n
         for first, n in r.get("poisoned", []):  # poisoned by an earlier daemon
             region.poisoned.update(range(int(first), int(first) + int(n)))
-        old = bytes(state[:npages])
+        # pread, not the mapping: reading a shmem hole through a mapping would allocate it
+        old = (os.pread(state_fd, npages, PAGE_SIZE) if state_fd >= 0
+               else bytes(state[:npages]))
         counts = self.recovered
         unwp: list[int] = []
         lost: list[int] = []
@@ -480,7 +482,8 @@ class Keeper:
                 new = GONE
             else:
                 counts["hole"] += 1
-            state[i] = new
+            if new != old[i]:  # a HOLE page's byte stays a hole of the memfd
+                state[i] = new
         session.regions[rid] = region
         session.managed_pages += npages
         self.regions[rid] = region

@@ -34,6 +34,8 @@
 #       file to cover them first.  region.ensure(name, n) grows the file without touching count.
 #   region.release(name, start, n)    punch the whole pages of records [start, start+n) and zero
 #       any partial page at the edges: the records read as zero afterwards and cost no memory.
+#   region.data_runs(name, start, n)  runs of records in pages that hold data (lseek SEEK_DATA):
+#       the others read as zero, and a scan must skip them (a shmem read fault allocates).
 #   region.get(name) / region.set(name, value)   the named u64 scalars of the header.
 #   region.scalars, region.scalar_index(name)    the header as a 'Q' view, and the index of a
 #       scalar's value in it (for hot paths that update a counter in place).
