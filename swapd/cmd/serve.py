@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status (0)."""
+    marks = [("interpreter and command line", time.monotonic())]
     import faulthandler
     import signal
 
@@ -60,40 +61,51 @@ def run(args: argparse.Namespace) -> int:
     from swapd.daemon.server import Daemon, install_signal_handlers
     from swapd.kernel.sdnotify import notify
 
+    marks.append(("daemon imports", time.monotonic()))
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: dump stacks
     cfg = effective_config(args)
     for warning in C.check_startup(cfg):
         log.warning("%s", warning)
     C.raise_nofile(cfg)
     log.info("%s", startup_summary(cfg))
+    marks.append(("configuration", time.monotonic()))
     daemon = Daemon(cfg, socket_path=args.socket, state_dir=args.state_dir, notify=notify)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon.close)
         try:
-            daemon.start()
+            daemon.start(marks)
         except HandoverFormatError as exc:
             print(f"error: the stored state cannot be adopted: {exc}; the descriptors stay "
                   "in the fd store for a swapd that can read them", file=sys.stderr)
             return EX_REFUSED
         install_signal_handlers(daemon)
         log.info("swapd %s serving %s (pid %d; %s)", _version(), daemon.socket_path,
-                 os.getpid(), _since_exec())
+                 os.getpid(), _since_exec(marks))
         daemon.serve_forever()
         log.info("swapd stopping: %d client(s) connected", len(daemon.sessions))
     log.info("swapd stopped (exit status %d)", daemon.exit_status)
     return daemon.exit_status
 
 
-def _since_exec() -> str:
-    """How long this process took to start serving: since its start (``/proc/self/stat``
-    field 22, in clock ticks since boot) -- interpreter, imports, configuration, adoption."""
+def _since_exec(marks: list[tuple[str, float]]) -> str:
+    """How long this process took to start serving, and in what: since its start
+    (``/proc/self/stat`` field 22, clock ticks since boot; 10 ms resolution) to each of
+    ``marks`` (``(what was done, time.monotonic() when done)``) -- a restarted daemon's
+    clients wait that long."""
+    now = time.monotonic()
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        ms = (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")) * 1000
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return "start time unknown"
-    return f"{ms:.0f} ms after the process started"
+    t = now - age
+    parts = []
+    for what, at in marks:
+        parts.append(f"{what} {max(0.0, at - t) * 1000:.0f}")
+        t = at
+    return (f"serving {age * 1000:.0f} ms after the process started: "
+            + ", ".join(parts) + " ms")
 
 
 def _version() -> str:

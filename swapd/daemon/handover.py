@@ -55,6 +55,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable
@@ -296,6 +297,56 @@ def recover_page(old: int, resident: bool, stored: bool) -> int:
     if old == GONE:
         return GONE
     return HOLE
+
+
+LOST: Final = 0xFF  # recover_pages: a lost page (poison it)
+
+
+def _recover_table() -> bytes:
+    codes = bytearray(256)
+    for c in range(256):
+        v = recover_page(c & 7, bool(c & 8), bool(c & 16))
+        codes[c] = LOST if v < 0 else v
+    return bytes(codes)
+
+
+_RECOVER: Final = _recover_table()  # code (old | resident << 3 | stored << 4) -> new state
+_KNOWN: Final = bytes(range(GONE + 1)) + bytes([HOLE]) * (255 - GONE)  # as recover_page
+
+
+def recover_pages(old: bytes, resident: bytes | bytearray, stored: bytes | bytearray) -> bytes:
+    """:func:`recover_page` of every page at once: ``old`` page states, ``resident`` and
+    ``stored`` one byte (0 or 1) per page; the new states, :data:`LOST` for a lost page.
+    O(npages), in C: the three are combined into one code per page (an unknown old state
+    counts as HOLE, as in :func:`recover_page`) and translated by a table built from
+    :func:`recover_page`."""
+    n = len(old)
+    code = (int.from_bytes(old.translate(_KNOWN), "little")
+            | int.from_bytes(resident, "little") << 3
+            | int.from_bytes(stored, "little") << 4)
+    return code.to_bytes(n, "little").translate(_RECOVER)
+
+
+def both(a: bytes | bytearray, b: bytes | bytearray) -> bytes:
+    """The pages set in both of two 0/1-per-page maps of one length.  O(n), in C."""
+    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a),
+                                                                                 "little")
+
+
+def byte_runs(buf: bytes | bytearray, value: int = 1) -> list[tuple[int, int]]:
+    """``(first, count)`` of every run of bytes equal to ``value``.  O(n), in C."""
+    return [(m.start(), m.end() - m.start())
+            for m in re.finditer(re.escape(bytes([value])) + b"+", buf)]
+
+
+def indices_of(buf: bytes | bytearray, value: int) -> list[int]:
+    """Every index of ``value`` in ``buf``.  O(n + matches)."""
+    out: list[int] = []
+    i = buf.find(value)
+    while i >= 0:
+        out.append(i)
+        i = buf.find(value, i + 1)
+    return out
 
 
 def passed_fds(pairs: Iterable[tuple[int, str]]) -> dict[str, int]:

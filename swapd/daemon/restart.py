@@ -436,9 +436,9 @@ class Keeper:
                 log.error("client %d region %d: the layer has no region %d of %d pages; "
                           "its stored pages are lost", session.id, rid, lrid, npages)
             lrid = layer.add_region(session.id, npages)
-            has_copy = None
+            stored = bytearray(npages)
         else:
-            has_copy = layer.has_copy
+            stored = bytearray(layer.copies(lrid))
         region = ManagedRegion(rid, session, start, npages, memfd, uffd, lrid,
                                str(r.get("name", "")), state=state, state_fd=state_fd)
         resident = bytearray(npages)
@@ -446,44 +446,43 @@ class Keeper:
             resident[first:first + n] = b"\x01" * n
         for first, n in r.get("poisoned", []):  # poisoned by an earlier daemon
             region.poisoned.update(range(int(first), int(first) + int(n)))
+        # The recovery scan (docs/design.md sec. 9, handover.recover_page), by runs: the
+        # bytes of each page's old state, residency and stored copy are combined into one
+        # code per page and translated to the new state at once (ho.recover_pages).
+        for first, n in ho.byte_runs(ho.both(resident, stored)):
+            layer.free_batch(lrid, first, n)  # the memfd's copy is the newer one
+            stored[first:first + n] = bytes(n)
+        if self._crash:  # after a crash every stored copy is checked before it counts
+            for first, n in ho.byte_runs(stored):
+                for i in range(first, first + n):
+                    try:
+                        layer.peek(lrid, i)
+                    except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
+                        log.error("region %d page %d: stored copy fails verification (%s)",
+                                  rid, i, exc)
+                        with contextlib.suppress(SwapdError):
+                            layer.invalidate(lrid, i)
+                        stored[i] = 0
         # pread, not the mapping: reading a shmem hole through a mapping would allocate it
         old = (os.pread(state_fd, npages, PAGE_SIZE) if state_fd >= 0
                else bytes(state[:npages]))
+        new = ho.recover_pages(old, resident, stored)
+        lost = ho.indices_of(new, ho.LOST)
+        unwp = ho.indices_of(old, EVICTING)
+        final = new.replace(bytes([ho.LOST]), bytes([GONE]))
+        for off in range(0, npages, PAGE_SIZE):  # a page of states that does not change
+            if final[off:off + PAGE_SIZE] != old[off:off + PAGE_SIZE]:  # stays a hole
+                state[off:off + PAGE_SIZE] = final[off:off + PAGE_SIZE]
         counts = self.recovered
-        unwp: list[int] = []
-        lost: list[int] = []
         policy = session.policy
-        verify = self._crash  # after a crash every stored copy is checked before it counts
-        for i in range(npages):
-            stored = has_copy is not None and has_copy(lrid, i)
-            if stored and resident[i]:
-                layer.invalidate(lrid, i)  # the memfd's copy is the newer one
-                stored = False
-            elif stored and verify:
-                try:
-                    layer.peek(lrid, i)
-                except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
-                    log.error("region %d page %d: stored copy fails verification (%s)",
-                              rid, i, exc)
-                    with contextlib.suppress(SwapdError):
-                        layer.invalidate(lrid, i)
-                    stored = False
-            new = ho.recover_page(old[i], bool(resident[i]), stored)
-            if old[i] == EVICTING:
-                unwp.append(i)
-            if new == RESIDENT:
+        for first, n in ho.byte_runs(new, RESIDENT):
+            for i in range(first, first + n):
                 policy.insert(page_key(rid, i))
-                session.resident += 1
-                counts["resident"] += 1
-            elif new == SWAPPED:
-                counts["swapped"] += 1
-            elif new < 0:
-                lost.append(i)
-                new = GONE
-            else:
-                counts["hole"] += 1
-            if new != old[i]:  # a HOLE page's byte stays a hole of the memfd
-                state[i] = new
+        n_res = new.count(RESIDENT)
+        session.resident += n_res
+        counts["resident"] += n_res
+        counts["swapped"] += new.count(SWAPPED)
+        counts["hole"] += new.count(ho.HOLE) + new.count(GONE)
         session.regions[rid] = region
         session.managed_pages += npages
         self.regions[rid] = region

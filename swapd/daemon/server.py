@@ -115,8 +115,13 @@ class Daemon:
 
     # --- setup / teardown -----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Build the layer, bind the socket, start the reclaimer.  Raises SwapdError."""
+    def start(self, marks: list[tuple[str, float]] | None = None) -> None:
+        """Build the layer, bind the socket, start the reclaimer.  Raises SwapdError.
+
+        ``marks``: ``(what, time.monotonic())`` is appended after the layer and after the
+        sessions (how long a restart's clients wait for each; ``swapd serve`` logs them).
+        """
+        marks = marks if marks is not None else []
         cfg = self.cfg
         keeper = self.keeper
         keeper.passed = passed_fds(listen_fds())
@@ -127,6 +132,7 @@ class Daemon:
             self.layer = build_layer(cfg, self.state_path)
             keeper.store_layer(self.layer)
         layer = self.layer
+        marks.append(("layer adopted" if keeper.layer_adopted else "layer", time.monotonic()))
         if cfg.daemon.record:
             self.recorder = Recorder(cfg.daemon.record)
         rec = self.recorder.record if self.recorder is not None else None
@@ -151,6 +157,7 @@ class Daemon:
             keeper.store_listener(self.listener)
         loop.register(self.listener.fileno(), "listen", self.listener)
         keeper.adopt()
+        marks.append(("sessions", time.monotonic()))
         if not rc.inline:
             from swapd.layer import ShrinkerThread
 

@@ -1809,6 +1809,16 @@ class SwapLayer:
             g, _ = self._lookup_locked(region, index)
             return bool(self._table.words[g])
 
+    def copies(self, region: int) -> bytes:
+        """:meth:`has_copy` of every page of ``region`` at once: one byte per page, 1 where a
+        stored copy exists (a restart's recovery scan).  EntryNotFoundError for an unknown
+        region.  O(npages), in C."""
+        with self._lock:
+            reg = self._regions.get(region)
+            if reg is None:
+                raise self._not_found(region, None)
+            return bytes(map(bool, self._words[reg.base:reg.base + reg.npages]))
+
     def same_filled_value(self, region: int, index: int) -> int | None:
         """The fill value of a same-filled swapped-out page, else None.  O(1)."""
         with self._lock:

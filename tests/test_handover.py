@@ -1,0 +1,46 @@
+"""The recovery scan by runs (swapd/daemon/handover.py): ``recover_pages`` gives, for every
+page at once, what the one-page rule ``recover_page`` (docs/design.md sec. 9) gives, and the
+run helpers find what a page-by-page loop finds."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from swapd.daemon import handover as ho
+
+
+def _one(old: int, resident: int, stored: int) -> int:
+    v = ho.recover_page(old, bool(resident), bool(stored))
+    return ho.LOST if v < 0 else v
+
+
+def test_recover_pages_is_recover_page_for_every_page() -> None:
+    rng = random.Random(7)
+    for n in (1, 7, 4096, 20000):
+        # every old state, including values no daemon writes (they count as HOLE)
+        old = bytes(rng.choice([0, 1, 2, 3, 4, 4, 3, 9, 255]) for _ in range(n))
+        resident = bytes(rng.random() < 0.3 for _ in range(n))
+        stored = bytes(rng.random() < 0.6 for _ in range(n))
+        got = ho.recover_pages(old, resident, stored)
+        assert got == bytes(_one(o, r, s) for o, r, s in zip(old, resident, stored))
+    every = [(o, r, s) for o in range(256) for r in (0, 1) for s in (0, 1)]
+    got = ho.recover_pages(bytes(o for o, _, _ in every), bytes(r for _, r, _ in every),
+                           bytes(s for _, _, s in every))
+    assert [_one(o, r, s) for o, r, s in every] == list(got)
+
+
+def test_run_helpers_agree_with_a_loop() -> None:
+    rng = random.Random(3)
+    a = bytes(rng.random() < 0.5 for _ in range(5000))
+    b = bytes(rng.random() < 0.5 for _ in range(5000))
+    assert ho.both(a, b) == bytes(x & y for x, y in zip(a, b))
+    states = bytes(rng.choice([0, 1, 3, 3, 3]) for _ in range(5000))
+    for value in (0, 1, 3, 4):
+        runs = ho.byte_runs(states, value)
+        flat = [i for first, n in runs for i in range(first, first + n)]
+        assert flat == [i for i, v in enumerate(states) if v == value]
+        assert all(n > 0 for _, n in runs)
+        assert all(f1 + n1 < f2 for (f1, n1), (f2, _) in itertools.pairwise(runs))  # maximal
+        assert ho.indices_of(states, value) == flat
+    assert ho.byte_runs(b"") == [] and ho.indices_of(b"", 1) == []
