@@ -44,3 +44,27 @@ def test_run_helpers_agree_with_a_loop() -> None:
         assert all(f1 + n1 < f2 for (f1, n1), (f2, _) in itertools.pairwise(runs))  # maximal
         assert ho.indices_of(states, value) == flat
     assert ho.byte_runs(b"") == [] and ho.indices_of(b"", 1) == []
+
+
+def test_page_states_are_read_and_written_without_filling_holes() -> None:
+    """Recovery reads the old states with pread and writes back only the pages that change,
+    so a sparse region's page-state memfd stays sparse across a restart."""
+    import os
+
+    npages = 64 * 4096  # 64 pages of state bytes
+    fd, mm = ho.create_page_state(5, npages)
+    try:
+        mm[4096 * 10 + 3] = ho.SWAPPED
+        blocks = os.fstat(fd).st_blocks
+        old = ho.read_page_state(fd, npages)
+        assert len(old) == npages and old.count(0) == npages - 1 and old[4096 * 10 + 3] == 3
+        assert os.fstat(fd).st_blocks == blocks  # reading the holes allocated nothing
+        new = bytearray(old)
+        new[4096 * 10 + 3] = ho.RESIDENT
+        new[4096 * 20] = ho.GONE
+        ho.write_page_state(mm, old, bytes(new))
+        assert os.fstat(fd).st_blocks == blocks + 4096 // 512  # one more page: the changed one
+        assert ho.read_page_state(fd, npages) == bytes(new)
+    finally:
+        mm.close()
+        os.close(fd)

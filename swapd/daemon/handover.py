@@ -283,6 +283,22 @@ def state_runs(fd: int, npages: int) -> list[tuple[int, int]]:
     return runs
 
 
+def read_page_state(fd: int, npages: int) -> bytes:
+    """The ``npages`` state bytes of page-state memfd ``fd``, read with ``pread``: a hole
+    reads as zeros (HOLE) and, unlike a read through a shared mapping, allocates nothing."""
+    got = os.pread(fd, npages, PAGE_SIZE)
+    return got + bytes(npages - len(got))
+
+
+def write_page_state(state: Any, old: bytes, new: bytes) -> None:
+    """Store ``new`` into the mapped page states ``state``, whose bytes are ``old``: only the
+    pages of the memfd that change are written (an unchanged hole stays a hole)."""
+    for off in range(0, len(new), PAGE_SIZE):
+        chunk = new[off:off + PAGE_SIZE]
+        if chunk != old[off:off + PAGE_SIZE]:
+            state[off:off + len(chunk)] = chunk
+
+
 def recover_page(old: int, resident: bool, stored: bool) -> int:
     """The state of one page after a restart (the module docstring's rule).
 

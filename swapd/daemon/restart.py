@@ -463,16 +463,11 @@ class Keeper:
                         with contextlib.suppress(SwapdError):
                             layer.invalidate(lrid, i)
                         stored[i] = 0
-        # pread, not the mapping: reading a shmem hole through a mapping would allocate it
-        old = (os.pread(state_fd, npages, PAGE_SIZE) if state_fd >= 0
-               else bytes(state[:npages]))
+        old = ho.read_page_state(state_fd, npages)  # not through the mapping (see there)
         new = ho.recover_pages(old, resident, stored)
         lost = ho.indices_of(new, ho.LOST)
         unwp = ho.indices_of(old, EVICTING)
-        final = new.replace(bytes([ho.LOST]), bytes([GONE]))
-        for off in range(0, npages, PAGE_SIZE):  # a page of states that does not change
-            if final[off:off + PAGE_SIZE] != old[off:off + PAGE_SIZE]:  # stays a hole
-                state[off:off + PAGE_SIZE] = final[off:off + PAGE_SIZE]
+        ho.write_page_state(state, old, new.replace(bytes([ho.LOST]), bytes([GONE])))
         counts = self.recovered
         policy = session.policy
         for first, n in ho.byte_runs(new, RESIDENT):
