@@ -92,6 +92,20 @@ def test_store_pass_remove_across_starts(tmp_path: Path) -> None:
         assert os.pread(mem, 5, 0) == b"state"
 
 
+def test_what_a_process_stored_just_before_exiting_is_kept(tmp_path: Path) -> None:
+    """The manager reads the notify socket before it forgets the exited main pid (as
+    systemd's manager.c dispatches notify messages before SIGCHLD): datagrams still queued
+    when the process is reaped are its, not a stranger's.  Regression: they were dropped as
+    coming from "pid X, but only the main pid 0 may send"."""
+    with ServiceManager(_child(tmp_path, "a.json", "store"), store_max=16) as m:
+        m.start()
+        os.waitid(os.P_PID, m.main_pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+        assert not m.log  # nothing dispatched yet
+        assert m.wait(exited=True, timeout=60)  # reaps, and reads what is queued
+        assert sorted(m.store.names()) == ["mem", "pipe.r", "pipe.w"]
+        assert m.status == "done store"
+
+
 def test_polled_fds_that_report_errors_are_dropped(tmp_path: Path) -> None:
     with ServiceManager(_child(tmp_path, "u.json", "uffd"), store_max=16) as m:
         m.start()

@@ -272,11 +272,14 @@ class ServiceManager:
         pid, status = os.waitpid(self.main_pid, os.WNOHANG)
         if pid == 0:
             return False
+        # What it sent before exiting still counts, and is still its main pid's: read it
+        # before forgetting that pid (systemd's src/core/manager.c dispatches notify
+        # messages before SIGCHLD for the same reason).
+        self.dispatch(0)
         self.exit_status = status
         os.close(self.pidfd)
         self.pidfd = -1
         self.main_pid = 0
-        self.dispatch(0)  # what it sent before exiting still counts
         self.store.check()
         return True
 
