@@ -1812,12 +1812,17 @@ class SwapLayer:
     def copies(self, region: int) -> bytes:
         """:meth:`has_copy` of every page of ``region`` at once: one byte per page, 1 where a
         stored copy exists (a restart's recovery scan).  EntryNotFoundError for an unknown
-        region.  O(npages), in C."""
+        region.  O(npages) in C; only the words in the table's data runs are read (reading
+        a hole would allocate it)."""
         with self._lock:
             reg = self._regions.get(region)
             if reg is None:
                 raise self._not_found(region, None)
-            return bytes(map(bool, self._words[reg.base:reg.base + reg.npages]))
+            out = bytearray(reg.npages)
+            words = self._words
+            for r in self._table.used(reg.base, reg.npages):  # the rest read as 0
+                out[r.start - reg.base:r.stop - reg.base] = bytes(map(bool, words[r.start:r.stop]))
+            return bytes(out)
 
     def same_filled_value(self, region: int, index: int) -> int | None:
         """The fill value of a same-filled swapped-out page, else None.  O(1)."""
