@@ -76,6 +76,7 @@ docs/design.md secs. 11.3, 11.4, 11.6.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import re
@@ -753,7 +754,9 @@ class Pager:
         session._assert_locked()
         state = region.state
         dropped = 0
-        for i in range(start, start + npages):
+        pages = itertools.chain.from_iterable(  # the pages outside these runs are HOLE
+            range(a, a + n) for a, n in region.runs_in_use(start, start + npages))
+        for i in pages:
             st = state[i]
             if st in (GONE, HOLE):
                 continue

@@ -197,15 +197,20 @@ class ManagedRegion:
             return (address - self.start) >> PAGE_SHIFT
         return -1
 
-    def runs_in_use(self) -> list[tuple[int, int]]:
-        """``(first, count)`` runs of pages whose state may be other than HOLE, in chunks of
-        at most ``_CHUNK`` pages: with a page-state memfd, the runs its ``lseek(SEEK_DATA)``
-        reports (a scan must not read its holes: a shmem read fault allocates them); else
-        the whole region (unwritten pages of a private mapping read as the zero page).
-        O(runs)."""
+    def runs_in_use(self, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
+        """``(first, count)`` runs of pages in [lo, hi) (default: the region) whose state may
+        be other than HOLE, in chunks of at most ``_CHUNK`` pages: with a page-state memfd,
+        the runs its ``lseek(SEEK_DATA)`` reports (a scan must not read its holes: a shmem
+        read fault allocates them); else the whole range (unwritten pages of a private
+        mapping read as the zero page).  O(runs)."""
+        hi = self.npages if hi is None else min(hi, self.npages)
         runs = (state_runs(self.state_fd, self.npages) if self.state_fd >= 0
                 else [(0, self.npages)])
-        return [(b, min(_CHUNK, a + n - b)) for a, n in runs for b in range(a, a + n, _CHUNK)]
+        out: list[tuple[int, int]] = []
+        for a, n in runs:
+            a, e = max(a, lo), min(a + n, hi)
+            out.extend((b, min(_CHUNK, e - b)) for b in range(a, e, _CHUNK))
+        return out
 
     def state_counts(self) -> list[int]:
         """Pages in each state, indexed by state code.  O(pages in use)."""

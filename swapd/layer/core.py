@@ -710,7 +710,9 @@ class SwapLayer:
     # -- regions and clients ------------------------------------------------------------
 
     def add_region(self, client: Hashable, npages: int) -> int:
-        """Register ``npages`` pages of ``client``; return the region id.  O(npages)."""
+        """Register ``npages`` pages of ``client``; return the region id.
+
+        Nothing is written per page (swapd/layer/table.py).  O(free extents)."""
         if npages <= 0:
             raise ValueError(f"a region needs at least one page, got {npages}")
         with self._lock:
@@ -730,7 +732,7 @@ class SwapLayer:
             return rid
 
     def remove_region(self, region: int) -> None:
-        """Free every stored copy of the region's pages and forget it.  O(npages)."""
+        """Free every stored copy of the region's pages and forget it.  O(pages stored in it)."""
         with self._lock:
             reg = self._regions.pop(region, None)
             if reg is None:
