@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+from collections.abc import Callable
 
 import swapd.bench
 
@@ -52,7 +54,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q = bsub.add_parser(name, help=doc[0] if doc else name, description=m.__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         m.add_arguments(q)
-        q.set_defaults(_run=m.run)
+        q.set_defaults(_run=lambda a, r=m.run: _terminable(r, a))
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _terminable(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a benchmark so that SIGTERM (``timeout(1)``, a CI job's end) exits through its
+    ``finally`` blocks, as Ctrl-C does: its daemons, clients, managers and files go with it."""
+    old = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return int(fn(args) or 0)
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def run(args: argparse.Namespace) -> int:
