@@ -554,16 +554,25 @@ class SwapLayer:
                 cl.counts[t] = n
 
     def _reconcile_tiers_locked(self) -> None:
-        """Let every tier release the keys no word of the table references.  O(pages)."""
+        """Let every tier release the keys no word of the table references.  O(pages).
+
+        Only the keys of tiers that reconcile (override ``Tier.reconcile``) are collected: a
+        restart's clients wait for this walk.
+        """
         words = self._table.words
+        wants = [type(t).reconcile is not Tier.reconcile for t in self._tiers]
+        if not any(wants):
+            return
         live: list[set[int]] = [set() for _ in self._tiers]
+        tags = {TAG_TIER0 + t for t, want in enumerate(wants) if want}
         for reg in self._regions.values():
             for g in itertools.chain.from_iterable(self._table.used(reg.base, reg.npages)):
                 w = words[g]
-                tag = w & TAG_MASK
-                if tag >= TAG_TIER0:
-                    live[tag - TAG_TIER0].add(self._key_locked(g, w))
+                if w & TAG_MASK in tags:
+                    live[(w & TAG_MASK) - TAG_TIER0].add(self._key_locked(g, w))
         for t, tier in enumerate(self._tiers):
+            if not wants[t]:
+                continue
             released = tier.reconcile(live[t])
             if released:
                 log.warning("adopted tier %d (%s): released %d key(s) no entry references",
