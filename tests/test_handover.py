@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
+
+import pytest
 
 from swapd.daemon import handover as ho
+from swapd.errors import EntryNotFoundError
+from swapd.layer import DiskTier, LayerConfig, SwapLayer
+from swapd.pages import PAGE_SIZE
 
 
 def _one(old: int, resident: int, stored: int) -> int:
@@ -68,3 +74,35 @@ def test_page_states_are_read_and_written_without_filling_holes() -> None:
     finally:
         mm.close()
         os.close(fd)
+
+
+def test_a_read_fault_cut_short_keeps_its_clean_copy(tmp_path: Path) -> None:
+    """A non-exclusive load keeps the layer's copy, clean, before ``UFFDIO_COPY`` places the
+    page; a crash in between leaves the page in neither the memfd nor (as ``load`` sees it)
+    the layer.  Recovery turns the clean copy back into the stored copy for a page whose old
+    state is SWAPPED, so the page is served instead of poisoned; a clean copy of a page the
+    old daemon had RESIDENT (the client discarded it since) is left alone."""
+    layer = SwapLayer([DiskTier(tmp_path, 64 * PAGE_SIZE, seal=False)],
+                      config=LayerConfig(exclusive_loads=False), clock=lambda: 0.0)
+    try:
+        r = layer.add_region("a", 4)
+        pages = [bytes([0x41 + i]) * PAGE_SIZE for i in range(4)]
+        for i, pg in enumerate(pages):
+            layer.store(r, i, pg)
+        for i in (0, 1, 2):
+            assert layer.load(r, i) == pages[i]  # read faults: the copies stay, clean
+        copies = layer.copies(r)
+        assert copies == bytes([2, 2, 2, 1])
+        with pytest.raises(EntryNotFoundError, match="not swapped out"):
+            layer.load(r, 0)
+        # page 0: the fault was cut short (SWAPPED, not in the memfd); page 1: placed
+        # (resident); page 2: placed, then discarded by the client (RESIDENT, not in the memfd)
+        old = bytes([ho.SWAPPED, ho.RESIDENT, ho.RESIDENT, ho.SWAPPED])
+        resident = bytes([0, 1, 0, 0])
+        assert ho.restore_clean_copies(layer, r, copies, resident, old) == []
+        assert layer.copies(r) == bytes([1, 2, 2, 1])
+        assert layer.load(r, 0) == pages[0]  # served, not poisoned
+        assert layer.load(r, 3) == pages[3]
+        layer._check()
+    finally:
+        layer.close()

@@ -299,6 +299,27 @@ def write_page_state(state: Any, old: bytes, new: bytes) -> None:
             state[off:off + len(chunk)] = chunk
 
 
+def restore_clean_copies(layer: Any, lrid: int, copies: bytes, resident: bytes | bytearray,
+                         old: bytes) -> list[int]:
+    """Make the clean copies of pages that a read fault was bringing back stored copies again;
+    returns the pages whose clean copy could not be (the caller counts them not stored).
+
+    A read fault with non-exclusive loads keeps the layer's copy, marked clean, and then
+    places the page with ``UFFDIO_COPY``; a crash in between leaves a page that the memfd
+    does not hold, whose state byte still says SWAPPED (or EVICTING), and whose copy is whole
+    but clean, which ``load`` refuses.  ``layer.store_clean`` turns it back into the
+    swapped-out copy, so the recovery scan finds the page stored instead of poisoning it on
+    its next fault.  A clean copy of any other page the memfd does not hold (one the client
+    discarded) is left as it is.  ``copies`` as ``SwapLayer.copies`` gives them.  O(npages),
+    in C, plus one call per such page.
+    """
+    failed: list[int] = []
+    for i in indices_of(copies, 2):
+        if not resident[i] and old[i] in (SWAPPED, EVICTING) and not layer.store_clean(lrid, i):
+            failed.append(i)
+    return failed
+
+
 def recover_page(old: int, resident: bool, stored: bool) -> int:
     """The state of one page after a restart (the module docstring's rule).
 

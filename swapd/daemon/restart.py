@@ -436,9 +436,11 @@ class Keeper:
                 log.error("client %d region %d: the layer has no region %d of %d pages; "
                           "its stored pages are lost", session.id, rid, lrid, npages)
             lrid = layer.add_region(session.id, npages)
+            copies = bytes(npages)
             stored = bytearray(npages)
         else:
-            stored = bytearray(layer.copies(lrid))
+            copies = layer.copies(lrid)
+            stored = bytearray(copies.replace(b"\x02", b"\x01"))
         region = ManagedRegion(rid, session, start, npages, memfd, uffd, lrid,
                                str(r.get("name", "")), state=state, state_fd=state_fd)
         resident = bytearray(npages)
@@ -449,9 +451,12 @@ class Keeper:
         # The recovery scan (docs/design.md sec. 9, handover.recover_page), by runs: the
         # bytes of each page's old state, residency and stored copy are combined into one
         # code per page and translated to the new state at once (ho.recover_pages).
+        old = ho.read_page_state(state_fd, npages)  # not through the mapping (see there)
         for first, n in ho.byte_runs(ho.both(resident, stored)):
             layer.free_batch(lrid, first, n)  # the memfd's copy is the newer one
             stored[first:first + n] = bytes(n)
+        for i in ho.restore_clean_copies(layer, lrid, copies, resident, old):
+            stored[i] = 0
         if self._crash:  # after a crash every stored copy is checked before it counts
             for first, n in ho.byte_runs(stored):
                 for i in range(first, first + n):
@@ -463,7 +468,6 @@ class Keeper:
                         with contextlib.suppress(SwapdError):
                             layer.invalidate(lrid, i)
                         stored[i] = 0
-        old = ho.read_page_state(state_fd, npages)  # not through the mapping (see there)
         new = ho.recover_pages(old, resident, stored)
         lost = ho.indices_of(new, ho.LOST)
         unwp = ho.indices_of(old, EVICTING)

@@ -1821,10 +1821,11 @@ class SwapLayer:
             return bool(self._table.words[g])
 
     def copies(self, region: int) -> bytes:
-        """:meth:`has_copy` of every page of ``region`` at once: one byte per page, 1 where a
-        stored copy exists (a restart's recovery scan).  EntryNotFoundError for an unknown
-        region.  O(npages) in C; only the words in the table's data runs are read (reading
-        a hole would allocate it)."""
+        """:meth:`has_copy` of every page of ``region`` at once, for a restart's recovery
+        scan: one byte per page, 0 without a copy, 1 for a swapped-out copy, 2 for a clean
+        copy (kept by a non-exclusive load; :meth:`store_clean`).  EntryNotFoundError for an
+        unknown region.  O(npages) in C; only the words in the table's data runs are read
+        (reading a hole would allocate it)."""
         with self._lock:
             reg = self._regions.get(region)
             if reg is None:
@@ -1832,7 +1833,13 @@ class SwapLayer:
             out = bytearray(reg.npages)
             words = self._words
             for r in self._table.used(reg.base, reg.npages):  # the rest read as 0
-                out[r.start - reg.base:r.stop - reg.base] = bytes(map(bool, words[r.start:r.stop]))
+                ws = words[r.start:r.stop]
+                got = bytes(map(bool, ws))
+                if any(map(CLEAN.__and__, ws)):
+                    clean = bytes(map(bool, map(CLEAN.__and__, ws)))
+                    got = (int.from_bytes(got, "little")
+                           + int.from_bytes(clean, "little")).to_bytes(len(got), "little")
+                out[r.start - reg.base:r.stop - reg.base] = got
             return bytes(out)
 
     def same_filled_value(self, region: int, index: int) -> int | None:
