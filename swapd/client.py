@@ -242,6 +242,7 @@ class Client:
         self._path: Path | None = None  # the socket, to re-attach on (connect() sets it)
         self._reconnect_s = 30.0
         self._resent: set[int] = set()  # ids of the current request sent before a restart
+        self._sent: set[int] = set()  # every id the current request was sent under
         self._orphans: set[int] = set()  # ids whose replies are still due and unwanted
         self.restarts = 0  # daemon restarts this client noticed
         _CLIENTS.add(self)
@@ -279,7 +280,7 @@ class Client:
             except OSError as exc:
                 self._gone = True
                 raise DaemonGoneError(f"control socket failed: {exc}") from exc
-        if reply.get("id") != req_id and reply.get("id") not in self._resent:
+        if reply.get("id") not in self._sent:  # the request's id, or a copy's sent again
             raise ProtocolError(f"reply id {reply.get('id')!r} does not match request {req_id}")
         if reply.get("ok") is True:
             return reply
@@ -295,6 +296,7 @@ class Client:
                     fds: list[int] | None) -> dict[str, Any]:
         """Read frames until the reply to ``req_id`` (or to a resent copy of it)."""
         self._resent = set()
+        self._sent = {req_id}
         want = {req_id}
         while True:
             reply, got = protocol.recv_frame(self._sock)
@@ -307,6 +309,7 @@ class Client:
                 protocol.send_frame(self._sock, {**req, "id": new_id}, fds)
                 self._resent |= want
                 want.add(new_id)
+                self._sent.add(new_id)
                 self.restarts += 1
                 continue
             if rid in want:

@@ -296,6 +296,36 @@ def test_each_session_keeps_its_own_stored_pages_after_the_layer_is_adopted(
         assert "Traceback" not in log and "error:" not in log, log[-4000:]
 
 
+def test_a_request_the_killed_daemon_read_is_sent_again(tmp_path: Path) -> None:
+    """After a crash the new daemon's ``restarted`` notice makes the client send its
+    outstanding request again, under a new id; the reply to that copy is the request's reply.
+    Regression: when the killed daemon had read the request (so only the copy is answered),
+    the client raised ProtocolError ("reply id N+1 does not match request N").  Here the test
+    reads the request off the stored connection, as the killed daemon would have."""
+    import select
+    import socket
+
+    with managed_daemon(tmp_path) as (m, sock):
+        _start(m, tmp_path)
+        c = Client(sock)
+        try:
+            assert c.read(manager=m)["phase"] == "written"
+            m.stop(signal.SIGKILL)
+            conn = next(e.fd for e in m.store.entries if e.name == "c1.conn")
+            c.send("verify")  # its first request (stats) goes to a daemon that is gone
+            with socket.socket(fileno=os.dup(conn)) as s:
+                assert select.select([s], [], [], 60)[0], "the client sent nothing"
+                assert s.recv(1 << 16, socket.MSG_DONTWAIT)  # read, never answered
+            _start(m, tmp_path)
+            r = c.read(manager=m)
+            assert r["phase"] == "verified", r
+            assert r["bad"] == [] and r["restarts"] >= 1, r
+        finally:
+            c.close()
+        log = (tmp_path / "daemon.log").read_text()
+        assert "Traceback" not in log, log[-4000:]
+
+
 @pytest.mark.parametrize("cmd", [["supervise", "--store-max", "0"]])
 def test_supervise_refuses_bad_options(cmd: list[str]) -> None:
     p = subprocess.run([sys.executable, "-m", "swapd", *cmd], capture_output=True, text=True,
