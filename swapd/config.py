@@ -245,6 +245,9 @@ class PagerConfig:
     # Off by default: it did not lower fault costs when measured (tests/bench/RESULTS.md).
     busy_poll_us: int = opt(0, "microseconds the event loop polls without blocking before it "
                                "blocks in epoll (0 = off)", min=0, max=10000)
+    load_workers: int = opt(4, "threads that load faulting pages from slow tiers (disk, remote), "
+                               "so a slow read delays only the faults that need it (0 = load on "
+                               "the event loop)", min=0, max=64)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class TierIOError(SwapdError, OSError):
     """The disk tier failed to read or write a slot."""
 
 
+class WouldBlockError(SwapdError):
+    """A load asked not to wait (``nowait``) needs a slow tier's I/O; nothing was changed."""
+
+
 class EntryNotFoundError(SwapdError, KeyError):
     """No swapped-out entry exists for that (region, page index)."""
 

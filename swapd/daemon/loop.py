@@ -4,7 +4,9 @@ Design.  The loop thread waits on one epoll set holding the listening socket,
 every client's control socket and pidfd, every region's userfaultfd and a wake
 pipe.  Each ready descriptor is handled by kind: a userfaultfd by the
 :class:`~swapd.daemon.pager.Pager` (then direct reclaim if the session is over
-its limit), a control socket by :class:`~swapd.daemon.ops.Ops`, a pidfd by ending
+its limit), the load workers' eventfd by placing the pages they loaded from a slow
+tier (:meth:`~swapd.daemon.pager.Pager.complete_load`), a control socket by
+:class:`~swapd.daemon.ops.Ops`, a pidfd by ending
 the session (the client exited: nothing arrives on a userfaultfd then), the
 listening socket by :class:`~swapd.daemon.admission.Admission`.  Within one
 batch of events, faults go first and departures before admissions (quotas).
@@ -60,7 +62,7 @@ log = logging.getLogger("swapd.daemon.server")
 
 __all__ = ["EventLoop"]
 
-_ORDER = {"uffd": 0, "pidfd": 1, "conn": 2, "wake": 3, "listen": 4}  # per epoll batch
+_ORDER = {"loads": 0, "uffd": 0, "pidfd": 1, "conn": 2, "wake": 3, "listen": 4}  # per batch
 
 
 class EventLoop:
@@ -86,7 +88,7 @@ class EventLoop:
     # --- the descriptor table ------------------------------------------------------------
 
     def register(self, fd: int, kind: str, obj: Any) -> None:
-        """Watch ``fd`` for input; ``kind`` is uffd, conn, pidfd, listen or wake."""
+        """Watch ``fd`` for input; ``kind`` is uffd, loads, conn, pidfd, listen or wake."""
         with self.fd_lock:
             self.fds[fd] = (kind, obj)
             self.ep.register(fd, select.EPOLLIN)
@@ -274,6 +276,25 @@ class EventLoop:
             s = region.session
             if reclaimer.threaded and not s.dead:
                 reclaimer.direct(s)  # kicks the reclaimer thread when background work is due
+        elif kind == "loads":  # load workers finished slow-tier loads: place them
+            for job in obj.take_done():
+                s = job.region.session
+                try:
+                    pager.complete_load(job)
+                except ClientGoneError as exc:
+                    d.end_session(s, str(exc))
+                except KernelError as exc:
+                    log.error("region %s: %s", job.region.id, exc)
+                    with s.lock:
+                        pager.drop_region_locked(job.region, f"uffd failed: {exc}")
+                except InvariantError:
+                    raise
+                except Exception:  # a bug must cost one client, not all of them
+                    log.exception("completing %r failed", job)
+                    d.end_session(s, "internal error (see the log)")
+                else:
+                    if reclaimer.threaded and not s.dead:
+                        reclaimer.direct(s)
         elif kind == "conn":
             d.ops.on_conn(obj)
         elif kind == "pidfd":

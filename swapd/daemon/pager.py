@@ -76,13 +76,14 @@ docs/design.md secs. 11.3, 11.4, 11.6.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swapd.daemon.session import (
     EVICTING,
@@ -103,6 +104,7 @@ from swapd.errors import (
     EntryNotFoundError,
     SwapdError,
     TierIOError,
+    WouldBlockError,
 )
 from swapd.kernel import memfd as kmemfd
 from swapd.kernel.errors import (
@@ -123,6 +125,9 @@ from swapd.kernel.uffd import (
     UnmapEvent,
 )
 from swapd.policy.sizer import Sizer, SizerConfig, WatermarkSizer
+
+if TYPE_CHECKING:
+    from swapd.daemon.loader import Loader, LoadJob
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +209,9 @@ class Pager:
         self._src1 = self.buf.address + PAGE_SIZE  # the readahead run's first page
         # Fault service times of every client, departed ones included (main thread only).
         self.latency_ns = SampleRing(65536)  # the daemon's, over every client
+        # Slow-tier loads on worker threads (swapd/daemon/loader.py), set by the daemon; None:
+        # every load runs on the loop thread.
+        self.loader: Loader | None = None
 
     def close(self) -> None:
         """Release the copy buffer."""
@@ -331,7 +339,13 @@ class Pager:
             if flags & UFFD_PAGEFAULT_FLAG_WP:
                 self._wp_locked(region, idx, st)
             elif st == SWAPPED:
-                self._swapin_locked(region, idx, t0, bool(flags & UFFD_PAGEFAULT_FLAG_WRITE))
+                job = region.loading.get(idx) if region.loading else None
+                if job is not None:  # a worker is loading it: the placement wakes this one too
+                    job.waiters.append(t0)
+                    region.session.counters.load_joins += 1
+                else:
+                    self._swapin_locked(region, idx, t0,
+                                        bool(flags & UFFD_PAGEFAULT_FLAG_WRITE))
             else:
                 self._missing_locked(region, idx, st, t0)
         finally:  # counted and recorded even if the page turned out to be unmapped
@@ -588,7 +602,11 @@ class Pager:
             window = 0
         want = max(1, window)
         allowed = want
+        nowait = self.loader is not None
         if session.resident + want > session.limit_pages:
+            if nowait and self.layer.needs_io(region.layer_region, idx):
+                self._submit_locked(region, idx, window, t0, write)  # charged when loaded
+                return
             allowed = self._charge_locked(region, want)
             st = region.state[idx]
             if st != SWAPPED:  # the reclaim let another fault (or event) in first
@@ -596,7 +614,10 @@ class Pager:
                 return
         clean = self.clean_pages and not write
         try:
-            data = self.layer.load(region.layer_region, idx, not clean)
+            data = self.layer.load(region.layer_region, idx, not clean, nowait=nowait)
+        except WouldBlockError:  # a slow tier: a load worker reads it, the loop goes on
+            self._submit_locked(region, idx, window, t0, write)
+            return
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
             self._poison_locked(region, idx, exc)
             self._latency(session, t0)
@@ -647,9 +668,11 @@ class Pager:
         window = min(window, region.npages - start, self.ra_max)
         n = self.layer.swapped_run(region.layer_region, start, window)
         state = region.state
-        # our state is the authority: stop at the first page that is not SWAPPED
+        loading = region.loading
+        # our state is the authority: stop at the first page that is not SWAPPED (or is
+        # being loaded by a worker)
         k = 0
-        while k < n and state[start + k] == SWAPPED:
+        while k < n and state[start + k] == SWAPPED and start + k not in loading:
             k += 1
         if k == 0:
             return 0
@@ -662,38 +685,61 @@ class Pager:
 
         The run is charged by the caller.  With clean pages on, the loads keep the stored
         copies and the run is placed write-protected (nobody has written it yet).  A page
-        that cannot be loaded is poisoned and ends the run there.  After a partial copy (a
-        page became present: the client wrote it) the rest goes page by page, and a
-        present page wins (its kept copy is freed).
+        that cannot be loaded is poisoned and ends the run there.  With load workers, the
+        run's loads do not wait: from the first page in a slow tier on, the rest of the run
+        goes to a worker (:meth:`_submit_run_locked`) and is placed when it is loaded.
         """
-        session = region.session
         load = self.layer.load
         load_run = self.layer.load_run
         rid = region.layer_region
         view = self.buf.view
         clean = self.clean_pages
         exclusive = not clean
+        nowait = self.loader is not None
         end = start + k
         i = start
         off = PAGE_SIZE
+        rest = False
         try:
             while i < end:
                 # the run is decompressed straight into the buffer; load() then tells why it
                 # stopped (raising), or takes the one page the batch did not (a disk page)
                 n = load_run(rid, i, end - i, view[off:off + ((end - i) << PAGE_SHIFT)],
-                             exclusive)
+                             exclusive, nowait=nowait)
                 i += n
                 off += n << PAGE_SHIFT
                 if i < end:
-                    view[off:off + PAGE_SIZE] = load(rid, i, exclusive)
+                    view[off:off + PAGE_SIZE] = load(rid, i, exclusive, nowait=nowait)
                     off += PAGE_SIZE
                     i += 1
+        except WouldBlockError:
+            rest = True
         except (CorruptPageError, TierIOError, EntryNotFoundError) as exc:
             self._poison_locked(region, i, exc)
         loaded = i - start
-        if loaded == 0:
-            return 0
-        src = self._src1
+        placed = 0
+        if loaded:
+            placed = self._place_run_locked(region, start, loaded, self._src1,
+                                            readahead=readahead, kept=False)
+        if rest and not region.dropped:
+            self._submit_run_locked(region, i, end - i)
+            if readahead:
+                region.ra_next = end
+        return placed
+
+    def _place_run_locked(self, region: ManagedRegion, start: int, loaded: int, src: int, *,
+                          readahead: bool, kept: bool) -> int:
+        """Place the loaded run ``[start, start+loaded)`` from address ``src`` with one
+        multi-page UFFDIO_COPY (write-protected with clean pages on) and account it; returns
+        pages placed.  ``kept``: the layer kept the copies (a worker's non-exclusive load);
+        without clean pages they are freed once placed.  After a partial copy (a page became
+        present: the client wrote it) the rest goes page by page, and a present page wins (its
+        kept copy is freed).  O(loaded).
+        """
+        session = region.session
+        rid = region.layer_region
+        clean = self.clean_pages
+        i = start + loaded
         dst = region.start + (start << PAGE_SHIFT)
         present: list[int] = []
         try:
@@ -711,6 +757,9 @@ class Pager:
             for j in present:
                 region.clean[j] = 0
                 self.layer.invalidate(rid, j)
+        elif kept:
+            for j in range(start, i):
+                self.layer.invalidate(rid, j)
         insert = session.policy.insert
         base = region.id << 32
         for j in range(start, i):
@@ -718,11 +767,214 @@ class Pager:
         session.resident += loaded
         if readahead:
             session.counters.readahead_pages += loaded
-            region.ra_next = i
+            if not kept:  # a worker's run: the faults that came meanwhile moved ra_next on
+                region.ra_next = i
             if self.recorder is not None:  # a load without a fault (op "p")
                 for j in range(start, i):
                     self.recorder(base | j, "p")
         return loaded
+
+    # --- slow-tier loads on the load workers (swapd/daemon/loader.py) ---------------------
+
+    def _submit_locked(self, region: ManagedRegion, idx: int, window: int, t0: int,
+                       write: bool) -> None:
+        """A fault on a page in a slow tier: claim it and the readahead run after it (the
+        SWAPPED pages no worker is loading yet) and hand them to a load worker.  O(window).
+        The fault's thread stays blocked until :meth:`complete_load` places the page."""
+        from swapd.daemon.loader import LoadJob
+
+        assert self.loader is not None
+        n = 1
+        if window > 1:
+            end = min(region.npages, idx + min(window, self.ra_max))
+            state = region.state
+            loading = region.loading
+            while idx + n < end and state[idx + n] == SWAPPED and idx + n not in loading:
+                n += 1
+        job = LoadJob(region, idx, n, fault=True, write=write, window=window, t0=t0)
+        self._claim_locked(region, job)
+        region.ra_window = window
+        region.ra_next = idx + n if window else idx + 1
+        region.session.counters.worker_loads += 1
+
+    def _submit_run_locked(self, region: ManagedRegion, start: int, n: int) -> None:
+        """Readahead of the SWAPPED run ``[start, start+n)`` (a prefix not being loaded
+        already) on a load worker; nobody waits for it."""
+        from swapd.daemon.loader import LoadJob
+
+        state = region.state
+        loading = region.loading
+        k = 0
+        while k < n and state[start + k] == SWAPPED and start + k not in loading:
+            k += 1
+        if k:
+            self._claim_locked(region, LoadJob(region, start, k, fault=False))
+
+    def _claim_locked(self, region: ManagedRegion, job: LoadJob) -> None:
+        assert self.loader is not None
+        loading = region.loading
+        for j in range(job.start, job.start + job.n):
+            loading[j] = job
+        self.loader.submit(job)
+
+    def complete_load(self, job: LoadJob) -> None:
+        """Loop thread: a worker finished ``job``.  Charge, place, account and wake (see
+        :meth:`_complete_locked`); the job's pages are released from ``loading``.
+
+        Raises ClientGoneError when the client's address space is gone (the caller ends the
+        session).
+        """
+        region = job.region
+        session = region.session
+        try:
+            with session.lock:
+                try:
+                    self._complete_locked(job)
+                except (RegionGone, PageGone):
+                    pass
+                except UffdClientGoneError as exc:
+                    raise ClientGoneError(f"client {session.pid} is gone: {exc}") from exc
+                finally:
+                    loading = region.loading
+                    for j in range(job.start, job.start + job.n):
+                        if loading.get(j) is job:
+                            del loading[j]
+        finally:
+            if self.loader is not None:
+                self.loader.release(job)
+
+    def _complete_locked(self, job: LoadJob) -> None:
+        """Place what ``job`` loaded.  O(job.n) plus one charge.
+
+        The prefix of the loaded pages that are still SWAPPED is charged (a charge that does
+        not fit pays for direct reclaim or shrinks the run) and placed: the faulting page
+        first -- writable for a write fault, whose kept copy is freed only now that the page
+        is in place -- then the rest as one write-protected run, then the fault is woken.  A
+        loaded page that is not placed becomes a stored page again (``layer.store_clean``);
+        a page that the client discarded or unmapped meanwhile was freed by that event and is
+        skipped.  A page that could not be loaded is poisoned if it is still SWAPPED.  Threads
+        waiting on a page of the run that was not placed are woken to fault again.
+        """
+        region = job.region
+        session = region.session
+        if region.dropped or session.dead:
+            return  # its layer entries went with it; the drop woke the waiting threads
+        start, n = job.start, job.n
+        state = region.state
+        rid = region.layer_region
+        loaded = job.loaded
+        k = 0
+        placed = 0
+        try:
+            while k < loaded and state[start + k] == SWAPPED:
+                k += 1
+            err = job.error
+            bad = start + loaded
+            if err is not None and bad < start + n and state[bad] == SWAPPED:
+                if not isinstance(err, CorruptPageError | TierIOError | EntryNotFoundError):
+                    raise err
+                # not found: poisoned unless the page was discarded and stored anew meanwhile
+                # (then it faults again and gets that copy)
+                if not (isinstance(err, EntryNotFoundError) and self.layer.has_copy(rid, bad)):
+                    self._poison_locked(region, bad, err)
+            if k and session.resident + k > session.limit_pages:
+                allowed = self._charge_locked(region, k)  # may release the lock
+                k = min(k, allowed)
+                j = 0
+                while j < k and state[start + j] == SWAPPED:
+                    j += 1
+                k = j
+            if k:
+                try:
+                    placed = self._place_job_locked(job, k)
+                except PageGone:  # unmapped under us: its copies go
+                    self.mark_gone_locked(region, start, k)
+        finally:
+            if not region.dropped:
+                for j in range(start + placed, start + loaded):
+                    if state[j] == SWAPPED:  # loaded but not placed: a stored page again
+                        self._restore_locked(job, j)
+                if placed < n:  # whoever waits on the rest faults again
+                    with contextlib.suppress(SwapdError):
+                        region.uffd.wake(region.address(start + placed), (n - placed) << PAGE_SHIFT)
+            for t0 in job.waiters:
+                self._latency(session, t0)
+
+    def _place_job_locked(self, job: LoadJob, k: int) -> int:
+        """Place the first ``k`` pages of ``job`` (charged, all SWAPPED); returns how many."""
+        region = job.region
+        session = region.session
+        assert job.buf is not None
+        src = job.buf.address
+        start = job.start
+        if not job.fault:
+            return self._place_run_locked(region, start, k, src, readahead=True, kept=True)
+        rid = region.layer_region
+        clean = self.clean_pages and not job.write
+        addr = region.address(start)
+        later = k > 1
+        placed = self._copy_locked(region, addr, src, PAGE_SIZE, wp=clean, dontwake=later)
+        region.state[start] = RESIDENT
+        if placed and clean:
+            region.clean[start] = 1
+            session.counters.clean_faults += 1
+        else:  # a writable page (its copy is freed now that it is in place), or the page
+            self.layer.invalidate(rid, start)  # was there already: it is the authority
+        session.resident += 1
+        session.policy.insert((region.id << 32) | start)
+        c = session.counters
+        c.swapins += 1
+        if session.eviction_seq - region.evicted_seq[start] < session.limit_pages:
+            c.refaults += 1
+        if job.window:
+            c.readahead_hits += 1
+        done = 1
+        if later:
+            try:
+                done += self._place_run_locked(region, start + 1, k - 1, src + PAGE_SIZE,
+                                               readahead=True, kept=True)
+            finally:
+                if placed:
+                    self._ioctl_locked(region, region.uffd.wake, addr, PAGE_SIZE)
+        return done
+
+    def _restore_locked(self, job: LoadJob, j: int) -> None:
+        """Page ``j`` of ``job`` was loaded (its copy kept, clean) but is not placed: make
+        the kept copy the stored page again, or store the loaded bytes if there is none."""
+        rid = job.region.layer_region
+        if self.layer.store_clean(rid, j):
+            return
+        assert job.buf is not None
+        off = (j - job.start) << PAGE_SHIFT
+        try:
+            self.layer.store(rid, j, job.buf.view[off:off + PAGE_SIZE])
+        except SwapdError as exc:  # it cannot be kept: never served as zeros
+            self._poison_locked(job.region, j, exc)
+
+    def cancel_loads(self) -> None:
+        """Hand-over (the loop has stopped): wait for the running loads, cancel the queued
+        ones, and make every loaded page a stored page again (``layer.store_clean``), so the
+        next daemon finds it SWAPPED and stored; the waiting threads fault again there."""
+        loader = self.loader
+        if loader is None:
+            return
+        n = loader.in_flight()
+        if n:
+            log.warning("hand-over: waiting for %d load(s) in flight", n)
+        loader.wait_idle(cancel=True)
+        for job in loader.take_done():
+            region = job.region
+            with region.session.lock:
+                loading = region.loading
+                for j in range(job.start, job.start + job.n):
+                    if loading.get(j) is job:
+                        del loading[j]
+                if not region.dropped and not region.session.dead:
+                    state = region.state
+                    for j in range(job.start, job.start + job.loaded):
+                        if state[j] == SWAPPED:
+                            self._restore_locked(job, j)
+            loader.release(job)
 
     def prefetch_locked(self, region: ManagedRegion, start: int, npages: int,
                         budget: int) -> int:
@@ -733,13 +985,14 @@ class Pager:
         i = start
         end = start + npages
         state = region.state
+        loading = region.loading
         while i < end and done < budget:
-            if state[i] != SWAPPED:
+            if state[i] != SWAPPED or i in loading:
                 i += 1
                 continue
             k = 1
             while i + k < end and k < self.ra_max and done + k < budget and \
-                    state[i + k] == SWAPPED:
+                    state[i + k] == SWAPPED and i + k not in loading:
                 k += 1
             k = self.sizer.charge(session, k, 0).allowed  # a prefetch never reclaims
             if k <= 0:
@@ -823,6 +1076,9 @@ class Pager:
                     policy.remove(key)
         session.regions.pop(region.id, None)
         session.managed_pages -= region.npages
+        for job in set(region.loading.values()):  # threads waiting on a worker's load: wake
+            with contextlib.suppress(SwapdError):  # them (they fault again, on nothing)
+                region.uffd.wake(region.address(job.start), job.n << PAGE_SHIFT)
         if not session.layer_freed:
             try:
                 self.layer.remove_region(region.layer_region)

@@ -618,6 +618,8 @@ class Keeper:
         """Graceful stop with a store: leave everything for the next daemon (module doc)."""
         t0 = time.monotonic()
         d = self.daemon
+        if d.pager is not None:  # loads in flight: their pages stay stored (SWAPPED)
+            d.pager.cancel_loads()
         if d.reclaimer is not None:
             d.reclaimer.stop()
         if d.shrinker is not None:

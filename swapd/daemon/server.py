@@ -98,6 +98,7 @@ class Daemon:
         self.listener: socket.socket | None = None
         self.pager: Pager | None = None
         self.reclaimer: Reclaimer | None = None
+        self.loader: Any = None  # swapd.daemon.loader.Loader: slow-tier loads
         self.shrinker: Any = None  # swapd.layer.ShrinkerThread
         self.started = time.monotonic()
         self.clients_total = 0
@@ -151,6 +152,13 @@ class Daemon:
             between_stores=loop.serve_faults_now, recorder=rec)
         self.pager.sizer = self.reclaimer.sizer
         self.pager.reclaim = self.reclaimer.direct_locked
+        if cfg.pager.load_workers:  # slow-tier loads off the loop thread
+            from swapd.daemon.loader import Loader
+
+            self.loader = Loader(layer, workers=cfg.pager.load_workers,
+                                 npages=cfg.pager.readahead_max)
+            self.pager.loader = self.loader
+            loop.register(self.loader.fd, "loads", self.loader)
         self.listener = keeper.take_listener()
         if self.listener is None:
             self.listener = self._bind()
@@ -218,6 +226,11 @@ class Daemon:
             self.listener = None
         if self.keeper.registry is not None:
             self.keeper.registry.close()
+        if self.loader is not None:  # before the layer closes: no worker reads it after
+            if self.loop is not None:
+                self.loop.forget(self.loader.fd)
+            self.loader.close()
+            self.loader = None
         if self.pager is not None:
             self.pager.close()
         if self.loop is not None:

@@ -11,6 +11,9 @@ reaches the server (no page cache in between) and a fault lands on exactly the I
 * ``capacity``: bytes the file system holds; a write or ``fallocate`` beyond answers ENOSPC,
   and ``statfs`` says so; ``fallocate_ok=False`` answers EOPNOTSUPP (a sparse file);
 * ``read_delay_s``: every read waits that long before it is answered;
+* :meth:`hold_reads` / :meth:`release_reads`: reads wait, unanswered, until released (a slow
+  disk on cue, for tests that order events instead of timing them); ``held`` counts the reads
+  waiting, :meth:`wait_held` waits for them;
 * :meth:`corrupt`: change stored bytes behind the reader's back.
 
 The server handles one request at a time (a delayed read delays the others).  The file
@@ -124,6 +127,10 @@ class FaultFS:
         self.fail_writes = False
         self.fallocate_ok = True
         self.read_delay_s = 0.0
+        self._gate = threading.Event()  # clear: reads wait (hold_reads)
+        self._gate.set()
+        self._held_cond = threading.Condition()
+        self.held = 0  # under _held_cond: reads waiting at the gate
         self.reads = 0
         self.writes = 0
         self.failed_reads = 0
@@ -150,6 +157,19 @@ class FaultFS:
             node = self._names[name]
             node.data[offset:offset + len(data)] = data
 
+    def hold_reads(self) -> None:
+        """From now on every read waits, unanswered, until :meth:`release_reads`."""
+        self._gate.clear()
+
+    def release_reads(self) -> None:
+        """Answer the held reads, and the later ones at once."""
+        self._gate.set()
+
+    def wait_held(self, n: int = 1, timeout: float = 60.0) -> bool:
+        """Wait until at least ``n`` reads are held; False if that did not happen in time."""
+        with self._held_cond:
+            return self._held_cond.wait_for(lambda: self.held >= n, timeout)
+
     def files(self) -> list[str]:
         with self._lock:
             return sorted(self._names)
@@ -160,6 +180,7 @@ class FaultFS:
             return
         _libc.umount2(self.mountpoint.encode(), _MNT_DETACH)
         fd, self._fd = self._fd, -1
+        self._gate.set()
         os.close(fd)
         self._thread.join(10)
 
@@ -297,6 +318,13 @@ class FaultFS:
                     got = got.ljust(min(size, node.size - off), b"\0")
                 delay = self.read_delay_s
         if op == _READ:
+            if not self._gate.is_set():
+                with self._held_cond:
+                    self.held += 1
+                    self._held_cond.notify_all()
+                self._gate.wait()
+                with self._held_cond:
+                    self.held -= 1
             if delay:
                 time.sleep(delay)
             return (errno.EIO, b"") if fail else (0, got)

@@ -57,10 +57,14 @@
 # outside it too: the victims are marked WB and taken off the lists under the lock, written out
 # without it, and committed under it only if their word is unchanged (a concurrent load,
 # invalidate or store wins, and the new slot is freed) -- the kernel's zswap_writeback_entry()
-# re-validates the entry against the tree the same way.  Loads (including a disk pread and the
-# decompression) run under the lock, so a slot or handle is never freed under a reader.  The
-# caller serializes store/load/invalidate of the *same* page (the daemon has one authority per
-# page); anything else may run concurrently, including writeback, shrink_step and compact.
+# re-validates the entry against the tree the same way.  A load from a memory tier (and its
+# decompression) runs under the lock; a load from a slow tier marks the entry busy (WB, off its
+# list, its key's free deferred) and reads without the lock, so a slot or handle is never freed
+# under a reader and a load may run on any thread (the daemon's load workers).  ``nowait``
+# loads raise WouldBlockError instead of reading a slow tier.  The caller serializes
+# store/load/invalidate of the *same* page (the daemon has one authority per page; its
+# in-flight set keeps a second load of a page from starting); anything else may run
+# concurrently, including writeback, shrink_step and compact.
 #
 # Lock order: SwapLayer._lock -> backend locks -> PageArena._lock;
 #             SwapLayer._lock -> DiskTier._lock.  Policies are called only under SwapLayer._lock.
@@ -96,6 +100,7 @@ from swapd.errors import (
     StoreRejected,
     TierFullError,
     TierIOError,
+    WouldBlockError,
 )
 from swapd.layer.table import (
     CLEAN,
@@ -1185,12 +1190,14 @@ class SwapLayer:
 
     # -- load -------------------------------------------------------------------------------
 
-    def load(self, region: int, index: int, exclusive: bool | None = None) -> bytes:
+    def load(self, region: int, index: int, exclusive: bool | None = None, *,
+             nowait: bool = False) -> bytes:
         """zswap_load(): return the page (PAGE_SIZE bytes) and, by default, drop the copy.
 
         ``exclusive`` overrides ``exclusive_loads`` for this load: False keeps the copy as a
         clean copy (the daemon's read faults: the page is placed write-protected), True
-        frees it (write faults).
+        frees it (write faults).  ``nowait``: raise WouldBlockError, changing nothing, when
+        the page lives in a slow tier (the daemon then loads it on a worker thread).
 
         Raises EntryNotFoundError when the page has no swapped-out copy, CorruptPageError when
         the copy fails its check (the entry stays, so every later load fails too), TierIOError.
@@ -1255,6 +1262,9 @@ class SwapLayer:
                 return fill_page(value)
             t = tag - TAG_TIER0
             tier = self._tiers[t]
+            if nowait and tier.slow:
+                raise WouldBlockError(f"page {index} of region {region} is in the "
+                                      f"{tier.name} tier")
             key = self._key_locked(g, w)
             if not (tier.slow and not w & WB and g not in self._busy):
                 try:
@@ -1266,10 +1276,10 @@ class SwapLayer:
                 return page
             self._begin_io_locked(g, cl, t, w)
         # A slow tier: the read runs outside the lock (the entry is busy, off its list).
-        return self._end_load(region, g, cl, t, w, tier.load_batch([key]))[0]
+        return self._end_load(region, g, cl, t, w, tier.load_batch([key]), exclusive)[0]
 
-    def load_many(self, region: int, index: int, n: int, *,
-                  one_stretch: bool = False, exclusive: bool | None = None) -> list[bytes]:
+    def load_many(self, region: int, index: int, n: int, *, one_stretch: bool = False,
+                  exclusive: bool | None = None, nowait: bool = False) -> list[bytes]:
         """The pages of the swapped-out run from ``index`` (at most ``n``), loaded in order.
 
         For readahead: consecutive entries of one slow tier (same-filled pages among them
@@ -1278,7 +1288,8 @@ class SwapLayer:
         page that is not swapped out or fails to load (a failure of the first page raises as
         :meth:`load` does); with ``one_stretch``, also after one slow-tier run or one other
         page.  ``exclusive`` as for :meth:`load` (for the entries it loads with
-        :meth:`load`).  O(n) plus the I/O.
+        :meth:`load`).  ``nowait``: stop before the first page of a slow tier (raise
+        WouldBlockError if it is the first).  O(n) plus the I/O.
         """
         out: list[bytes] = []
         while len(out) < n:
@@ -1301,6 +1312,10 @@ class SwapLayer:
                 t = tag - TAG_TIER0
                 # (g, word, slow) of a run in one slow tier, same-filled entries among them
                 run: list[tuple[int, int, bool]] = []
+                if nowait and tag >= TAG_TIER0 and self._tiers[t].slow:
+                    if out:
+                        return out
+                    raise WouldBlockError(f"page {i} of region {region} is in a slow tier")
                 if tag >= TAG_TIER0 and self._tiers[t].slow:
                     end = min(reg.base + reg.npages, g0 + n - len(out))
                     g = g0
@@ -1321,8 +1336,8 @@ class SwapLayer:
                             self._begin_io_locked(g, cl, t, w)
             if not run:
                 try:
-                    out.append(self.load(region, i, exclusive))
-                except (CorruptPageError, TierIOError):
+                    out.append(self.load(region, i, exclusive, nowait=nowait))
+                except (CorruptPageError, TierIOError, WouldBlockError):
                     if out:
                         return out
                     raise
@@ -1337,15 +1352,19 @@ class SwapLayer:
             for j, (g, w, slow) in enumerate(run):
                 try:
                     if slow:
-                        got = self._end_load(region, g, cl, t, w, pages[k:k + 1])
+                        got = self._end_load(region, g, cl, t, w, pages[k:k + 1], exclusive)
                         k += 1
                     else:
-                        got = [self._load_same(region, g, cl, w)]
+                        got = [self._load_same(region, g, cl, w, exclusive)]
                 except (CorruptPageError, TierIOError, EntryNotFoundError):
-                    # the rest of the run stays swapped out, as it was
+                    # the rest of the run stays swapped out, as it was (or was dropped
+                    # meanwhile: then _end_load frees its key and says so)
                     for g2, w2, slow2 in run[j + 1:]:
                         if slow2:
-                            self._end_load(region, g2, cl, t, w2, None)
+                            try:
+                                self._end_load(region, g2, cl, t, w2, None)
+                            except EntryNotFoundError:
+                                pass
                     if out or j:
                         return out
                     raise
@@ -1354,16 +1373,18 @@ class SwapLayer:
                 return out
         return out
 
-    def _load_same(self, region: int, g: int, cl: _Client, w: int) -> bytes:
+    def _load_same(self, region: int, g: int, cl: _Client, w: int,
+                   exclusive: bool | None = None) -> bytes:
         """Load same-filled entry ``g`` (word ``w`` when the run was read), as :meth:`load`
-        does; EntryNotFoundError if the word changed meanwhile.  O(1) under the lock."""
+        does (``exclusive`` as there); EntryNotFoundError if the word changed meanwhile.
+        O(1) under the lock."""
         with self._lock:
             table = self._table
             if table.words[g] != w or self._clients.get(cl.key) is not cl:
                 raise EntryNotFoundError(f"entry {g} of region {region} changed meanwhile")
             value = table.side.value(w) if w & SIDE else decode_value(w)
             cl.zswpin += 1
-            if self._exclusive:
+            if self._exclusive if exclusive is None else exclusive:
                 self._drop_locked(g, cl)
             else:
                 table.words[g] = w | CLEAN
@@ -1379,11 +1400,12 @@ class SwapLayer:
         self._io_inflight += 1
 
     def _end_load(self, region: int, g: int, cl: _Client, t: int, w: int,
-                  pages: list[bytes] | None) -> list[bytes]:
+                  pages: list[bytes] | None, exclusive: bool | None = None) -> list[bytes]:
         """Finish a slow load begun by :meth:`_begin_io_locked`.
 
         ``pages`` is ``[page]`` on success, ``[]`` when the read failed (the error is read
         again under the lock to be raised), None to just put the entry back untouched.
+        ``exclusive`` as for :meth:`load`.
         """
         tier = self._tiers[t]
         err: Exception | None = None
@@ -1408,7 +1430,7 @@ class SwapLayer:
                     raise err
                 return []
             self._words[g] = w | WB  # _loaded_locked sees an entry off its list
-            self._loaded_locked(g, cl, t, w | WB)
+            self._loaded_locked(g, cl, t, w | WB, exclusive)
             return pages
 
     def _key_for(self, g: int, w: int) -> int:
@@ -1519,7 +1541,8 @@ class SwapLayer:
         view = self._run_view(region, start, n, view)
         nat = _NATIVE
         if (nat is not None and self._fast_ok and self._t0c is not None
-                and self._t0c.compressor.name == "lz4"):
+                and self._t0c.compressor.name == "lz4" and not self._caps):
+            # (per-client limits, set_client_limits, are applied by ``store`` only)
             return self._store_batch_native(nat, region, start, n, view)
         out = [False] * n
         try:
@@ -1666,7 +1689,7 @@ class SwapLayer:
             cl.zswpout += 1
 
     def load_run(self, region: int, start: int, n: int, into: Page,
-                 exclusive: bool | None = None) -> int:
+                 exclusive: bool | None = None, *, nowait: bool = False) -> int:
         """Load the run of pages ``start .. start+n-1`` of ``region`` into ``into`` (page j at
         byte j * PAGE_SIZE), as ``load`` of each page in order; return how many were loaded.
 
@@ -1674,7 +1697,8 @@ class SwapLayer:
         stays; ``load`` of it raises the reason) -- so a caller places the prefix and asks
         ``load`` about the rest.  Raises ObjectSizeError when ``into`` is too small,
         EntryNotFoundError when the run is not inside the region.  O(n) decompressions.
-        ``exclusive`` as for :meth:`load`.
+        ``exclusive`` and ``nowait`` as for :meth:`load` (``nowait``: stops before the first
+        page of a slow tier).
         """
         view = self._run_view(region, start, n, into)
         nat = _NATIVE
@@ -1692,8 +1716,8 @@ class SwapLayer:
             # remote tier), or one page
             try:
                 pages = self.load_many(region, start + done, n - done, one_stretch=native,
-                                       exclusive=exclusive)
-            except (CorruptPageError, TierIOError, EntryNotFoundError):
+                                       exclusive=exclusive, nowait=nowait)
+            except (CorruptPageError, TierIOError, EntryNotFoundError, WouldBlockError):
                 return done
             for page in pages:
                 view[done * PAGE_SIZE:(done + 1) * PAGE_SIZE] = page
@@ -1813,6 +1837,15 @@ class SwapLayer:
         if tag == TAG_SAME:
             return EntryState.SAME_FILLED
         return self._tiers[tag - TAG_TIER0].state
+
+    def needs_io(self, region: int, index: int) -> bool:
+        """Whether loading the swapped-out page needs a slow tier's I/O (a ``nowait`` load
+        would raise WouldBlockError).  O(1)."""
+        with self._lock:
+            g, _ = self._lookup_locked(region, index)
+            w = self._table.words[g]
+            tag = w & TAG_MASK
+            return tag >= TAG_TIER0 and not w & CLEAN and self._tiers[tag - TAG_TIER0].slow
 
     def has_copy(self, region: int, index: int) -> bool:
         """Whether any stored copy exists (a swapped-out entry or a clean copy).  O(1)."""
