@@ -32,14 +32,14 @@
 # DiskTier's state is a memfd region of kind ``disk`` (docs/state-format.md section 4): a slot
 # bitmap (``used``, bit ``k & 7`` of byte ``k >> 3``) and one tag record per slot (``tag``:
 # 4 bytes of CRC-32, or the sealer's RECORD bytes -- the sealer's table *is* that array).  The
-# extent allocator's SortedDict/SortedList are indexes over the bitmap, rebuilt from it by
-# ``DiskTier.adopt``.  A slot's bit is set when it is allocated (before its data is written) and
-# cleared when it is freed; its tag is written after its data.  The seal key is never in the
-# region (``Sealer.export_state`` hands it over separately).
+# extent allocator's dicts, SortedList and free-slot byte map are indexes over the bitmap,
+# rebuilt from it by ``DiskTier.adopt``.  A slot's bit is set when it is allocated (before its
+# data is written) and cleared when it is freed; its tag is written after its data.  The seal
+# key is never in the region (``Sealer.export_state`` hands it over separately).
 #
-# Invariants: DiskTier -- free extents are disjoint, coalesced, inside [0, nslots), and the two
-# sorted views hold the same extents; used slots = nslots - free slots; the bitmap's clear bits
-# are exactly the free extents.
+# Invariants: DiskTier -- free extents are disjoint, coalesced, inside [0, nslots), and the
+# allocator's views (by start, by end, by length, the free-slot map) hold the same extents;
+# used slots = nslots - free slots; the bitmap's clear bits are exactly the free extents.
 # Lock order: SwapLayer.lock -> DiskTier._lock (a leaf; also taken alone by the writeback thread
 # for slot allocation).  Backend locks and the arena lock are below SwapLayer.lock.
 """Tiers: the documented ``Tier`` contract, ``CompressedTier`` and ``DiskTier``."""
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sortedcontainers import SortedDict, SortedList
+from sortedcontainers import SortedList
 
 from swapd.backend import Backend
 from swapd.compress import Compressor, get_compressor
@@ -445,27 +445,47 @@ class CompressedTier(Tier):
 
 
 class SlotAllocator:
-    """Free extents of ``nslots`` slots, kept by start and by (length, start).
+    """Free extents of ``nslots`` slots, kept by start, by end and by (length, start).
 
     Not thread-safe (DiskTier._lock).  ``alloc`` is best fit for the whole request, else it
-    takes the largest extents first.  O(log n) per extent touched.
+    takes the largest extents first: O(log n) per extent touched.  ``free`` coalesces through
+    the by-start and by-end dicts (O(1) each) and a byte per slot (1: free) that answers
+    ``is_free`` and catches a double free in O(1): one sorted index (``by_len``) is left, the
+    only one allocation needs.  The byte map costs nslots bytes (1/4096 of the disk).
     """
 
     def __init__(self, nslots: int) -> None:
         self.nslots = nslots
-        self.by_start: SortedDict = SortedDict()  # start -> length
+        self.by_start: dict[int, int] = {}  # start -> length
+        self._by_end: dict[int, int] = {}   # start + length -> start
         self.by_len: SortedList = SortedList()    # (length, start)
+        self._free_map = bytearray(nslots)  # slot -> 1 if free
         self.free_slots = 0
         if nslots:
             self._add(0, nslots)
+            self._free_map[:] = b"\x01" * nslots
+
+    @classmethod
+    def from_free_runs(cls, nslots: int, runs: Sequence[tuple[int, int]]) -> SlotAllocator:
+        """An allocator whose free extents are ``runs`` ((start, length), disjoint and not
+        touching, as ``_free_runs`` gives them).  O(nslots + runs log runs)."""
+        self = cls(0)
+        self.nslots = nslots
+        self._free_map = bytearray(nslots)
+        for start, n in runs:
+            self._add(start, n)
+            self._free_map[start:start + n] = b"\x01" * n
+        return self
 
     def _add(self, start: int, n: int) -> None:
         self.by_start[start] = n
+        self._by_end[start + n] = start
         self.by_len.add((n, start))
         self.free_slots += n
 
     def _remove(self, start: int) -> int:
-        n: int = self.by_start.pop(start)
+        n = self.by_start.pop(start)
+        del self._by_end[start + n]
         self.by_len.remove((n, start))
         self.free_slots -= n
         return n
@@ -474,6 +494,7 @@ class SlotAllocator:
         """Allocate up to ``n`` slots as runs [(start, count)], fewest runs first."""
         runs: list[tuple[int, int]] = []
         by_len = self.by_len
+        fm = self._free_map
         while n > 0 and by_len:
             i = by_len.bisect_left((n, -1))
             length, start = by_len[i] if i < len(by_len) else by_len[-1]
@@ -481,6 +502,7 @@ class SlotAllocator:
             take = min(n, length)
             if length > take:
                 self._add(start + take, length - take)
+            fm[start:start + take] = bytes(take)
             runs.append((start, take))
             n -= take
         return runs
@@ -489,44 +511,47 @@ class SlotAllocator:
         """Return ``n`` slots from ``slot``, coalescing with neighbours.  O(log n)."""
         if slot < 0 or slot + n > self.nslots:
             raise InvariantError(f"slot {slot} out of range")
-        by_start = self.by_start
-        keys = by_start.keys()
-        i = by_start.bisect_right(slot)
         end = slot + n
-        if i > 0 and keys[i - 1] + by_start[keys[i - 1]] > slot:
+        fm = self._free_map
+        if fm.find(1, slot, end) >= 0:
             raise InvariantError(f"slot {slot} freed twice")
-        if i < len(keys) and keys[i] < end:
-            raise InvariantError(f"slot {slot} freed twice")
-        if i > 0 and keys[i - 1] + by_start[keys[i - 1]] == slot:
-            ps = keys[i - 1]
+        fm[slot:end] = b"\x01" * n
+        ps = self._by_end.get(slot)
+        if ps is not None:
             n += self._remove(ps)
             slot = ps
-        if end in by_start:
+        if end in self.by_start:
             n += self._remove(end)
         self._add(slot, n)
 
     def is_free(self, slot: int) -> bool:
-        """Whether ``slot`` is free.  O(log n)."""
-        i = self.by_start.bisect_right(slot)
-        if i == 0:
-            return False
-        s = self.by_start.keys()[i - 1]
-        return bool(slot < s + self.by_start[s])
+        """Whether ``slot`` is free.  O(1)."""
+        return 0 <= slot < self.nslots and self._free_map[slot] == 1
+
+    def extents(self) -> list[tuple[int, int]]:
+        """The free extents (start, length) in order of start.  O(n log n)."""
+        return sorted(self.by_start.items())
 
     def _check(self) -> None:
         pos = -1
         total = 0
-        for s, n in self.by_start.items():
+        fm = bytearray(self.nslots)
+        for s, n in self.extents():
             if n <= 0 or s < 0 or s + n > self.nslots:
                 raise InvariantError(f"slot extent ({s}, {n}) out of range")
             if s <= pos:
                 raise InvariantError(f"slot extents overlap or touch at {s}")
             pos = s + n
             total += n
+            fm[s:s + n] = b"\x01" * n
         if total != self.free_slots:
             raise InvariantError(f"free slots {self.free_slots} != extents' {total}")
         if sorted((n, s) for s, n in self.by_start.items()) != list(self.by_len):
-            raise InvariantError("slot allocator: the two views differ")
+            raise InvariantError("slot allocator: the extents by start and by length differ")
+        if self._by_end != {s + n: s for s, n in self.by_start.items()}:
+            raise InvariantError("slot allocator: the extents by start and by end differ")
+        if fm != self._free_map:
+            raise InvariantError("slot allocator: the free-slot map disagrees with the extents")
 
 
 DISK_KIND = "disk"
@@ -726,10 +751,8 @@ class DiskTier(Tier):
                 raise StateFormatError(f"disk region: tags of kind {kind} and {size} bytes; "
                                        f"this swapd checks kind {TAG_CRC32} (4 bytes) and "
                                        f"{TAG_AES_GCM} ({SEAL_RECORD} bytes)")
-            alloc = SlotAllocator(0)
-            alloc.nslots = nslots
-            for start, n in _free_runs(bytes(region.view("used")[:(nslots + 7) // 8]), nslots):
-                alloc._add(start, n)
+            alloc = SlotAllocator.from_free_runs(
+                nslots, _free_runs(bytes(region.view("used")[:(nslots + 7) // 8]), nslots))
             self = cls.__new__(cls)
             self._setup(path or f"/proc/self/fd/{file_fd}", file_fd, region, sealer, keep, alloc)
         except BaseException:
@@ -881,7 +904,7 @@ class DiskTier(Tier):
         with self._lock:
             self._alloc._check()
             runs = _free_runs(bytes(self._used[:(self.nslots + 7) // 8]), self.nslots)
-            if runs != [(int(s), int(n)) for s, n in self._alloc.by_start.items()]:
+            if runs != self._alloc.extents():
                 raise InvariantError(f"disk tier {self.path}: the slot bitmap disagrees with "
                                      "the free extents")
             self.region._check()

@@ -18,6 +18,13 @@ same path (a shared file system), or from the bytes shipped with each job when
 ``ship`` is set (the trace is then written to a worker's temporary directory).
 Progress and outputs are the same as with the local pool.
 
+A worker process runs many jobs of one trace and one corpus: it builds the
+synthetic corpus (about a second of CPU) and parses the trace once, and keeps
+both for its later jobs (:func:`_job_corpus`, :func:`_job_requests`; one of
+each, keyed by what defines them, so a job of another trace or corpus replaces
+them).  A corpus is read-only and a full-mode run only iterates the requests,
+so sharing them between runs cannot change a result.
+
 Results are written to ``OUT/sweep.csv`` (one row per job, flat columns) and
 ``OUT/sweep.json`` (parameters plus every result with its time series), and,
 when matplotlib is installed, to PNG figures (:mod:`swapd.sim.plots`).
@@ -43,7 +50,7 @@ from typing import Any
 
 from swapd.errors import ConfigError
 from swapd.sim.costs import DEFAULT_COSTS, CostTable
-from swapd.sim.trace import read_pages, read_trace
+from swapd.sim.trace import Request, read_pages, read_trace
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,40 @@ def open_corpus(path: str | None, npages: int, seed: int) -> Any:
     from swapd.corpus import Corpus
 
     return Corpus.open(path) if path else Corpus.synthetic(npages, seed)
+
+
+# this process's synthetic corpus and parsed trace, kept for its next job (module docstring)
+_corpus_cache: dict[tuple[int, int], Any] = {}
+_trace_cache: dict[tuple[Any, ...], list[Request]] = {}
+
+
+def _job_corpus(job: Job) -> tuple[Any, bool]:
+    """The corpus of ``job`` and whether the caller must close it.  A synthetic corpus is
+    built once per process (it is immutable and holds no resource); a file is opened per
+    job (a memory map: O(1))."""
+    if job.corpus:
+        return open_corpus(job.corpus, job.corpus_pages, job.seed), True
+    key = (job.corpus_pages, job.seed)
+    corpus = _corpus_cache.get(key)
+    if corpus is None:
+        _corpus_cache.clear()
+        corpus = _corpus_cache[key] = open_corpus(None, job.corpus_pages, job.seed)
+    return corpus, False
+
+
+def _job_requests(job: Job, *, events: bool = False) -> list[Request]:
+    """The requests of ``job``'s trace, parsed once per process while the file's size and
+    modification time stay the same."""
+    st = os.stat(job.trace)
+    key = (os.path.abspath(job.trace), job.fmt, events, job.refbit, st.st_size,
+           st.st_mtime_ns)
+    reqs = _trace_cache.get(key)
+    if reqs is None:
+        _trace_cache.clear()  # one trace at a time: a list of requests is not small
+        reqs = list(read_trace(job.trace, job.fmt, events=events,
+                               refbit=job.refbit and not events))
+        _trace_cache[key] = reqs
+    return reqs
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -141,17 +182,15 @@ def _run_job(job: Job) -> dict[str, Any]:
                          allow_overflow=job.allow_overflow,
                          backend_options=job.backend_options, trace_pages=job.trace_pages)
         costs = CostTable.from_dict(dict(job.costs)) if job.costs else DEFAULT_COSTS
-        corpus = open_corpus(job.corpus, job.corpus_pages, job.seed)
+        corpus, owned = _job_corpus(job)
         try:
             if job.kind == "replay":
-                res = run_replay(read_trace(job.trace, job.fmt, events=True), cfg, corpus,
-                                 costs)
+                res = run_replay(_job_requests(job, events=True), cfg, corpus, costs)
             else:
-                res = run_full(read_trace(job.trace, job.fmt, refbit=job.refbit), cfg, corpus,
-                               costs)
+                res = run_full(_job_requests(job), cfg, corpus, costs)
         finally:
             close = getattr(corpus, "close", None)
-            if close is not None:
+            if owned and close is not None:
                 close()
         d = res.to_dict()
         d["policy"] = "recorded" if job.kind == "replay" else job.policy
@@ -336,9 +375,11 @@ def run_sweep(jobs: Sequence[Job], outdir: str | os.PathLike[str], *, workers: i
 
 
 def _weight(job: Job) -> float:
-    """A guess of a job's run time, to start the long ones first."""
+    """A guess of a job's run time, to start the long ones first (the last job to finish
+    sets the sweep's end).  A full-mode run's time goes with its faults, which fall as the
+    capacity grows: the smallest capacities first."""
     if job.kind in ("full", "replay"):
-        return 10.0 + job.capacity / 1e6
+        return 10.0 + 1.0 / max(1, job.capacity)
     if job.kind == "mattson":
         return 5.0
     return 1.0
