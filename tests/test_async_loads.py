@@ -380,3 +380,37 @@ def test_a_restart_with_a_load_in_flight_loses_nothing(fs: FaultFS, tmp_path: Pa
             a.close()
     log = (tmp_path / "daemon.log").read_text()
     assert "Traceback" not in log, log[-4000:]
+
+
+def test_a_disk_page_at_hand_is_read_without_waiting(fs: FaultFS, tmp_path: Path) -> None:
+    """``DiskTier.load_nowait`` (preadv2 RWF_NOWAIT): a page in the page cache comes back on the
+    loop thread (a worker's hand-off would cost more than the read); a file system that cannot
+    promise not to wait (FUSE, FOPEN_DIRECT_IO) always goes to a worker."""
+    from swapd.errors import WouldBlockError
+    from swapd.layer import DiskTier, SwapLayer
+
+    page = os.urandom(4096)
+    slow = DiskTier(fs.mountpoint, 64 * 4096)
+    try:
+        assert slow.load_nowait(slow.store_batch([page])[0]) is None
+    finally:
+        slow.close()
+    lay = SwapLayer([DiskTier(tmp_path, 64 * 4096, seal=True)])
+    try:
+        r = lay.add_region("a", 2)
+        lay.store(r, 0, page)
+        disk = lay._tiers[0]
+        assert isinstance(disk, DiskTier)
+        if disk.load_nowait(0) is None:
+            pytest.skip(f"the file system of {tmp_path} does not take RWF_NOWAIT reads")
+        assert lay.load(r, 0, False, nowait=True) == page  # from the page cache, kept clean
+        assert lay.store_clean(r, 0)
+        lay.store(r, 1, os.urandom(4096))
+        os.fsync(disk.fd)  # clean, then out of the page cache
+        os.posix_fadvise(disk.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        with pytest.raises(WouldBlockError):  # (nothing changed: the next load reads it)
+            lay.load(r, 0, nowait=True)
+        assert lay.load(r, 0) == page
+        lay._check()
+    finally:
+        lay.close()

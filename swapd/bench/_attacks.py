@@ -559,6 +559,57 @@ def attack_many_mappings(path: str | os.PathLike[str], mappings: int = 60_000,
     return {"codes": codes, "mappings": mappings}
 
 
+_SLOW_DISK_CHILD = r"""
+import ctypes, json, random, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+from swapd.client import connect
+c = connect(sys.argv[1], name="slow-disk")
+n = int(sys.argv[2])
+c.ctl("zswap_max_bytes", 0, client=c.server["session"], set_value=True)  # straight to disk
+c.set_limit(4 * 4096)
+r = c.map(n * 4096)
+pages = [random.Random(i).randbytes(4096) for i in range(n)]
+for i in range(n):
+    r[i * 4096:(i + 1) * 4096] = pages[i]
+r.advise(0, n * 4096, "cold")
+c.set_limit(4 * n * 4096)
+print(json.dumps({"disk_pages": c.stats()["layer"]["disk_pages"]}), flush=True)
+sys.stdin.readline()  # the disk is slow now
+bad = 0
+for i in random.Random(0).sample(range(n), n):  # random order: one slow read per fault
+    bad += r[i * 4096:(i + 1) * 4096] != pages[i]
+print(json.dumps({"bad": bad}), flush=True)
+"""
+
+
+def attack_slow_disk(path: str | os.PathLike[str], fs: Any, *, delay_s: float = 1.0,
+                     pages: int = 6) -> dict[str, Any]:
+    """A client whose pages are on a disk that answers every read after ``delay_s`` (``fs``: the
+    daemon's disk tier on a swapd.kernel.fuse.FaultFS): it faults them back one at a time."""
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_DISK_CHILD, os.fspath(path), str(pages)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        first = json.loads(p.stdout.readline() or "{}")
+        fs.read_delay_s = delay_s
+        reads = fs.reads
+        t0 = time.monotonic()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        last = json.loads(p.stdout.readline() or "{}")
+        seconds = time.monotonic() - t0
+    finally:
+        fs.read_delay_s = 0.0
+        if p.poll() is None:
+            p.kill()
+        p.wait(30)
+        p.stdin.close()
+        p.stdout.close()
+    return {"codes": [], "attacker_disk_pages": first.get("disk_pages", 0),
+            "attacker_mismatches": last.get("bad"), "slow_reads": fs.reads - reads,
+            "attacker_seconds": round(seconds, 2)}
+
+
 def attack_long_requests(path: str | os.PathLike[str], rounds: int = 3) -> dict[str, Any]:
     """The largest region the quota allows, then advise over all of it, and stats."""
     from swapd.client import connect

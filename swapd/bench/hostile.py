@@ -12,8 +12,10 @@ a warm-up attack round).  Targets: alive after every attack, 0 mismatches, 0 des
 victim stall at most 500 ms.  ``sparse_quota`` also reports ``daemon_bytes_per_mapped_page``
 (the daemon's RSS plus its state memfds' blocks, grown while its sessions hold regions mapped to
 their quota and untouched, per mapped page: target about 0) and ``daemon_bytes_per_used_page``
-(the same after a run of pages of one region is written and evicted).  The machine is
-shared: ``loadavg`` is recorded.
+(the same after a run of pages of one region is written and evicted).  As root with FUSE, the
+daemon's disk tier is a FaultFS (swapd/kernel/fuse.py) and ``slow_disk`` makes every disk read
+take 1 s while a client faults its disk pages back one at a time (the victim's pages are in
+memory: it must not wait for them).  The machine is shared: ``loadavg`` is recorded.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from swapd.bench.common import print_json, print_table
 
 #: keys an attack may report beside the common ones (the last round's value is kept)
 _FIGURES = ("daemon_bytes_per_mapped_page", "daemon_bytes_per_used_page", "used_pages",
-            "mapped_bytes")
+            "mapped_bytes", "slow_reads", "attacker_seconds", "attacker_disk_pages",
+            "attacker_mismatches")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,9 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--workdir", default=None, help="directory for the daemon (default: temp)")
     p.add_argument("--rounds", type=int, default=1, help="rounds of every attack (1)")
+    p.add_argument("--load-workers", type=int, default=None,
+                   help="the daemon's [pager] load_workers (default: the built-in; 0 loads "
+                        "slow-tier pages on the event loop, as before)")
 
 
-def _attacks(sock: str, pid: int) -> dict[str, Callable[[], Any]]:
+def _attacks(sock: str, pid: int, fs: Any = None) -> dict[str, Callable[[], Any]]:
     out: dict[str, Callable[[], Any]] = {
         "frames": lambda: atk.attack_frames(sock),
         "descriptors_without_frames": lambda: atk.attack_descriptors_without_frames(sock),
@@ -54,19 +60,44 @@ def _attacks(sock: str, pid: int) -> dict[str, Callable[[], Any]]:
     }
     if os.geteuid() == 0:
         out["emfile"] = lambda: atk.attack_emfile(sock, pid, seconds=2.0)
+    if fs is not None:  # the daemon's disk on a FUSE file system that can be made slow
+        out["slow_disk"] = lambda: atk.attack_slow_disk(sock, fs, delay_s=1.0, pages=6)
     return out
+
+
+def _slow_disk_fs(work: str) -> Any:
+    """A FaultFS (swapd/kernel/fuse.py) for the daemon's disk tier, or None without FUSE."""
+    from swapd.kernel.fuse import FaultFS, fuse_unavailable
+
+    if fuse_unavailable() is not None:
+        return None
+    mnt = os.path.join(work, "disk")
+    os.mkdir(mnt)
+    return FaultFS(mnt, capacity=512 << 20)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every attack against one daemon; print a table or JSON."""
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        d = atk.BenchDaemon(work)
+        fs = _slow_disk_fs(work)
+        config = atk.BENCH_CONFIG
+        if args.load_workers is not None:
+            config += f"[pager]\nload_workers = {args.load_workers}\n"
+        if fs is not None:
+            config = config.replace('disk_bytes = "256M"',
+                                    f'disk_bytes = "256M"\ndisk_path = "{fs.mountpoint}"')
+        try:
+            d = atk.BenchDaemon(work, config)
+        except BaseException:
+            if fs is not None:
+                fs.close()
+            raise
         victim: atk.Victim | None = None
         try:
             victim = atk.Victim(d.socket, pages=512, limit_pages=64)
             w = d.watch
             result: dict[str, Any] = {"attacks": {}}
-            attacks = _attacks(d.socket, d.proc.pid)
+            attacks = _attacks(d.socket, d.proc.pid, fs)
             mismatches = 0
             rss0 = 0
             for rnd in range(args.rounds + 1):  # round 0 warms up (not reported)
@@ -102,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             if victim is not None:
                 victim.close()
             rc = d.stop()
+            if fs is not None:  # after the daemon: it holds the disk file
+                fs.close()
         result["daemon_exit_status"] = rc
     if args.json:
         print_json(result)

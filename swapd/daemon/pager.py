@@ -31,6 +31,18 @@ owning ``Session.lock`` and by the page's state byte (``swapd.daemon.session``):
   the kernel's reclaim drops a clean swap-cache page; a write fault loads
   exclusively and places the page writable.  A same-filled page comes back from
   ``layer.load`` as a filled page and is copied like any other.
+* MISSING on SWAPPED in a slow tier (disk, remote): with load workers
+  (``swapd.daemon.loader``), the loads of the loop never wait (``nowait``): a page at hand
+  (a disk page in the page cache, ``Tier.load_nowait``) is loaded here as any other, a page
+  that needs a slow tier's I/O raises WouldBlockError and the fault, with its readahead run,
+  is handed to a worker (:meth:`Pager._submit_locked`), which loads it non-exclusively.
+  The thread stays blocked; the loop serves other faults.  :meth:`Pager.complete_load`
+  (loop thread, on the workers' eventfd) then charges, places (the faulting page first,
+  writable for a write fault whose copy is freed only after the COPY; the run
+  write-protected), accounts and wakes; see :meth:`Pager._complete_locked` for pages
+  discarded, unmapped or unloadable meanwhile.  A fault on a page being loaded
+  (``ManagedRegion.loading``) joins that load.  A synchronous readahead run stops at the
+  first page it cannot load at once and hands the rest to a worker.
 * MISSING on HOLE (never written): ``UFFDIO_ZEROPAGE``; a first touch where the
   last one ended zero-fills a run of HOLE pages ahead (zero-fill-ahead, window
   as readahead's), so a sequential fill pays one fault per run.

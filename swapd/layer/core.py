@@ -1262,10 +1262,19 @@ class SwapLayer:
                 return fill_page(value)
             t = tag - TAG_TIER0
             tier = self._tiers[t]
-            if nowait and tier.slow:
-                raise WouldBlockError(f"page {index} of region {region} is in the "
-                                      f"{tier.name} tier")
             key = self._key_locked(g, w)
+            if nowait and tier.slow:
+                # at hand without waiting (a disk page in the page cache)?  Else a worker's.
+                try:
+                    page_now = None if w & WB or g in self._busy else tier.load_nowait(key)
+                except (CorruptPageError, TierIOError):
+                    self._tier_events[t]["load_errors"] += 1
+                    raise
+                if page_now is None:
+                    raise WouldBlockError(f"page {index} of region {region} is in the "
+                                          f"{tier.name} tier")
+                self._loaded_locked(g, cl, t, w, exclusive)
+                return page_now
             if not (tier.slow and not w & WB and g not in self._busy):
                 try:
                     page = tier.load(key)
@@ -1312,11 +1321,8 @@ class SwapLayer:
                 t = tag - TAG_TIER0
                 # (g, word, slow) of a run in one slow tier, same-filled entries among them
                 run: list[tuple[int, int, bool]] = []
-                if nowait and tag >= TAG_TIER0 and self._tiers[t].slow:
-                    if out:
-                        return out
-                    raise WouldBlockError(f"page {i} of region {region} is in a slow tier")
-                if tag >= TAG_TIER0 and self._tiers[t].slow:
+                # nowait: a slow tier's pages one at a time (load takes those at hand)
+                if tag >= TAG_TIER0 and self._tiers[t].slow and not nowait:
                     end = min(reg.base + reg.npages, g0 + n - len(out))
                     g = g0
                     while g < end:

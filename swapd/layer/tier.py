@@ -154,6 +154,8 @@ class Tier(ABC):
       TierFullError when it can store none, TierIOError on an I/O error (then it stored none).
     * ``load(key)``: the page (PAGE_SIZE bytes); CorruptPageError if its check fails, TierIOError
       when it cannot be read now (the layer keeps the entry; the daemon poisons the access).
+    * ``load_nowait(key)``: the page if it is at hand without waiting (a disk page in the page
+      cache), else None; optional (default None), called under the layer lock, never blocks.
     * ``load_batch(keys)``: the pages of ``keys`` in order, for readahead: a tier whose round trip
       dominates (remote) fetches them at once.  The default calls ``load`` per key.  Errors as
       ``load``; a tier may return a shorter list (a prefix) instead of failing on a later key.
@@ -237,6 +239,12 @@ class Tier(ABC):
     @abstractmethod
     def load(self, key: int) -> bytes:
         """Return the page stored under ``key``."""
+
+    def load_nowait(self, key: int) -> bytes | None:
+        """The page of ``key`` if it can be had without waiting for I/O (a slow tier's page in
+        the page cache), else None; errors as :meth:`load`.  Called under the layer lock, on
+        the daemon's loop thread: it must not block.  Default: None (always wait)."""
+        return None
 
     def load_batch(self, keys: Sequence[int]) -> list[bytes]:
         """Return the pages of ``keys``, in order (a prefix on a later failure)."""
@@ -877,6 +885,28 @@ class DiskTier(Tier):
                               f"{exc.strerror}") from exc
         if len(data) != PAGE_SIZE:
             raise TierIOError(0, f"disk tier {self.path}: short read of slot {key}")
+        return self._opened(key, data)
+
+    def load_nowait(self, key: int) -> bytes | None:
+        """Slot ``key`` if the page cache holds it: ``preadv2(RWF_NOWAIT)`` (preadv2(2)) reads
+        without waiting for I/O, and fails with EAGAIN when it would wait; a file system that
+        cannot promise that (EOPNOTSUPP, e.g. FUSE) is always waited for.  O(PAGE_SIZE)."""
+        buf = bytearray(PAGE_SIZE)
+        try:
+            n = os.preadv(self.fd, [buf], key << PAGE_SHIFT, os.RWF_NOWAIT)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                return None
+            with self._lock:
+                self.io_errors += 1
+            raise TierIOError(exc.errno, f"disk tier {self.path}: read of slot {key} failed: "
+                              f"{exc.strerror}") from exc
+        if n != PAGE_SIZE:  # a part was cached: the rest would wait
+            return None
+        return self._opened(key, bytes(buf))
+
+    def _opened(self, key: int, data: bytes) -> bytes:
+        """The page read from slot ``key`` after its tag check (or its seal opened)."""
         if self.sealer is not None:
             try:
                 return self.sealer.open(key, data)
