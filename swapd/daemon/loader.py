@@ -123,7 +123,7 @@ class Loader:
         if buf is None:
             return
         with self._cond:
-            if len(self._free) < self._keep and not self._stop:
+            if len(self._free) < self._keep and not self._stop and buf.npages == self.npages:
                 self._free.append(buf)
                 return
         buf.close()
@@ -191,8 +191,10 @@ class Loader:
         """Load the job's run as the pager's synchronous readahead does: the layer's
         ``load_run`` (a slow tier's stretch in one ``load_batch``), and ``load`` for the page
         it stopped at (which loads it or raises why not).  Non-exclusive: the copies stay."""
-        if job.buf is None:
-            job.buf = PageBuffer(self.npages)
+        if job.buf is None or job.buf.npages < job.n:  # (readahead_max grew on a reload)
+            if job.buf is not None:
+                job.buf.close()
+            job.buf = PageBuffer(max(self.npages, job.n))
         layer = self.layer
         rid = job.region.layer_region
         view = job.buf.view
