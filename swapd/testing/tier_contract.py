@@ -31,7 +31,8 @@ def page(rng: random.Random, i: int) -> bytes:
 
 
 def test_store_load_round_trip(swapd_tier: Tier) -> None:
-    """store_batch gives distinct keys; load and load_batch give the pages back; free."""
+    """store_batch gives distinct keys; load, load_batch (and load_nowait, when it does not
+    say None) give the pages back; free."""
     rng = random.Random(1)
     pages = [page(rng, i) for i in range(40)]
     keys = swapd_tier.store_batch(pages)
@@ -41,6 +42,8 @@ def test_store_load_round_trip(swapd_tier: Tier) -> None:
     for k, pg in zip(keys, pages):
         assert swapd_tier.load(k) == pg
     assert swapd_tier.load_batch(keys[5:15]) == pages[5:15]
+    for k, pg in zip(keys[:8], pages):  # optional: the page if at hand, else None
+        assert swapd_tier.load_nowait(k) in (None, pg)
     assert swapd_tier.used_bytes() > 0
     swapd_tier.free_batch(keys[:20])
     for k in keys[20:]:
