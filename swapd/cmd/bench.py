@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -57,13 +58,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.set_defaults(_run=lambda a, r=m.run: _terminable(r, a))
 
 
+_handler_pid = 0  # the process that installed _terminated
+
+
 def _terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _handler_pid:
+        # a child forked without exec (pyroute2's netns helpers are) inherits the handler:
+        # there SIGTERM must kill as by default, not unwind the parent's code
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise SystemExit(128 + signum)
 
 
 def _terminable(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a benchmark so that SIGTERM (``timeout(1)``, a CI job's end) exits through its
     ``finally`` blocks, as Ctrl-C does: its daemons, clients, managers and files go with it."""
+    global _handler_pid
+    _handler_pid = os.getpid()
     old = signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(fn(args) or 0)
