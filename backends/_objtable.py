@@ -166,6 +166,17 @@ class ObjectTablePool(Backend):
         raise InvalidHandleError(
             f"{self.name}: handle {handle!r} was never allocated by this pool")
 
+    def live_handles(self) -> list[int]:
+        """Every live handle (``gen << 32 | record``).  O(records)."""
+        with self._lock:
+            H = self._H
+            out: list[int] = []
+            for hi in range(1, self._S[self._s_hcount]):
+                info = H[hi * H_WORDS + H_INFO]
+                if info & SIZE_MASK:
+                    out.append(((info >> GEN_SHIFT) << REC_BITS) | hi)
+            return out
+
     def _live_records_locked(self) -> dict[int, tuple[int, int, int, int]]:
         """record -> (page, buddy, size, foreign) of every live object, after checking the
         free chain (InvariantError).  O(records)."""

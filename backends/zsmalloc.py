@@ -1033,6 +1033,21 @@ class ZsPool(Backend):
             self._putback_locked(cls, dst)
         return freed
 
+    def live_handles(self) -> list[int]:
+        """Every live handle (``gen << 36 | record << 8 | class index``; the class is the one
+        ``malloc`` picks for the object's size).  O(handles)."""
+        with self._meta_lock:
+            H = self._H
+            out: list[int] = []
+            for hi in range(1, self.state.count("handles")):
+                info = H[hi * H_WORDS + H_INFO]
+                size = info & SIZE_MASK
+                if size:
+                    cls = self._class_for[size]
+                    out.append(((info >> GEN_SHIFT) << HGEN_SHIFT) | (hi << IDX_SHIFT)
+                               | cls.index)
+            return out
+
     def _owners_locked(self, cls: SizeClass) -> dict[int, int]:
         """(zspage << 11 | slot) -> handle record, for the live objects of ``cls``: one scan
         of the handle table (find_alloced_obj without a handle header).  O(handles)."""

@@ -250,6 +250,13 @@ class Backend(ABC):
                 f"(stored {want:#010x}, read {zlib.crc32(data):#010x})")
         return data
 
+    def live_handles(self) -> list[int] | None:
+        """Every live handle, for the layer's reconcile after an adoption (a crash between
+        a store's ``malloc`` and the swap table's commit leaves an object nothing names).
+        None: this backend cannot enumerate its objects (then nothing is released).
+        O(objects); called only while nothing else uses the pool."""
+        return None
+
     # -- helpers shared by implementations -----------------------------------------
 
     def size_of(self, handle: int) -> int:

@@ -561,11 +561,16 @@ class SwapLayer:
     def _reconcile_tiers_locked(self) -> None:
         """Let every tier release the keys no word of the table references.  O(pages).
 
-        Only the keys of tiers that reconcile (override ``Tier.reconcile``) are collected: a
-        restart's clients wait for this walk.
+        Only the keys of tiers that reconcile (override ``Tier.reconcile``) and hold more
+        keys than the table names are collected: a restart's clients wait for this walk.
         """
         words = self._table.words
-        wants = [type(t).reconcile is not Tier.reconcile for t in self._tiers]
+        # A tier whose key count equals the entries the table names in it has nothing to
+        # release (after _rebuild_locked every entry is counted on its list): skip the walk.
+        named = [sum(cl.counts[t] for cl in self._clients.values())
+                 for t in range(len(self._tiers))]
+        wants = [type(tier).reconcile is not Tier.reconcile and tier.keys_in_use() != named[t]
+                 for t, tier in enumerate(self._tiers)]
         if not any(wants):
             return
         live: list[set[int]] = [set() for _ in self._tiers]

@@ -410,6 +410,19 @@ class CompressedTier(Tier):
     def keys_in_use(self) -> int:
         return self.objects()
 
+    def reconcile(self, live: set[int]) -> int:
+        """Free every object of the backend that ``live`` does not name (a crash between a
+        store's ``malloc`` and the table's commit, or between a word's release and the
+        object's ``free``).  Returns the objects freed; 0 for a backend that cannot list
+        its objects.  O(objects)."""
+        handles = self.backend.live_handles()
+        if handles is None:
+            return 0
+        stale = [h for h in handles if h not in live]
+        for h in stale:
+            self.backend.free(h)
+        return len(stale)
+
     def _check(self) -> None:
         self.backend._check()
 
