@@ -464,6 +464,8 @@ class ZsPool(Backend):
             if st.get("huge_class_size") != self.huge_class_size:
                 raise StateFormatError(f"zsmalloc: huge_class_size {st.get('huge_class_size')}"
                                        f" != computed {self.huge_class_size}")
+            if writable:
+                self._repair_torn()
         except BaseException:
             self.close()
             raise
@@ -562,11 +564,13 @@ class ZsPool(Backend):
             H[hb + H_INFO] = size | (slot << SLOT_SHIFT) | (gen << GEN_SHIFT)
             H[hb + H_CRC] = 0
             handle = (gen << HGEN_SHIFT) | (hi << IDX_SHIFT) | cls.index
+            if cls.hdr:
+                # obj_malloc: record the handle, tagged allocated, in the chunk's header --
+                # before the counters, so that counters that agree with the records mean
+                # the header was written (docs/state-format.md, recovery)
+                self._au64[a >> 3] = (handle << 1) | 1
             C[b + C_OBJECTS] += 1
             C[b + C_BYTES] += size
-            if cls.hdr:
-                # obj_malloc: record the handle, tagged allocated, in the chunk's header.
-                self._au64[a >> 3] = (handle << 1) | 1
             return handle
         finally:
             lock.release()
@@ -1032,6 +1036,89 @@ class ZsPool(Backend):
         if dst:
             self._putback_locked(cls, dst)
         return freed
+
+    def _repair_torn(self) -> int:
+        """After a crash inside ``malloc`` or ``free``: make the handle records, the free
+        record chain, the class counters and the object headers agree again.  Returns the
+        records repaired.
+
+        Cheap when nothing is torn: the free chain's length plus the counted objects must
+        be the records handed out (O(free records + classes)).  Otherwise one scan of the
+        records: a record popped off the chain but never made live goes back on it; a live
+        record whose slot is still on its zspage's free chain (``free`` cut short) is freed;
+        a live record whose slot is taken but whose header was never written (``malloc`` cut
+        short) gets its header; the counters are recounted.  The objects' bytes are not
+        trusted here: each load checks its CRC-32.
+        """
+        S, H, C = self._S, self._H, self._C
+        nh = S[self._s_hcount]
+        chain = 0
+        hi = S[self._s_hfree]
+        while hi and chain < nh:
+            chain += 1
+            hi = H[hi * H_WORDS]
+        counted = sum(C[c.base + C_OBJECTS] for c in self._classes)
+        if chain + counted == nh - 1 and not hi:
+            return 0
+        repaired = 0
+        objs = dict.fromkeys((c.index for c in self._classes), 0)
+        nbytes = dict(objs)
+        free_recs: list[int] = []
+        free_slots: dict[int, set[int]] = {}
+        for hi in range(1, nh):
+            hb = hi * H_WORDS
+            info = H[hb + H_INFO]
+            size = info & SIZE_MASK
+            if not size:
+                free_recs.append(hi)
+                continue
+            cls = self._class_for[size]
+            slot = (info >> SLOT_SHIFT) & SLOT_MASK
+            if cls.hdr and slot != HUGE_SLOT:
+                z = H[hb]
+                if z not in free_slots:
+                    free_slots[z] = self._zspage_free_slots(z, cls)
+                pno, off, _r = cls.slot_pos[slot]
+                pfn = self._Z[z << 2]
+                for _ in range(pno):
+                    pfn = self._P[pfn]
+                a = (pfn << PAGE_SHIFT) + off
+                want = ((info >> GEN_SHIFT) << HGEN_SHIFT | hi << IDX_SHIFT | cls.index) << 1 | 1
+                if slot in free_slots[z]:  # free() cut short: the slot went back first
+                    H[hb + H_INFO] = info & ~(SIZE_MASK | (SLOT_MASK << SLOT_SHIFT))
+                    free_recs.append(hi)
+                    repaired += 1
+                    continue
+                if self._au64[a >> 3] != want:  # malloc() cut short before the header
+                    self._au64[a >> 3] = want
+                    repaired += 1
+            objs[cls.index] += 1
+            nbytes[cls.index] += size
+        for c in self._classes:
+            if (C[c.base + C_OBJECTS], C[c.base + C_BYTES]) != (objs[c.index], nbytes[c.index]):
+                C[c.base + C_OBJECTS], C[c.base + C_BYTES] = objs[c.index], nbytes[c.index]
+                repaired += 1
+        if chain != len(free_recs) or hi:
+            nxt = 0
+            for r in reversed(free_recs):
+                H[r * H_WORDS] = nxt
+                nxt = r
+            S[self._s_hfree] = nxt
+            repaired += 1
+        return repaired
+
+    def _zspage_free_slots(self, z: int, cls: SizeClass) -> set[int]:
+        """The slots on zspage ``z``'s in-arena free chain.  O(objects per zspage)."""
+        out: set[int] = set()
+        slot = self._ZH[(z << 3) + Z_FREEOBJ_H]
+        while slot != NO_SLOT and slot < cls.objs_per_zspage and slot not in out:
+            out.add(slot)
+            pno, off, _r = cls.slot_pos[slot]
+            pfn = self._Z[z << 2]
+            for _ in range(pno):
+                pfn = self._P[pfn]
+            slot = self._au32[((pfn << PAGE_SHIFT) + off) >> 2] >> 1
+        return out
 
     def live_handles(self) -> list[int]:
         """Every live handle (``gen << 36 | record << 8 | class index``; the class is the one

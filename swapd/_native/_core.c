@@ -618,12 +618,12 @@ static uint64_t zs_malloc_locked(ZsFastObject *f, int ci, int size)
     h[1] = (uint32_t)size | (slot << SLOT_SHIFT) | (gen << GEN_SHIFT);
     h[2] = 0;
     uint64_t handle = ((uint64_t)gen << HGEN_SHIFT) | ((uint64_t)hi << IDX_SHIFT) | (uint64_t)ci;
-    c[C_OBJECTS] += 1;
-    c[C_BYTES] += (uint64_t)size;
-    if (k->hdr) {
+    if (k->hdr) {  /* the header before the counters, as backends/zsmalloc.py malloc */
         uint64_t tag = (handle << 1) | 1;
         memcpy(f->A + a, &tag, 8);
     }
+    c[C_OBJECTS] += 1;
+    c[C_BYTES] += (uint64_t)size;
     return handle;
 }
 
