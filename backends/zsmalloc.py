@@ -1053,12 +1053,12 @@ class ZsPool(Backend):
         S, H, C = self._S, self._H, self._C
         nh = S[self._s_hcount]
         chain = 0
-        hi = S[self._s_hfree]
-        while hi and chain < nh:
+        end = S[self._s_hfree]  # nonzero after the walk: the chain loops or runs too long
+        while end and chain < nh:
             chain += 1
-            hi = H[hi * H_WORDS]
+            end = H[end * H_WORDS]
         counted = sum(C[c.base + C_OBJECTS] for c in self._classes)
-        if chain + counted == nh - 1 and not hi:
+        if chain + counted == nh - 1 and not end:
             return 0
         repaired = 0
         objs = dict.fromkeys((c.index for c in self._classes), 0)
@@ -1078,17 +1078,13 @@ class ZsPool(Backend):
                 z = H[hb]
                 if z not in free_slots:
                     free_slots[z] = self._zspage_free_slots(z, cls)
-                pno, off, _r = cls.slot_pos[slot]
-                pfn = self._Z[z << 2]
-                for _ in range(pno):
-                    pfn = self._P[pfn]
-                a = (pfn << PAGE_SHIFT) + off
-                want = ((info >> GEN_SHIFT) << HGEN_SHIFT | hi << IDX_SHIFT | cls.index) << 1 | 1
                 if slot in free_slots[z]:  # free() cut short: the slot went back first
                     H[hb + H_INFO] = info & ~(SIZE_MASK | (SLOT_MASK << SLOT_SHIFT))
                     free_recs.append(hi)
                     repaired += 1
                     continue
+                a = self._slot_addr(z, cls, slot)
+                want = (self._handle_of(hi, info, cls) << 1) | 1
                 if self._au64[a >> 3] != want:  # malloc() cut short before the header
                     self._au64[a >> 3] = want
                     repaired += 1
@@ -1098,7 +1094,7 @@ class ZsPool(Backend):
             if (C[c.base + C_OBJECTS], C[c.base + C_BYTES]) != (objs[c.index], nbytes[c.index]):
                 C[c.base + C_OBJECTS], C[c.base + C_BYTES] = objs[c.index], nbytes[c.index]
                 repaired += 1
-        if chain != len(free_recs) or hi:
+        if chain != len(free_recs) or end:
             nxt = 0
             for r in reversed(free_recs):
                 H[r * H_WORDS] = nxt
@@ -1113,12 +1109,23 @@ class ZsPool(Backend):
         slot = self._ZH[(z << 3) + Z_FREEOBJ_H]
         while slot != NO_SLOT and slot < cls.objs_per_zspage and slot not in out:
             out.add(slot)
-            pno, off, _r = cls.slot_pos[slot]
-            pfn = self._Z[z << 2]
-            for _ in range(pno):
-                pfn = self._P[pfn]
-            slot = self._au32[((pfn << PAGE_SHIFT) + off) >> 2] >> 1
+            slot = self._au32[self._slot_addr(z, cls, slot) >> 2] >> 1
         return out
+
+    def _slot_addr(self, z: int, cls: SizeClass, slot: int) -> int:
+        """Arena address of slot ``slot`` of zspage ``z`` (its header, or its free link).
+        O(chain).  The hot paths (malloc, free, read, write) inline this walk."""
+        pno, off, _room = cls.slot_pos[slot]
+        pfn = self._Z[z << 2]
+        P = self._P
+        for _ in range(pno):
+            pfn = P[pfn]
+        return (pfn << PAGE_SHIFT) + off
+
+    @staticmethod
+    def _handle_of(hi: int, info: int, cls: SizeClass) -> int:
+        """The handle of live record ``hi`` (whose info word is ``info``) in ``cls``."""
+        return ((info >> GEN_SHIFT) << HGEN_SHIFT) | (hi << IDX_SHIFT) | cls.index
 
     def live_handles(self) -> list[int]:
         """Every live handle (``gen << 36 | record << 8 | class index``; the class is the one
@@ -1130,9 +1137,7 @@ class ZsPool(Backend):
                 info = H[hi * H_WORDS + H_INFO]
                 size = info & SIZE_MASK
                 if size:
-                    cls = self._class_for[size]
-                    out.append(((info >> GEN_SHIFT) << HGEN_SHIFT) | (hi << IDX_SHIFT)
-                               | cls.index)
+                    out.append(self._handle_of(hi, info, self._class_for[size]))
             return out
 
     def _owners_locked(self, cls: SizeClass) -> dict[int, int]:
@@ -1371,12 +1376,8 @@ class ZsPool(Backend):
                 raise InvariantError(f"zsmalloc: two records own slot {slot} of zspage {loc}")
             owned.add(key)
             if zc.hdr:
-                pno, off, _r = zc.slot_pos[slot]
-                pfn = Z[loc << 2]
-                for _ in range(pno):
-                    pfn = P[pfn]
-                word = au64[((pfn << PAGE_SHIFT) + off) >> 3]
-                want = (info >> GEN_SHIFT) << HGEN_SHIFT | hi << IDX_SHIFT | zc.index
+                word = au64[self._slot_addr(loc, zc, slot) >> 3]
+                want = self._handle_of(hi, info, zc)
                 if word != (want << 1) | 1:
                     raise InvariantError(f"zsmalloc: handle {want:#x}: header holds "
                                          f"{word:#x}")
