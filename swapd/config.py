@@ -74,6 +74,24 @@ _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 T = TypeVar("T")
 
 
+def parse_literal(v: str) -> Any:
+    """A command-line ``NAME=VALUE`` value as the type it spells: true/yes/on and
+    false/no/off as booleans, none/null as None, then int, then float, else the string."""
+    low = v.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
 def parse_size(value: object, what: str = "size") -> int:
     """Parse a byte count: an int, or a string like ``"64M"`` / ``"1GiB"``.  O(1).
 

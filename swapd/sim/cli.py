@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from swapd.config import parse_literal
 from swapd.errors import ConfigError
 from swapd.sim.costs import DEFAULT_COSTS, CostTable
 
@@ -57,7 +58,7 @@ def _kv(s: str) -> tuple[str, Any]:
     k, v = s.split("=", 1)
     if not k.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    return k.strip(), _literal(v.strip())
+    return k.strip(), parse_literal(v.strip())
 
 
 def _raw_kv(s: str) -> tuple[str, str]:
@@ -65,22 +66,6 @@ def _raw_kv(s: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {s!r}")
     k, v = s.split("=", 1)
     return k.strip(), v.strip()
-
-
-def _literal(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 def _int_list(s: str) -> list[int]:
@@ -463,7 +448,7 @@ def _tier_chain(args: argparse.Namespace) -> tuple[tuple[str, ...], Any]:
         if not opt or name not in (tiers or ("compressed", "disk")):
             raise ConfigError(f"--tier-opt {key}={value}: expected TIER.KEY=VALUE for a tier "
                               f"of the chain ({','.join(tiers or ('compressed', 'disk'))})")
-        opts.setdefault(name, {})[opt] = _literal(value)
+        opts.setdefault(name, {})[opt] = parse_literal(value)
     return tiers, tuple(sorted((n, tuple(sorted(o.items()))) for n, o in opts.items()))
 
 
@@ -658,7 +643,7 @@ def _sweep_policies(args: argparse.Namespace) -> list[tuple[str, tuple[tuple[str
     per: dict[str, dict[str, list[Any]]] = {p: {} for p in args.policies}
     for key, raw in args.param:
         pol, dot, pname = key.rpartition(".")
-        vals = [_literal(v.strip()) for v in raw.split(",") if v.strip()]
+        vals = [parse_literal(v.strip()) for v in raw.split(",") if v.strip()]
         if not vals:
             raise ConfigError(f"--param {key}=: no value")
         targets = [pol] if dot else list(args.policies)

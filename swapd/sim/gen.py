@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
+from swapd.config import parse_literal
 from swapd.errors import ConfigError
 from swapd.sim.trace import Request
 
@@ -174,22 +175,13 @@ def _parse_parts(spec: str) -> list[tuple[str, float, dict[str, Any]]]:
             k, eq, v = kv.partition("=")
             if not eq:
                 raise ConfigError(f"mix: expected NAME=VALUE in part {kind!r}, got {kv!r}")
-            params[k.strip()] = _literal(v.strip())
+            params[k.strip()] = parse_literal(v.strip())
         bad = set(params) - set(GENERATORS[kind].params)
         if bad:
             raise ConfigError(f"mix: generator {kind!r} does not take {', '.join(sorted(bad))}; "
                               f"it takes {', '.join(GENERATORS[kind].params)}")
         out.append((kind, weight, params))
     return out
-
-
-def _literal(v: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 MIX_STRIDE = 1 << 40

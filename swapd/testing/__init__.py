@@ -25,6 +25,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from swapd.config import parse_literal
 from swapd.errors import ConfigError, PluginError
 
 __all__ = ["BackendVariant", "PolicyVariant", "TierVariant", "backend_variant",
@@ -135,20 +136,8 @@ def policy_variant(spec: str) -> PolicyVariant:
     params: dict[str, Any] = {}
     for k, v in raw.items():
         default = known[k].default if k in known else None
-        params[k] = coerce_option(f"policy {target!r}", k, _literal(v), default)
+        params[k] = coerce_option(f"policy {target!r}", k, parse_literal(v), default)
     return PolicyVariant(spec, cls, params)
-
-
-def _literal(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 def tier_variant(spec: str) -> TierVariant:
@@ -162,4 +151,4 @@ def tier_variant(spec: str) -> TierVariant:
     cls = _import(target) if ":" in target else load(TIERS_GROUP, target)
     if not issubclass(cls, Tier):
         raise PluginError(f"{target} is not a subclass of swapd.layer.tier.Tier")
-    return TierVariant(spec, cls, {k: _literal(v) for k, v in raw.items()})
+    return TierVariant(spec, cls, {k: parse_literal(v) for k, v in raw.items()})
